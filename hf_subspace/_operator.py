@@ -1,0 +1,62 @@
+"""The linear-operator protocol the eigensolvers consume, and a dense implementation of it."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["MatrixOperator"]
+
+
+class _LinearOperator:
+    """Base of symmetric operators on flat vectors of length ``dim``.
+
+    Subclasses implement :meth:`matmat` for a block ``[d, m]``; :meth:`matvec` and ``@`` derive from it.
+    ``is_distributed`` tells solvers that every rank runs them in lock step (their control flow must agree).
+    """
+
+    dim: int
+    dtype: torch.dtype
+    device: torch.device
+    is_distributed: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.dim, self.dim)
+
+    def matmat(self, block: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        """Apply the operator to one flat vector ``[d]``."""
+        if vector.dim() != 1:
+            raise ValueError(f"matvec expects a flat vector [d], got shape {tuple(vector.shape)}")
+        return self.matmat(vector.unsqueeze(1)).squeeze(1)
+
+    def __matmul__(self, other: torch.Tensor) -> torch.Tensor:
+        return self.matvec(other) if other.dim() == 1 else self.matmat(other)
+
+    def _check_block(self, block: torch.Tensor) -> None:
+        if block.dim() != 2 or block.shape[0] != self.dim:
+            raise ValueError(f"expected a block of shape [{self.dim}, m], got {tuple(block.shape)}")
+
+
+class MatrixOperator(_LinearOperator):
+    """A dense symmetric matrix as an operator (tests, small problems, reference solutions).
+
+    Args:
+        matrix: a symmetric ``[d, d]`` tensor.
+    """
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"MatrixOperator needs a square matrix, got shape {tuple(matrix.shape)}")
+        self.matrix = matrix
+        self.dim = matrix.shape[0]
+        self.dtype = matrix.dtype
+        self.device = matrix.device
+        self.num_matvecs = 0
+
+    def matmat(self, block: torch.Tensor) -> torch.Tensor:
+        self._check_block(block)
+        self.num_matvecs += block.shape[1]
+        return self.matrix @ block.to(self.dtype)

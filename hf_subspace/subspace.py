@@ -1,0 +1,171 @@
+"""The dominant subspace: projections onto and out of span(V), and the alignment χ_k.
+
+For an orthonormal basis :math:`V \\in \\mathbb{R}^{d \\times k}` of the top-k Hessian eigenvectors,
+
+.. math::
+
+    P_{\\mathrm{dom}} x = V V^\\top x, \\qquad P_{\\mathrm{bulk}} x = x - V V^\\top x, \\qquad
+    \\chi_k(x) = \\frac{\\lVert V V^\\top x \\rVert}{\\lVert x \\rVert} = \\frac{\\lVert V^\\top x \\rVert}{\\lVert x \\rVert},
+
+with :math:`\\chi_k(0) = 0`. Vectors are either flat ``[d]`` tensors or lists of parameter-shaped tensors whose
+sizes add up to ``d`` (in the order the basis was computed in). The basis is stored once as a contiguous ``[d, k]``
+tensor; for a parameter list each parameter's rows ``V[o:o+n]`` are a contiguous view, so projecting gradients or
+updates in place needs no flattened copy of the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["SubspaceBasis", "Vectors"]
+
+Vectors = torch.Tensor | Sequence[torch.Tensor]
+
+
+class SubspaceBasis:
+    """An orthonormal basis ``V`` [d, k] of a (dominant) subspace, with its eigenvalues.
+
+    Args:
+        vectors: ``[d, k]`` tensor with orthonormal columns (kept without copying when contiguous).
+        eigenvalues: optional ``[k]`` eigenvalues belonging to the columns.
+    """
+
+    def __init__(self, vectors: torch.Tensor, eigenvalues: torch.Tensor | None = None) -> None:
+        if vectors.dim() != 2:
+            raise ValueError(f"SubspaceBasis needs a [d, k] tensor, got shape {tuple(vectors.shape)}")
+        if vectors.shape[1] < 1 or vectors.shape[1] > vectors.shape[0]:
+            raise ValueError(f"SubspaceBasis needs 1 <= k <= d, got [d, k] = {list(vectors.shape)}")
+        self.vectors = vectors.detach().contiguous()
+        self.eigenvalues = None if eigenvalues is None else eigenvalues.detach().reshape(-1)
+        if self.eigenvalues is not None and self.eigenvalues.numel() != self.k:
+            raise ValueError(f"got {self.eigenvalues.numel()} eigenvalues for {self.k} vectors")
+
+    @classmethod
+    def from_result(cls, result: Any) -> SubspaceBasis:
+        """Build from an :class:`~hf_subspace.eigensolvers.EigenResult`."""
+        return cls(result.eigenvectors, result.eigenvalues)
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.vectors.shape[1]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SubspaceBasis:
+        """A basis on another device / dtype (self if nothing changes)."""
+        moved = self.vectors.to(device=device, dtype=dtype)
+        if moved is self.vectors:
+            return self
+        return SubspaceBasis(moved, self.eigenvalues)
+
+    # -- blocks of the basis per parameter --------------------------------------------------------------------
+    def _row_blocks(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        blocks, offset = [], 0
+        for t in tensors:
+            n = t.numel()
+            blocks.append(self.vectors[offset : offset + n])
+            offset += n
+        if offset != self.dim:
+            raise ValueError(f"the tensors hold {offset} elements but the basis has dimension d={self.dim}")
+        return blocks
+
+    # -- coefficients and projections -------------------------------------------------------------------------
+    def coefficients(self, x: Vectors) -> torch.Tensor:
+        """``Vᵀ x`` as a ``[k]`` tensor (in the basis' dtype)."""
+        if isinstance(x, torch.Tensor):
+            self._check_flat(x)
+            return self.vectors.T @ x.to(self.vectors.dtype)
+        coeffs = torch.zeros(self.k, dtype=self.vectors.dtype, device=self.vectors.device)
+        for block, t in zip(self._row_blocks(x), x):
+            coeffs.add_(block.T @ t.reshape(-1).to(block.dtype))
+        return coeffs
+
+    def expand(self, coefficients: torch.Tensor, like: Vectors | None = None) -> Vectors:
+        """``V c``: a flat vector, or a list shaped like ``like`` when it is a parameter list."""
+        if like is None or isinstance(like, torch.Tensor):
+            return self.vectors @ coefficients
+        return [(block @ coefficients).reshape(t.shape).to(t.dtype) for block, t in zip(self._row_blocks(like), like)]
+
+    def project_dominant(self, x: Vectors) -> Vectors:
+        """``V Vᵀ x`` (same form as ``x``: flat tensor or list)."""
+        coeffs = self.coefficients(x)
+        if isinstance(x, torch.Tensor):
+            return (self.vectors @ coeffs).to(x.dtype)
+        return self.expand(coeffs, x)
+
+    def project_bulk(self, x: Vectors) -> Vectors:
+        """``x − V Vᵀ x`` (same form as ``x``)."""
+        dom = self.project_dominant(x)
+        if isinstance(x, torch.Tensor):
+            return x - dom
+        return [t - d for t, d in zip(x, dom)]
+
+    def project_dominant_(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Replace each tensor in place by its part in span(V) (hot path: no flat copy)."""
+        coeffs = self.coefficients(tensors)
+        for block, t in zip(self._row_blocks(tensors), tensors):
+            t.copy_((block @ coeffs).reshape(t.shape))
+
+    def project_bulk_(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Remove each tensor's part in span(V), in place."""
+        coeffs = self.coefficients(tensors)
+        for block, t in zip(self._row_blocks(tensors), tensors):
+            t.sub_((block @ coeffs).reshape(t.shape).to(t.dtype))
+
+    # -- alignment --------------------------------------------------------------------------------------------
+    def dominant_fraction(self, x: Vectors) -> float:
+        """χ_k(x) = ‖V Vᵀ x‖ / ‖x‖ ∈ [0, 1] (0 for x = 0); the paper's alignment, not squared."""
+        norm = _norm(x)
+        if norm == 0.0:
+            return 0.0
+        return min(1.0, float(torch.linalg.vector_norm(self.coefficients(x)).item()) / norm)
+
+    def bulk_fraction(self, x: Vectors) -> float:
+        """‖x − V Vᵀ x‖ / ‖x‖ (0 for x = 0), computed directly rather than as √(1 − χ²) to stay accurate near 0."""
+        norm = _norm(x)
+        if norm == 0.0:
+            return 0.0
+        return min(1.0, _norm(self.project_bulk(x)) / norm)
+
+    # -- comparing bases --------------------------------------------------------------------------------------
+    def overlap(self, other: SubspaceBasis) -> float:
+        """Mean squared cosine of the principal angles, ‖V₁ᵀ V₂‖_F² / max(k₁, k₂) ∈ [0, 1] (1: same subspace)."""
+        cross = self.vectors.T @ other.vectors.to(self.vectors)
+        return float((cross.square().sum() / max(self.k, other.k)).item())
+
+    def distance(self, other: SubspaceBasis) -> float:
+        """Spectral-norm distance of the projectors, ‖P₁ − P₂‖₂ = sin of the largest principal angle."""
+        if self.k != other.k:
+            return 1.0
+        sigma = torch.linalg.svdvals((self.vectors.T @ other.vectors.to(self.vectors)).double())
+        return float(torch.sqrt(torch.clamp(1.0 - sigma.min() ** 2, min=0.0)).item())
+
+    # -- checkpointing ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor | None]:
+        return {"vectors": self.vectors, "eigenvalues": self.eigenvalues}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor | None]) -> SubspaceBasis:
+        vectors = state["vectors"]
+        assert vectors is not None
+        return cls(vectors, state.get("eigenvalues"))
+
+    def _check_flat(self, x: torch.Tensor) -> None:
+        if x.dim() != 1 or x.shape[0] != self.dim:
+            raise ValueError(f"expected a flat vector of length d={self.dim}, got shape {tuple(x.shape)}")
+
+    def __repr__(self) -> str:
+        return f"SubspaceBasis(d={self.dim}, k={self.k}, dtype={self.vectors.dtype})"
+
+
+def _norm(x: Vectors) -> float:
+    if isinstance(x, torch.Tensor):
+        return float(torch.linalg.vector_norm(x).item())
+    if len(x) == 0:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.double()) for t in x])).item())

@@ -1,0 +1,460 @@
+"""`SubspaceTrainer`: a drop-in `transformers.Trainer` with dominant- or bulk-projected updates.
+
+Per optimizer step t (the Trainer's own order: backward → clipping → ``on_pre_optimizer_step`` → ``optimizer.step()``
+→ ``on_optimizer_step``):
+
+1. schedule: is projection on (``subspace_start_step`` reached, or the χ_k EMA crossed its threshold)? Is a basis
+   refresh due (every ``subspace_refresh_steps``), or an alignment measurement (every ``subspace_alignment_steps``)?
+2. refresh: the top-k eigenvectors of the Hessian of the trainer's own loss over the fixed Hessian dataset at θ_t,
+   warm-started from the previous basis;
+3. the optimizer steps on the raw gradient (or, with ``subspace_target="gradient"``, on Pg / g − Pg);
+4. with ``subspace_target="update"`` the change Δ = θ_new − θ_t is replaced: θ_t + PΔ (dominant) or θ_new − PΔ
+   (bulk), so the optimizer state is untouched (the paper's Dom-/Bulk-SGD rule, for any optimizer).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from . import _distributed
+from ._params import select_parameters
+from .eigensolvers import top_eigenpairs
+from .hessian import HessianOperator
+from .metrics import METRIC_PREFIX, AlignmentEMA, custom_scalar_layout, effective_learning_rates
+from .optim import SAM
+from .subspace import SubspaceBasis
+from .training_args import SubspaceTrainingArguments
+
+__all__ = ["SUBSPACE_STATE_NAME", "SubspaceTrainer"]
+
+logger = logging.getLogger(__name__)
+
+SUBSPACE_STATE_NAME = "subspace_state.pt"
+
+
+class SubspaceTrainer(Trainer):
+    """`transformers.Trainer` that projects updates onto (or out of) the dominant Hessian subspace.
+
+    Args:
+        *args, **kwargs: as for `transformers.Trainer`; ``args`` must be :class:`SubspaceTrainingArguments`.
+        hessian_dataset: dataset on which the Hessian, full-batch gradient and full training loss are computed.
+            Default: a fixed subset of ``train_dataset`` of ``hessian_num_samples`` examples chosen with
+            ``hessian_seed``. Each process takes its own contiguous shard; products are reduced across processes.
+
+    Raises:
+        ValueError: at construction (before any training) for invalid subspace settings, e.g. ``subspace_k`` not
+            below the number of covered parameters, or a Hessian dataset without labels.
+    """
+
+    args: SubspaceTrainingArguments
+
+    def __init__(self, *args: Any, hessian_dataset: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, SubspaceTrainingArguments):
+            raise TypeError(
+                f"SubspaceTrainer needs SubspaceTrainingArguments, got {type(self.args).__name__}; "
+                "replace TrainingArguments(...) by SubspaceTrainingArguments(...)."
+            )
+        if self.model is None:
+            raise ValueError("SubspaceTrainer needs a model (model_init is not supported).")
+        self.hessian_dataset = hessian_dataset
+        named = select_parameters(self.model, self.args.subspace_parameter_filter)
+        self.subspace_param_names = [n for n, _ in named]
+        self.subspace_params = [p for _, p in named]
+        dim = sum(p.numel() for p in self.subspace_params)
+        num_vectors = self.args.subspace_k + self.args.subspace_extra_eigenvalues
+        if num_vectors >= dim:
+            raise ValueError(
+                f"subspace_k={self.args.subspace_k} (+ subspace_extra_eigenvalues="
+                f"{self.args.subspace_extra_eigenvalues}) must be smaller than the number of covered parameters "
+                f"d={dim}; lower subspace_k or widen subspace_parameter_filter."
+            )
+        self.hessian_operator = HessianOperator(
+            self.model,
+            self._hessian_batches(),
+            self._hessian_loss,
+            params=self.subspace_params,
+            progress=self.args.subspace_progress,
+        )
+        self.subspace_state = _SubspaceState(ema=AlignmentEMA(decay=self.args.subspace_ema_decay))
+        self._subspace_callback = _SubspaceCallback(self)
+        self.add_callback(self._subspace_callback)
+
+    # -- the Hessian dataset and loss -------------------------------------------------------------------------
+    def _hessian_batches(self) -> list[Any]:
+        args = self.args
+        dataset = self.hessian_dataset
+        if dataset is None:
+            dataset = self.train_dataset
+            if dataset is None:
+                raise ValueError("SubspaceTrainer needs a train_dataset or a hessian_dataset to build the Hessian.")
+            n = len(dataset)
+            seed = args.seed if args.hessian_seed is None else args.hessian_seed
+            if args.hessian_num_samples < n:
+                rng = np.random.default_rng(seed)
+                indices = np.sort(rng.choice(n, size=args.hessian_num_samples, replace=False))
+            else:
+                indices = np.arange(n)
+        else:
+            indices = np.arange(len(dataset))
+        if hasattr(dataset, "column_names"):
+            if "labels" not in dataset.column_names and "label" not in dataset.column_names:
+                raise ValueError(
+                    f"The Hessian dataset has no 'labels' column (columns: {dataset.column_names}); the Hessian is of "
+                    "the training loss, which needs labels. Pass hessian_dataset= with labels."
+                )
+            dataset = self._remove_unused_columns(dataset, description="hessian")
+        # Each rank takes a contiguous shard; products are summed across ranks weighted by sample counts.
+        shard = np.array_split(indices, _distributed.world_size())[_distributed.rank()]
+        size = args.hessian_batch_size
+        collator = self.data_collator
+        # Built without a DataLoader: iterating one draws from the global RNG and would change the training run.
+        return [collator([dataset[int(i)] for i in shard[s : s + size]]) for s in range(0, len(shard), size)]
+
+    def _hessian_loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        # The trainer's own loss (custom compute_loss / compute_loss_func / label smoothing included). Called without
+        # num_items_in_batch so the cross-device token averaging factor of transformers 5 is not applied.
+        loss = self.compute_loss(model, dict(batch))
+        if isinstance(loss, tuple):
+            loss = loss[0]
+        return loss.mean() if loss.dim() else loss
+
+    # -- optimizers ------------------------------------------------------------------------------------------
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer, wrapped in :class:`~hf_subspace.optim.SAM` when ``sam_rho > 0``."""
+        if self.optimizer is not None or self.args.sam_rho <= 0:
+            return super().create_optimizer(model)
+        base = super().create_optimizer(model)
+        base_cls, base_defaults = type(base), dict(base.defaults)
+        self.optimizer = SAM(
+            base.param_groups,
+            base_optimizer=lambda groups: base_cls(groups, **base_defaults),
+            rho=self.args.sam_rho,
+            adaptive=self.args.sam_adaptive,
+        )
+        return self.optimizer
+
+    def sam_optimizer(self) -> SAM | None:
+        """The SAM instance behind the (possibly accelerate-wrapped) optimizer, if any."""
+        opt = self.optimizer
+        while opt is not None and not isinstance(opt, SAM):
+            opt = getattr(opt, "optimizer", None)
+        return opt
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        sam = self.sam_optimizer()
+        if sam is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        # SAM: gradient at θ (kept for the alignment metrics), ascent to θ + ε, gradient there. θ is restored in
+        # on_pre_optimizer_step, so the optimizer steps from θ with the perturbed gradient.
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.subspace_state.basis is not None:
+            self.subspace_state.raw_grads = [
+                None if p.grad is None else p.grad.detach().clone() for p in self.subspace_params
+            ]
+        sam.first_step(zero_grad=True)
+        super().training_step(model, inputs, num_items_in_batch)
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # The Trainer's periodic training log carries the subspace metrics gathered since the last one.
+        if "loss" in logs:
+            logs = {**logs, **self._subspace_callback.flush()}
+        super().log(logs, start_time)
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            if os.path.isdir(folder):
+                torch.save(self.subspace_state.state_dict(), os.path.join(folder, SUBSPACE_STATE_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, SUBSPACE_STATE_NAME)
+        if os.path.isfile(path):
+            device = self.subspace_params[0].device
+            state = torch.load(path, map_location=device, weights_only=False)
+            self.subspace_state.load_state_dict(state)
+        else:
+            logger.warning(
+                "%s has no %s: the subspace state starts afresh", resume_from_checkpoint, SUBSPACE_STATE_NAME
+            )
+
+    # -- model card ------------------------------------------------------------------------------------------
+    def create_model_card(self, *args: Any, tags: str | list[str] | None = None, **kwargs: Any) -> None:
+        """The Trainer's card, tagged ``hf-subspace``, with the subspace settings, results and the citation."""
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        if "hf-subspace" not in tags:
+            tags.append("hf-subspace")
+        if not self.is_world_process_zero():
+            return
+        if hasattr(self.model, "config"):
+            super().create_model_card(*args, tags=tags, **kwargs)
+        # A plain nn.Module (no config) gets a card with only the subspace section.
+        from .modelcard import add_subspace_section
+
+        add_subspace_section(os.path.join(self.args.output_dir, "README.md"), self.subspace_summary())
+
+    def subspace_summary(self) -> dict[str, Any]:
+        """Settings and results of the subspace run (for the model card and recipes)."""
+        args, st = self.args, self.subspace_state
+        return {
+            "mode": args.subspace_mode,
+            "k": args.subspace_k,
+            "start_step": args.subspace_start_step,
+            "auto_start": args.subspace_auto_start,
+            "switch_step": st.switch_step,
+            "refresh_steps": args.subspace_refresh_steps,
+            "target": args.subspace_target,
+            "solver": args.subspace_solver,
+            "hessian_num_samples": self.hessian_operator.num_samples,
+            "parameter_filter": args.subspace_parameter_filter,
+            "sam_rho": args.sam_rho,
+            "at_switch": st.at_switch,
+            "last": st.last_measurement,
+        }
+
+
+class _SubspaceState:
+    """What the schedule needs across steps; saved in each checkpoint so a resumed run continues exactly."""
+
+    def __init__(self, ema: AlignmentEMA) -> None:
+        self.basis: SubspaceBasis | None = None
+        self.warm_start: torch.Tensor | None = None
+        self.extra_eigenvalues: torch.Tensor | None = None
+        self.last_refresh_step: int | None = None
+        self.switch_step: int | None = None
+        self.ema = ema
+        self.at_switch: dict[str, float] = {}
+        self.last_measurement: dict[str, float] = {}
+        # per-step, not checkpointed
+        self.raw_grads: list[torch.Tensor | None] | None = None
+        self.theta_old: list[torch.Tensor] | None = None
+        self.full_grad: torch.Tensor | None = None
+        self.projecting = False
+        self.measured = False
+        self.pending: dict[str, float] = {}
+        self.window: dict[str, list[float]] = defaultdict(list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "basis": None if self.basis is None else self.basis.state_dict(),
+            "warm_start": self.warm_start,
+            "extra_eigenvalues": self.extra_eigenvalues,
+            "last_refresh_step": self.last_refresh_step,
+            "switch_step": self.switch_step,
+            "ema": self.ema.state_dict(),
+            "at_switch": self.at_switch,
+            "last_measurement": self.last_measurement,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.basis = None if state["basis"] is None else SubspaceBasis.from_state_dict(state["basis"])
+        self.warm_start = state["warm_start"]
+        self.extra_eigenvalues = state["extra_eigenvalues"]
+        self.last_refresh_step = state["last_refresh_step"]
+        self.switch_step = state["switch_step"]
+        self.ema.load_state_dict(state["ema"])
+        self.at_switch = dict(state["at_switch"])
+        self.last_measurement = dict(state["last_measurement"])
+
+
+class _SubspaceCallback(TrainerCallback):
+    """The per-step schedule, run by the Trainer's callback hooks (it holds the trainer: callbacks get no handle)."""
+
+    def __init__(self, trainer: SubspaceTrainer) -> None:
+        self.trainer = trainer
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    @property
+    def st(self) -> _SubspaceState:
+        return self.trainer.subspace_state
+
+    def _is_switched(self, step: int) -> bool:
+        args = self.trainer.args
+        if args.subspace_mode == "none":
+            return False
+        if args.subspace_auto_start:
+            return self.st.switch_step is not None and step >= self.st.switch_step
+        return step >= args.subspace_start_step
+
+    def _refresh(self, step: int) -> None:
+        trainer, args, st = self.trainer, self.trainer.args, self.st
+        num = args.subspace_k + args.subspace_extra_eigenvalues
+        method = args.subspace_solver
+        if method == "auto":
+            method = "lobpcg" if st.warm_start is not None else "lanczos"
+        start = time.perf_counter()
+        result = top_eigenpairs(
+            trainer.hessian_operator,
+            num,
+            method=method,
+            init=st.warm_start if method == "lobpcg" else None,
+            tol=args.subspace_solver_tol,
+            max_iters=args.subspace_solver_max_iters,
+            seed=args.seed + step,
+            progress=args.subspace_progress,
+        )
+        seconds = time.perf_counter() - start
+        k = args.subspace_k
+        vectors = result.eigenvectors
+        basis = SubspaceBasis(vectors[:, :k] if num > k else vectors, result.eigenvalues[:k])
+        out = st.pending
+        if st.basis is not None:
+            out[METRIC_PREFIX + "basis_overlap"] = basis.overlap(st.basis)
+        st.basis, st.warm_start, st.last_refresh_step = basis, vectors, step
+        st.extra_eigenvalues = result.eigenvalues[k:]
+        for i, value in enumerate(result.eigenvalues.tolist(), start=1):
+            name = f"eigenvalue_top_{i}" if i <= k else f"eigenvalue_next_{i}"
+            out[METRIC_PREFIX + name] = value
+        out[METRIC_PREFIX + "solver_hvps"] = result.num_matvecs
+        out[METRIC_PREFIX + "solver_seconds"] = seconds
+        out[METRIC_PREFIX + "solver_max_residual"] = float(result.residuals.max().item())
+        out[METRIC_PREFIX + "solver_converged"] = float(result.converged)
+
+    # -- Trainer hooks ---------------------------------------------------------------------------------------
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if not _distributed.is_main_process():
+            return
+        from transformers.integrations import TensorBoardCallback
+
+        for cb in self.trainer.callback_handler.callbacks:
+            writer = getattr(cb, "tb_writer", None) if isinstance(cb, TensorBoardCallback) else None
+            if writer is not None and hasattr(writer, "add_custom_scalars"):
+                writer.add_custom_scalars(custom_scalar_layout())
+                if hasattr(writer, "add_text"):
+                    writer.add_text("subspace/settings", json.dumps(self.trainer.subspace_summary(), default=str))
+
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        trainer, st = self.trainer, self.st
+        targs = trainer.args
+        step = state.global_step
+        sam = trainer.sam_optimizer()
+        if sam is not None and sam.is_perturbed:
+            sam.restore()  # the optimizer steps from θ with the gradient taken at θ + ε
+        align_every = targs.alignment_steps
+        measure = align_every > 0 and step % align_every == 0
+        st.projecting = self._is_switched(step)
+        if measure or st.projecting:
+            stale = st.last_refresh_step is None or step - st.last_refresh_step >= targs.subspace_refresh_steps
+            fresh_for_measure = not st.projecting and measure and st.last_refresh_step != step
+            if st.basis is None or stale or fresh_for_measure:
+                self._refresh(step)
+        st.full_grad = None
+        if measure and st.basis is not None:
+            loss, grad = trainer.hessian_operator.loss_and_gradient()
+            chi = st.basis.dominant_fraction(grad)
+            ema = st.ema.update(chi)
+            st.full_grad = grad
+            st.pending[METRIC_PREFIX + "full_train_loss"] = loss
+            st.pending[METRIC_PREFIX + "chi_k_full_grad"] = chi
+            st.pending[METRIC_PREFIX + "chi_k_full_grad_ema"] = ema
+            st.last_measurement = {"step": step, "full_train_loss": loss, "chi_k_full_grad": chi}
+            if (
+                targs.subspace_auto_start
+                and targs.subspace_mode != "none"
+                and st.switch_step is None
+                and step >= targs.subspace_start_step
+                and ema >= targs.subspace_auto_start_threshold
+            ):
+                st.switch_step = step
+                st.projecting = True
+                st.pending[METRIC_PREFIX + "switch_step"] = step
+                logger.info("SubspaceTrainer: alignment EMA %.4f reached; projecting from step %d", ema, step)
+        if st.projecting and st.switch_step is None:
+            st.switch_step = step
+            st.pending[METRIC_PREFIX + "switch_step"] = step
+        if measure and st.projecting and not st.at_switch:
+            st.at_switch = dict(st.last_measurement)
+        st.measured = measure
+        basis = st.basis
+        if basis is None:
+            return
+        grads = st.raw_grads if st.raw_grads is not None else [p.grad for p in trainer.subspace_params]
+        st.raw_grads = None
+        if all(g is not None for g in grads):
+            st.window["chi_k_minibatch_grad"].append(basis.dominant_fraction(grads))  # type: ignore[arg-type]
+        if st.projecting and targs.subspace_target == "gradient":
+            # A parameter without a gradient takes part with zeros: its projected gradient need not be zero.
+            full = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trainer.subspace_params]
+            (basis.project_dominant_ if targs.subspace_mode == "dominant" else basis.project_bulk_)(full)
+            for p, g in zip(trainer.subspace_params, full):
+                p.grad = g
+        st.theta_old = [p.detach().clone() for p in trainer.subspace_params]
+
+    def on_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        trainer, st = self.trainer, self.st
+        if st.theta_old is None or st.basis is None:
+            return
+        params, old, basis = trainer.subspace_params, st.theta_old, st.basis
+        st.theta_old = None
+        with torch.no_grad():
+            delta = [p.detach() - o for p, o in zip(params, old)]
+            if st.projecting and trainer.args.subspace_target == "update":
+                coeffs = basis.coefficients(delta)
+                step_dom = basis.expand(coeffs, delta)
+                if trainer.args.subspace_mode == "dominant":
+                    for p, o, d in zip(params, old, step_dom):
+                        p.copy_(o + d)
+                    delta = step_dom  # type: ignore[assignment]
+                else:
+                    for p, d in zip(params, step_dom):
+                        p.sub_(d)
+                    delta = [dl - d for dl, d in zip(delta, step_dom)]
+            st.window["chi_k_update"].append(basis.dominant_fraction(delta))
+            if st.full_grad is not None:
+                eta_dom, eta_bulk = effective_learning_rates(basis, delta, st.full_grad)
+                st.pending[METRIC_PREFIX + "effective_lr_dominant"] = eta_dom
+                st.pending[METRIC_PREFIX + "effective_lr_bulk"] = eta_bulk
+                st.full_grad = None
+        if st.measured:
+            # Logged while global_step is still t: the measurement is of θ_t, like the Trainer's loss log at step t.
+            st.measured = False
+            trainer.log(self.flush())
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        # A final measurement, so the card and the recipes report the loss and alignment at the last step.
+        trainer, st = self.trainer, self.st
+        if (
+            trainer.args.alignment_steps <= 0
+            or st.basis is None
+            or st.last_measurement.get("step") == state.global_step
+        ):
+            return
+        loss, grad = trainer.hessian_operator.loss_and_gradient()
+        chi = st.basis.dominant_fraction(grad)
+        st.last_measurement = {"step": state.global_step, "full_train_loss": loss, "chi_k_full_grad": chi}
+        st.pending[METRIC_PREFIX + "full_train_loss"] = loss
+        st.pending[METRIC_PREFIX + "chi_k_full_grad"] = chi
+        trainer.log(self.flush())
+
+    def flush(self) -> dict[str, float]:
+        """Pending metrics plus window means of the per-step ones; empties both."""
+        st = self.st
+        logs = dict(st.pending)
+        for name, values in st.window.items():
+            if values:
+                logs[METRIC_PREFIX + name] = float(np.mean(values))
+        if logs:
+            logs[METRIC_PREFIX + "projecting"] = float(st.projecting)
+        st.pending, st.window = {}, defaultdict(list)
+        return logs

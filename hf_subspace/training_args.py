@@ -1,0 +1,206 @@
+"""`SubspaceTrainingArguments`: the Trainer's arguments plus the subspace-projection settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+__all__ = ["SOLVERS", "SUBSPACE_MODES", "SUBSPACE_TARGETS", "SubspaceTrainingArguments"]
+
+SUBSPACE_MODES = ("none", "dominant", "bulk")
+SUBSPACE_TARGETS = ("update", "gradient")
+SOLVERS = ("auto", "lobpcg", "lanczos", "eigsh")
+_LAYERWISE_OPTIMIZERS = ("layerwise", "lomo")
+
+
+@dataclass
+class SubspaceTrainingArguments(TrainingArguments):
+    """`TrainingArguments` for :class:`~hf_subspace.SubspaceTrainer`.
+
+    Every field carries ``metadata={"help": ...}``, so ``HfArgumentParser`` exposes it on the command line and in
+    YAML / JSON configs. Values are validated in ``__post_init__``, before any training starts.
+    """
+
+    subspace_mode: str = field(
+        default="none",
+        metadata={
+            "help": "Projection of each update: 'none' (plain training, alignment still measured), 'dominant' "
+            "(keep only the part in the top-k Hessian eigenspace: Dom-SGD) or 'bulk' (remove it: Bulk-SGD).",
+            "choices": list(SUBSPACE_MODES),
+        },
+    )
+    subspace_k: int = field(
+        default=10, metadata={"help": "Dimension k of the dominant subspace (the paper uses the number of classes)."}
+    )
+    subspace_start_step: int = field(
+        default=0,
+        metadata={"help": "Global step from which updates are projected; training before it is unprojected."},
+    )
+    subspace_auto_start: bool = field(
+        default=False,
+        metadata={
+            "help": "Start projecting when the EMA of χ_k of the full-batch gradient exceeds "
+            "subspace_auto_start_threshold (measured every subspace_alignment_steps), instead of at "
+            "subspace_start_step. The switch step is logged and saved."
+        },
+    )
+    subspace_auto_start_threshold: float = field(
+        default=0.95, metadata={"help": "EMA level of χ_k of the full-batch gradient that triggers the switch."}
+    )
+    subspace_ema_decay: float = field(
+        default=0.9, metadata={"help": "Decay factor of the χ_k exponential moving average (0 ≤ decay < 1)."}
+    )
+    subspace_refresh_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Recompute the top-k eigenvectors every N optimizer steps (1 = every step, as in the paper)."
+        },
+    )
+    subspace_target: str = field(
+        default="update",
+        metadata={
+            "help": "'update' (the paper's rule: the optimizer steps on the raw gradient, then the parameter change "
+            "Δ is replaced by PΔ or Δ − PΔ; optimizer state untouched) or 'gradient' (project the gradient before "
+            "the optimizer step).",
+            "choices": list(SUBSPACE_TARGETS),
+        },
+    )
+    subspace_parameter_filter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Regular expression on parameter names: the subspace (and the projection) covers only the "
+            "matching trainable parameters. Default: all trainable parameters."
+        },
+    )
+    subspace_extra_eigenvalues: int = field(
+        default=0,
+        metadata={
+            "help": "Also compute this many eigenvalues beyond the top k at each refresh and log them (k gives the "
+            "(k+1)..(2k)-th, the evidence of the low-rank structure; costs extra Hessian-vector products)."
+        },
+    )
+    subspace_alignment_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Measure full-batch-gradient alignment, full training loss and effective learning rates every N "
+            "steps (one extra pass over the Hessian dataset). Default: logging_steps. 0 turns it off."
+        },
+    )
+    hessian_num_samples: int = field(
+        default=1000,
+        metadata={
+            "help": "Size of the fixed, seeded subset of the training set on which the Hessian (and the full-batch "
+            "gradient and loss) is computed; larger than the training set means all of it."
+        },
+    )
+    hessian_batch_size: int = field(
+        default=250, metadata={"help": "Batch size of the Hessian passes (memory bound; does not change the Hessian)."}
+    )
+    hessian_seed: int | None = field(
+        default=None, metadata={"help": "Seed of the Hessian subset selection. Default: the training seed."}
+    )
+    subspace_solver: str = field(
+        default="auto",
+        metadata={
+            "help": "Eigensolver: 'auto' (Lanczos for the first basis, warm-started LOBPCG for refreshes), "
+            "'lobpcg', 'lanczos' or 'eigsh' (scipy ARPACK, the paper's baseline).",
+            "choices": list(SOLVERS),
+        },
+    )
+    subspace_solver_tol: float | None = field(
+        default=None,
+        metadata={"help": "Relative residual tolerance of the eigensolver. Default: 1e-3 in float32, 1e-6 in float64."},
+    )
+    subspace_solver_max_iters: int | None = field(
+        default=None, metadata={"help": "Iteration limit of the eigensolver. Default: the solver's own."}
+    )
+    subspace_progress: bool = field(
+        default=False, metadata={"help": "Show tqdm progress bars for Hessian passes and eigensolves."}
+    )
+    sam_rho: float = field(
+        default=0.0,
+        metadata={
+            "help": "If > 0, wrap the optimizer chosen by --optim in SAM (Foret et al. 2021) with this radius ρ; the "
+            "ascent step uses the raw minibatch gradient and the projection acts on the final update."
+        },
+    )
+    sam_adaptive: bool = field(default=False, metadata={"help": "Use adaptive SAM (ASAM) scaling |θ|."})
+
+    def __post_init__(self) -> None:
+        # Our checks first: they are plain field checks, and a DeepSpeed / FSDP setting must be refused with our
+        # message rather than fail later inside TrainingArguments' own set-up.
+        self.validate_subspace_arguments()
+        super().__post_init__()
+
+    def validate_subspace_arguments(self) -> None:
+        """Check the subspace options; every message names the option and how to fix it."""
+
+        def fail(message: str) -> None:
+            raise ValueError(message)
+
+        if self.subspace_mode not in SUBSPACE_MODES:
+            fail(f"subspace_mode={self.subspace_mode!r} is not one of {list(SUBSPACE_MODES)}.")
+        if self.subspace_target not in SUBSPACE_TARGETS:
+            fail(f"subspace_target={self.subspace_target!r} is not one of {list(SUBSPACE_TARGETS)}.")
+        if self.subspace_solver not in SOLVERS:
+            fail(f"subspace_solver={self.subspace_solver!r} is not one of {list(SOLVERS)}.")
+        if self.subspace_k < 1:
+            fail(f"subspace_k={self.subspace_k} must be at least 1 (the paper uses the number of classes).")
+        if self.subspace_refresh_steps < 1:
+            fail(f"subspace_refresh_steps={self.subspace_refresh_steps} must be at least 1 (1 = every step).")
+        if self.subspace_start_step < 0:
+            fail(f"subspace_start_step={self.subspace_start_step} must be >= 0.")
+        if not 0.0 < self.subspace_auto_start_threshold <= 1.0:
+            fail(f"subspace_auto_start_threshold={self.subspace_auto_start_threshold} must be in (0, 1].")
+        if not 0.0 <= self.subspace_ema_decay < 1.0:
+            fail(f"subspace_ema_decay={self.subspace_ema_decay} must be in [0, 1).")
+        if self.subspace_extra_eigenvalues < 0:
+            fail(f"subspace_extra_eigenvalues={self.subspace_extra_eigenvalues} must be >= 0.")
+        if self.subspace_alignment_steps is not None and self.subspace_alignment_steps < 0:
+            fail(f"subspace_alignment_steps={self.subspace_alignment_steps} must be >= 0 (0 turns it off).")
+        if self.subspace_auto_start and self.subspace_alignment_steps == 0:
+            fail("subspace_auto_start needs alignment measurements: set subspace_alignment_steps >= 1.")
+        if self.hessian_num_samples < 1:
+            fail(f"hessian_num_samples={self.hessian_num_samples} must be at least 1.")
+        if self.hessian_batch_size < 1:
+            fail(f"hessian_batch_size={self.hessian_batch_size} must be at least 1.")
+        if self.subspace_parameter_filter:
+            import re
+
+            try:
+                re.compile(self.subspace_parameter_filter)
+            except re.error as err:
+                fail(f"subspace_parameter_filter={self.subspace_parameter_filter!r} is not a regular expression: {err}")
+        if self.sam_rho < 0:
+            fail(f"sam_rho={self.sam_rho} must be >= 0 (0 turns SAM off).")
+        if self.sam_rho > 0 and self.gradient_accumulation_steps > 1:
+            fail(
+                "sam_rho > 0 with gradient_accumulation_steps > 1 is not supported: the SAM ascent step needs the "
+                "whole minibatch gradient. Use a larger per-device batch instead."
+            )
+        if self.deepspeed:
+            fail(
+                "SubspaceTrainer does not support DeepSpeed (ZeRO shards parameters and gradients, so the Hessian and "
+                "the projection would be computed on shards). Remove --deepspeed and use DDP (accelerate launch "
+                "--multi_gpu or torchrun)."
+            )
+        if self.fsdp:
+            fail(
+                "SubspaceTrainer does not support FSDP (each rank holds a shard of the parameters). Remove --fsdp and "
+                "use DDP (accelerate launch --multi_gpu or torchrun)."
+            )
+        optim = str(getattr(self.optim, "value", self.optim))
+        if any(tag in optim for tag in _LAYERWISE_OPTIMIZERS):
+            fail(
+                f"optim={optim!r} steps each layer inside the backward pass, so there is no whole update to project. "
+                "Choose a standard optimizer (sgd, adamw_torch, ...)."
+            )
+
+    @property
+    def alignment_steps(self) -> int:
+        """Resolved interval of full-batch alignment measurements (0 = never)."""
+        if self.subspace_alignment_steps is not None:
+            return self.subspace_alignment_steps
+        steps = self.logging_steps
+        return int(steps) if steps >= 1 else 1

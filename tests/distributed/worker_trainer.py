@@ -1,0 +1,50 @@
+"""Two-process worker: SubspaceTrainer (bulk mode) under torchrun with half the per-device batch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _trainer_fixtures import DigitsMLP, base_args, digits_dataset, losses
+
+from hf_subspace import SubspaceTrainer, SubspaceTrainingArguments
+
+RUN = {
+    "subspace_mode": "bulk",
+    "subspace_start_step": 2,
+    "subspace_alignment_steps": 2,
+    "max_steps": 6,
+    "subspace_refresh_steps": 2,
+    "optim_args": "momentum=0.9",
+}
+
+
+def run(output_dir: str, per_device_batch: int) -> SubspaceTrainer:
+    torch.manual_seed(0)
+    args = SubspaceTrainingArguments(**base_args(output_dir, per_device_train_batch_size=per_device_batch, **RUN))
+    trainer = SubspaceTrainer(model=DigitsMLP(), args=args, train_dataset=digits_dataset(500))
+    trainer.train()
+    return trainer
+
+
+def main(out_dir: str) -> None:
+    trainer = run(out_dir, 25)
+    world = dist.get_world_size()
+    assert world == 2, f"expected 2 processes, got {world}"
+    history = trainer.state.log_history
+    record = {
+        "world": world,
+        "losses": losses(history),
+        "full_loss": {h["step"]: h["subspace/full_train_loss"] for h in history if "subspace/full_train_loss" in h},
+        "eigenvalues": trainer.subspace_state.basis.eigenvalues.tolist(),
+    }
+    Path(out_dir, f"rank{dist.get_rank()}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,272 @@
+"""Eigensolvers against dense ``torch.linalg.eigh`` references on Hessian-like spectra."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from hf_subspace import _distributed
+from hf_subspace._operator import MatrixOperator
+from hf_subspace.eigensolvers import METHODS, EigenResult, top_eigenpairs
+
+ALL_METHODS = ["lanczos", "lobpcg", "eigsh"]
+
+# A few large outliers, a bulk near zero (partly negative), and a small or a LARGE negative tail.
+OUTLIERS = [20.0, 17.0, 15.0, 13.0, 12.0, 10.0, 8.0, 6.0, 5.0, 4.0, 3.5, 3.0]
+POWER_LAW = (20.0 * torch.arange(1, 31, dtype=torch.float64) ** -0.8).tolist()
+NEGATIVES = {"mild": [-1.0, -0.5, -0.2], "large": [-50.0, -30.0, -2.0]}
+
+
+def _spectrum(d: int, outliers: list[float], negatives: list[float], gen: torch.Generator) -> torch.Tensor:
+    bulk = 0.3 * torch.rand(d - len(outliers) - len(negatives), generator=gen, dtype=torch.float64) ** 3
+    bulk[: len(bulk) // 5] *= -0.3
+    return torch.cat([torch.tensor(outliers, dtype=torch.float64), bulk, torch.tensor(negatives, dtype=torch.float64)])
+
+
+@functools.cache
+def _problem(d: int, shape: str, negatives: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A symmetric ``[d, d]`` matrix with a Hessian-like spectrum and its dense reference (descending)."""
+    gen = torch.Generator().manual_seed(seed)
+    lam = _spectrum(d, OUTLIERS if shape == "outliers" else POWER_LAW, NEGATIVES[negatives], gen)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    h = (q * lam) @ q.T
+    h = (h + h.T) / 2
+    values, vectors = torch.linalg.eigh(h)
+    return h, values.flip(0), vectors.flip(1)
+
+
+def _subspace_distance(v: torch.Tensor, w: torch.Tensor) -> float:
+    """``||V V^T - W W^T||_2`` for orthonormal ``V, W`` with equal column counts (= sine of the largest angle)."""
+    sigma = torch.linalg.svdvals(v.T.to(torch.float64) @ w.to(torch.float64))
+    return float((1 - sigma.min() ** 2).clamp_min(0).sqrt())
+
+
+def _check_against_reference(
+    result: EigenResult, h: torch.Tensor, ref_values: torch.Tensor, ref_vectors: torch.Tensor, k: int
+) -> None:
+    assert result.eigenvalues.shape == (k,)
+    assert result.eigenvectors.shape == (h.shape[0], k)
+    assert result.eigenvectors.dtype == h.dtype
+    assert result.eigenvalues.dtype == h.dtype
+    rel_err = ((result.eigenvalues - ref_values[:k]).abs() / ref_values[:k].abs()).max()
+    assert rel_err <= 1e-4, f"{result.method}: eigenvalue relative error {rel_err:.2e}"
+    assert _subspace_distance(result.eigenvectors, ref_vectors[:, :k]) <= 1e-3
+    assert bool((result.eigenvalues[:-1] >= result.eigenvalues[1:]).all()), "eigenvalues must be descending"
+    gram = result.eigenvectors.T @ result.eigenvectors
+    assert torch.allclose(gram, torch.eye(k, dtype=h.dtype), atol=1e-8)
+    true_res = (h @ result.eigenvectors - result.eigenvectors * result.eigenvalues).norm(dim=0)
+    scale = result.eigenvalues.abs().max()
+    assert float(true_res.max()) <= 10 * 1e-6 * float(scale)
+    assert torch.allclose(result.residuals, true_res, rtol=0.5, atol=1e-9 * float(scale))
+    # sign convention: the entry of largest magnitude of every column is positive
+    idx = result.eigenvectors.abs().argmax(dim=0)
+    assert bool((result.eigenvectors[idx, torch.arange(k)] > 0).all())
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+@pytest.mark.parametrize(
+    ("d", "shape", "negatives", "k"),
+    [(600, "outliers", "mild", 8), (1000, "power_law", "large", 10), (1000, "outliers", "large", 5)],
+)
+def test_matches_dense_eigh(method: str, d: int, shape: str, negatives: str, k: int) -> None:
+    h, ref_values, ref_vectors = _problem(d, shape, negatives)
+    op = MatrixOperator(h)
+    result = top_eigenpairs(op, k, method=method)
+    assert result.method == method
+    assert result.converged
+    assert result.num_matvecs == op.num_matvecs
+    assert result.num_calls >= 1
+    _check_against_reference(result, h, ref_values, ref_vectors, k)
+    if negatives == "large":
+        # top-k by algebraic value: the -50 / -30 eigenvalues (largest in magnitude) must not come back
+        assert bool((result.eigenvalues > 0).all())
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_no_gap_at_the_top(method: str) -> None:
+    # A cubic, gapless spectrum: slow for every method (Lanczos needs > 40 steps, so its basis has to grow).
+    d, k = 300, 4
+    gen = torch.Generator().manual_seed(11)
+    lam = 10 * torch.linspace(-1, 1, d, dtype=torch.float64) ** 3
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    h = (q * lam) @ q.T
+    h = (h + h.T) / 2
+    ref_values, ref_vectors = torch.linalg.eigh(h)
+    op = MatrixOperator(h)
+    result = top_eigenpairs(op, k, method=method)
+    assert result.converged and result.num_matvecs == op.num_matvecs
+    _check_against_reference(result, h, ref_values.flip(0), ref_vectors.flip(1), k)
+
+
+def test_eigsh_largest_magnitude_is_the_papers_choice() -> None:
+    h, ref_values, _ = _problem(1000, "outliers", "large")
+    op = MatrixOperator(h)
+    result = top_eigenpairs(op, 5, method="eigsh", which="LM")
+    expected = torch.tensor([20.0, 17.0, 15.0, -30.0, -50.0], dtype=torch.float64)
+    torch.testing.assert_close(result.eigenvalues, expected, rtol=1e-6, atol=0)
+    assert result.num_matvecs == op.num_matvecs
+    la = top_eigenpairs(MatrixOperator(h), 5, method="eigsh", which="LA")
+    torch.testing.assert_close(la.eigenvalues, ref_values[:5], rtol=1e-8, atol=0)
+
+
+def test_warm_start_needs_far_fewer_operator_applications() -> None:
+    d, k = 1000, 10
+    h, _, _ = _problem(d, "power_law", "mild")
+    gen = torch.Generator().manual_seed(7)
+    e = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    e = (e + e.T) / 2
+    e /= torch.linalg.matrix_norm(e)  # unit Frobenius norm
+    h2 = h + 1e-3 * float(torch.linalg.matrix_norm(h, 2)) * e
+    ref_values, ref_vectors = torch.linalg.eigh(h2)
+    ref_values, ref_vectors = ref_values.flip(0), ref_vectors.flip(1)
+
+    cold = top_eigenpairs(MatrixOperator(h), k, method="lobpcg")
+    assert cold.converged
+    cold2 = top_eigenpairs(MatrixOperator(h2), k, method="lobpcg")
+    lanczos_cold = top_eigenpairs(MatrixOperator(h2), k, method="lanczos")
+    op = MatrixOperator(h2)
+    warm = top_eigenpairs(op, k, init=cold.eigenvectors)
+    assert warm.method == "lobpcg"
+    assert warm.converged and warm.num_matvecs == op.num_matvecs
+    _check_against_reference(warm, h2, ref_values, ref_vectors, k)
+    assert warm.num_matvecs <= 0.5 * cold.num_matvecs, (warm.num_matvecs, cold.num_matvecs)
+    assert warm.num_matvecs <= 0.5 * cold2.num_matvecs, (warm.num_matvecs, cold2.num_matvecs)
+    # Lanczos needs fewer columns from a cold start than cold LOBPCG, but one data pass per column:
+    assert warm.num_matvecs <= lanczos_cold.num_matvecs
+    assert warm.num_calls <= 0.25 * lanczos_cold.num_calls, (warm.num_calls, lanczos_cold.num_calls)
+
+
+def test_warm_start_from_exact_eigenvectors_converges_immediately() -> None:
+    h, ref_values, ref_vectors = _problem(600, "outliers", "mild")
+    op = MatrixOperator(h)
+    result = top_eigenpairs(op, 6, init=ref_vectors[:, :6], buffer=0)
+    assert result.converged and result.iterations == 0
+    assert result.num_matvecs == op.num_matvecs == 6
+    _check_against_reference(result, h, ref_values, ref_vectors, 6)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_float32_with_default_tolerance(method: str) -> None:
+    h64, ref_values, ref_vectors = _problem(600, "outliers", "mild")
+    h = h64.to(torch.float32)
+    op = MatrixOperator(h)
+    k = 5
+    result = top_eigenpairs(op, k, method=method)
+    assert result.converged
+    assert result.eigenvectors.dtype == torch.float32 and result.eigenvalues.dtype == torch.float32
+    assert result.num_matvecs == op.num_matvecs
+    rel_err = ((result.eigenvalues.double() - ref_values[:k]).abs() / ref_values[:k].abs()).max()
+    assert rel_err <= 1e-3
+    assert _subspace_distance(result.eigenvectors, ref_vectors[:, :k]) <= 2e-2
+    true_res = h64 @ result.eigenvectors.double() - result.eigenvectors.double() * result.eigenvalues.double()
+    assert float(true_res.norm(dim=0).max()) <= 2e-3 * 20.0
+
+
+def test_lanczos_restarts_after_invariant_subspace_breakdown() -> None:
+    # Three distinct eigenvalues: a Krylov space has dimension 3, but the top 3 need 4 directions (20 is double).
+    d = 200
+    lam = torch.zeros(d, dtype=torch.float64)
+    lam[:4] = torch.tensor([20.0, 20.0, 7.0, 7.0])
+    gen = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    h = (q * lam) @ q.T
+    h = (h + h.T) / 2
+    for method in ALL_METHODS:
+        op = MatrixOperator(h)
+        result = top_eigenpairs(op, 4, method=method)
+        assert result.converged, method
+        torch.testing.assert_close(result.eigenvalues, lam[:4], rtol=1e-8, atol=1e-8)
+        assert _subspace_distance(result.eigenvectors, q[:, :4]) <= 1e-6
+        assert result.num_matvecs == op.num_matvecs
+
+
+def test_default_method_and_reproducibility() -> None:
+    h, _, _ = _problem(600, "outliers", "mild")
+    first = top_eigenpairs(MatrixOperator(h), 4, seed=3)
+    second = top_eigenpairs(MatrixOperator(h), 4, seed=3)
+    assert first.method == "lanczos"
+    assert torch.equal(first.eigenvectors, second.eigenvectors)
+    assert torch.equal(first.eigenvalues, second.eigenvalues)
+    warm = top_eigenpairs(MatrixOperator(h), 4, init=first.eigenvectors)
+    assert warm.method == "lobpcg"
+    # signs are normalised, so independent solves agree column by column
+    assert torch.allclose(warm.eigenvectors, first.eigenvectors, atol=1e-5)
+    assert set(METHODS) == set(ALL_METHODS)
+
+
+def test_not_converging_warns_and_returns_best_estimate() -> None:
+    h, ref_values, _ = _problem(1000, "power_law", "large")
+    for method, iters in [("lobpcg", 2), ("lanczos", 12), ("eigsh", 1)]:
+        op = MatrixOperator(h)
+        with pytest.warns(RuntimeWarning, match="did not converge"):
+            result = top_eigenpairs(op, 10, method=method, max_iters=iters)
+        assert not result.converged
+        assert result.eigenvalues.shape == (10,) and result.eigenvectors.shape == (1000, 10)
+        assert result.num_matvecs == op.num_matvecs
+        assert bool(torch.isfinite(result.eigenvalues).all())
+        gram = result.eigenvectors.T @ result.eigenvectors
+        assert torch.allclose(gram, torch.eye(10, dtype=h.dtype), atol=1e-8)
+        assert float(result.eigenvalues[0]) == pytest.approx(float(ref_values[0]), rel=0.05)
+
+
+class _NaNOperator(MatrixOperator):
+    def matmat(self, block: torch.Tensor) -> torch.Tensor:
+        out = super().matmat(block)
+        out[0, 0] = float("nan")
+        return out
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_bad_inputs(method: str) -> None:
+    d = 120
+    h, _, _ = _problem(d, "outliers", "mild")
+    op = MatrixOperator(h)
+    with pytest.raises(ValueError, match=r"k=0 must satisfy 1 <= k < d=120"):
+        top_eigenpairs(op, 0, method=method)
+    with pytest.raises(ValueError, match=r"k=120 must satisfy 1 <= k < d=120"):
+        top_eigenpairs(op, d, method=method)
+    with pytest.raises(ValueError, match=r"init must have shape \[d, m\] = \[120, m\]"):
+        top_eigenpairs(op, 3, method=method, init=torch.randn(d + 1, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"init must have shape"):
+        top_eigenpairs(op, 3, method=method, init=torch.randn(d, 3, 1, dtype=torch.float64))
+    with pytest.raises(FloatingPointError, match=r"Hessian-vector product.*non-finite"):
+        top_eigenpairs(_NaNOperator(h), 3, method=method)
+    assert op.num_matvecs == 0
+
+
+def test_unknown_method_and_bad_options() -> None:
+    op = MatrixOperator(_problem(120, "outliers", "mild")[0])
+    with pytest.raises(ValueError, match=r"Unknown eigensolver method 'power'.*eigsh, lanczos, lobpcg"):
+        top_eigenpairs(op, 3, method="power")
+    with pytest.raises(ValueError, match=r"which='SA' is not supported"):
+        top_eigenpairs(op, 3, method="eigsh", which="SA")
+    with pytest.raises(ValueError, match=r"tol=-1"):
+        top_eigenpairs(op, 3, tol=-1.0)
+    with pytest.raises(TypeError):
+        top_eigenpairs(op, 3, method="lanczos", buffer=2)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_distributed_path_routes_decisions_through_rank_zero(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"flag": 0, "broadcast": 0}
+
+    def broadcast_flag(flag: bool, src: int = 0) -> bool:
+        calls["flag"] += 1
+        return flag
+
+    def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        calls["broadcast"] += 1
+        return tensor
+
+    monkeypatch.setattr(_distributed, "broadcast_flag", broadcast_flag)
+    monkeypatch.setattr(_distributed, "broadcast", broadcast)
+    h, ref_values, ref_vectors = _problem(600, "outliers", "mild")
+    op = MatrixOperator(h)
+    op.is_distributed = True
+    result = top_eigenpairs(op, 4, method=method, progress=True)
+    _check_against_reference(result, h, ref_values, ref_vectors, 4)
+    assert calls["broadcast"] >= 3  # eigenvalues, eigenvectors, residuals
+    if method != "eigsh":  # ARPACK's loop cannot be steered; its decisions follow from identical products
+        assert calls["flag"] >= result.iterations
