@@ -98,7 +98,13 @@ class SubspaceTrainer(Trainer):
             dataset = self.train_dataset
             if dataset is None:
                 raise ValueError("SubspaceTrainer needs a train_dataset or a hessian_dataset to build the Hessian.")
-            n = len(dataset)
+            try:
+                n = len(dataset)
+            except TypeError:
+                raise ValueError(
+                    "The train dataset has no length (an IterableDataset); pass hessian_dataset= with a fixed set of "
+                    "examples for the Hessian."
+                ) from None
             seed = args.seed if args.hessian_seed is None else args.hessian_seed
             if args.hessian_num_samples < n:
                 rng = np.random.default_rng(seed)
@@ -350,8 +356,10 @@ class _SubspaceCallback(TrainerCallback):
         if sam is not None and sam.is_perturbed:
             sam.restore()  # the optimizer steps from θ with the gradient taken at θ + ε
         align_every = targs.alignment_steps
-        measure = align_every > 0 and step % align_every == 0
         st.projecting = self._is_switched(step)
+        # Measure every `align_every` steps, and at the switch itself (the card reports loss and χ_k there).
+        switching_now = st.projecting and st.switch_step is None
+        measure = align_every > 0 and (step % align_every == 0 or switching_now)
         if measure or st.projecting:
             stale = st.last_refresh_step is None or step - st.last_refresh_step >= targs.subspace_refresh_steps
             fresh_for_measure = not st.projecting and measure and st.last_refresh_step != step

@@ -258,3 +258,21 @@ def test_bad_trainer_setups_fail_before_training(tmp_path, dataset):
             model=DigitsMLP(), args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True), train_dataset=dataset
         )
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_bf16_mixed_precision_projects_with_fp32_hessian(tmp_path, dataset):
+    trainer = _trainer(tmp_path, dataset, subspace_mode="bulk", subspace_start_step=2, bf16=True, max_steps=5)
+    checker = UpdateChecker(trainer)
+    trainer.add_callback(checker)
+    trainer.train()
+    assert trainer.hessian_operator.dtype == torch.float32
+    assert all(chi <= 1e-5 for projecting, chi, _ in checker.records if projecting)
+    assert torch.isfinite(trainer.subspace_state.basis.eigenvalues).all()
+
+
+def test_switch_step_is_measured_for_the_card(tmp_path, dataset):
+    trainer = _trainer(tmp_path, dataset, subspace_mode="dominant", subspace_start_step=3, subspace_alignment_steps=5)
+    trainer.train()
+    summary = trainer.subspace_summary()
+    assert summary["switch_step"] == 3 and summary["at_switch"]["step"] == 3
+    assert summary["last"]["step"] == 8
