@@ -201,19 +201,76 @@ class SubspaceTrainer(Trainer):
             )
 
     # -- model card ------------------------------------------------------------------------------------------
-    def create_model_card(self, *args: Any, tags: str | list[str] | None = None, **kwargs: Any) -> None:
-        """The Trainer's card, tagged ``hf-subspace``, with the subspace settings, results and the citation."""
-        tags = [tags] if isinstance(tags, str) else list(tags or [])
-        if "hf-subspace" not in tags:
-            tags.append("hf-subspace")
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        *,
+        figures: list[tuple[str, str]] | None = None,
+        description: str = "",
+        notes: str = "",
+    ) -> None:
+        """Write ``output_dir/README.md``: the hf-subspace model card (Hub format, tagged ``hf-subspace``).
+
+        Takes the arguments of `Trainer.create_model_card`, plus ``figures`` (``(path relative to output_dir,
+        alt text)`` pairs), a ``description`` and ``notes`` (e.g. how a run differs from the paper's setup).
+        """
         if not self.is_world_process_zero():
             return
-        if hasattr(self.model, "config"):
-            super().create_model_card(*args, tags=tags, **kwargs)
-        # A plain nn.Module (no config) gets a card with only the subspace section.
-        from .modelcard import add_subspace_section
+        from .modelcard import CardInfo, as_list, render_model_card
 
-        add_subspace_section(os.path.join(self.args.output_dir, "README.md"), self.subspace_summary())
+        model = self.model
+        config = getattr(model, "config", None)
+        args = self.args
+        evals = {}
+        for record in self.state.log_history:
+            evals.update({k: v for k, v in record.items() if k.startswith("eval_") and isinstance(v, (int, float))})
+        for key in ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second"):
+            evals.pop(key, None)
+        hyper = {
+            "optimizer": str(getattr(args.optim, "value", args.optim))
+            + (f" ({args.optim_args})" if args.optim_args else ""),
+            "learning rate": args.learning_rate,
+            "learning-rate schedule": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+            "train batch size (per device)": args.per_device_train_batch_size,
+            "gradient accumulation steps": args.gradient_accumulation_steps,
+            "processes": args.world_size,
+            "optimizer steps": self.state.global_step,
+            "weight decay": args.weight_decay,
+            "gradient clipping": args.max_grad_norm or "off",
+            "precision": "bf16 mixed" if args.bf16 else "fp16 mixed" if args.fp16 else "fp32",
+            "seed": args.seed,
+        }
+        info = CardInfo(
+            model_name=model_name or os.path.basename(os.path.normpath(args.output_dir)),
+            architecture=(config.architectures or [type(model).__name__])[0]
+            if config is not None and getattr(config, "architectures", None)
+            else type(model).__name__,
+            num_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+            base_model=finetuned_from
+            or (getattr(config, "_name_or_path", None) or None if config is not None else None),
+            datasets=as_list(dataset) or as_list(dataset_tags),
+            hyperparameters=hyper,
+            eval_metrics=evals,
+            figures=list(figures or []),
+            tags=as_list(tags) + as_list(tasks),
+            license=license,
+            language=language,
+            description=description,
+            notes=notes,
+        )
+        if info.base_model and os.path.isdir(info.base_model):
+            info.base_model = None  # a local folder is not a Hub id
+        card = render_model_card(self.subspace_summary(), info)
+        os.makedirs(args.output_dir, exist_ok=True)
+        card.save(os.path.join(args.output_dir, "README.md"))
 
     def subspace_summary(self) -> dict[str, Any]:
         """Settings and results of the subspace run (for the model card and recipes)."""
