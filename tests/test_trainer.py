@@ -276,3 +276,49 @@ def test_switch_step_is_measured_for_the_card(tmp_path, dataset):
     summary = trainer.subspace_summary()
     assert summary["switch_step"] == 3 and summary["at_switch"]["step"] == 3
     assert summary["last"]["step"] == 8
+
+
+def test_transformers_sequence_classifier_with_sdpa_and_label_column(tmp_path):
+    """A transformers model from a config (default SDPA attention, dropout) trains in dominant mode."""
+    from datasets import Dataset
+    from transformers import BertConfig, BertForSequenceClassification
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 30, (120, 8), generator=g)
+    mask = torch.ones(120, 8, dtype=torch.long)
+    mask[::3, 6:] = 0
+    data = Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "label": (ids[:, 0] % 2).tolist()}
+    )
+    config = BertConfig(
+        vocab_size=30,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=8,
+        num_labels=2,
+    )
+    torch.manual_seed(0)
+    # float64: with updates ~1e-3 of weights ~1, float32 parameters alone round the applied update at ~5e-5.
+    model = BertForSequenceClassification(config).double()
+    args = SubspaceTrainingArguments(
+        **base_args(
+            str(tmp_path),
+            subspace_mode="dominant",
+            subspace_start_step=1,
+            subspace_k=2,
+            max_steps=4,
+            per_device_train_batch_size=20,
+            hessian_num_samples=60,
+            hessian_batch_size=30,
+        )
+    )
+    trainer = SubspaceTrainer(model=model, args=args, train_dataset=data)
+    checker = UpdateChecker(trainer)
+    trainer.add_callback(checker)
+    trainer.train()
+    assert trainer.hessian_operator.num_samples == 60
+    assert all(bulk <= 1e-5 for projecting, _, bulk in checker.records if projecting), checker.records
+    assert all(bulk <= 1e-5 for projecting, _, bulk in checker.records if projecting)
+    assert len([r for r in checker.records if r[0]]) == 3
