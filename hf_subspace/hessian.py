@@ -259,14 +259,21 @@ class HessianOperator(_LinearOperator):
         m = block.shape[1]
         rows = block.detach().to(device=self.device, dtype=self.dtype).T.contiguous()  # [m, d]: row j is vector j
         v_parts = split_like(rows, self.params)
-        total = torch.zeros(m, self.dim, dtype=self.dtype, device=self.device)
-        out_parts = split_like(total, self.params)
+        # One buffer, one all-reduce: m products, then the gradient and the loss the same pass yields for free.
+        total = torch.zeros((m + 1) * self.dim + 1, dtype=self.dtype, device=self.device)
+        products = total[: m * self.dim].view(m, self.dim)
+        out_parts = split_like(products, self.params)
+        grad_parts = split_like(total[m * self.dim : -1], self.params)
         with _exact_mode(self.model, self.eval_mode, self.device):
             for n, batch in self._iter_batches("Hessian-vector products"):
                 loss = self._batch_loss(batch)
+                total[-1] += n * loss.detach()
                 if not loss.requires_grad:
                     continue
                 grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+                for out, g in zip(grad_parts, grads):
+                    if g is not None:
+                        out.add_(g.detach(), alpha=n)
                 # Gradients that do not depend on the parameters (unused or linear ones) have zero curvature.
                 active = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
                 if not active:
@@ -287,19 +294,31 @@ class HessianOperator(_LinearOperator):
         self._reduce(total)
         self.num_matvecs += m
         self.num_passes += 1
-        if not torch.isfinite(total).all():
+        if not torch.isfinite(products).all():
             raise FloatingPointError(
                 "A Hessian-vector product is not finite (NaN or inf): the loss or parameters have diverged. "
                 "Lower the learning rate or check the Hessian dataset."
             )
-        return total.T.contiguous()
+        self._remember_gradient(total[-1], total[m * self.dim : -1])
+        return products.T.contiguous()
+
+    def _versions(self) -> tuple[int, ...]:
+        # Every in-place change of a parameter (optimizer step, load_state_dict, SAM perturbation) bumps its version.
+        return tuple(p._version for p in self.params)
+
+    def _remember_gradient(self, loss: torch.Tensor, grad: torch.Tensor) -> None:
+        self._gradient_cache = (self._versions(), float(loss.item()), grad.clone())
 
     def loss_and_gradient(self) -> tuple[float, torch.Tensor]:
-        """Mean loss and its gradient ``[d]`` over the whole Hessian dataset (all ranks), in one pass.
+        """Mean loss and its gradient ``[d]`` over the whole Hessian dataset (all ranks).
 
         Computed under the same conditions as the products (eval mode, full precision), so it is the gradient
-        whose alignment with the dominant subspace the paper measures.
+        whose alignment with the dominant subspace the paper measures. Every product pass computes it too; if the
+        parameters have not changed since the last pass, that result is returned without another pass.
         """
+        cache = getattr(self, "_gradient_cache", None)
+        if cache is not None and cache[0] == self._versions():
+            return cache[1], cache[2].clone()
         total = torch.zeros(self.dim + 1, dtype=self.dtype, device=self.device)
         grad_parts = split_like(total[1:], self.params)
         with _exact_mode(self.model, self.eval_mode, self.device):
@@ -314,7 +333,8 @@ class HessianOperator(_LinearOperator):
                         out.add_(g, alpha=n)
         self._reduce(total)
         self.num_passes += 1
-        return float(total[0].item()), total[1:]
+        self._remember_gradient(total[0], total[1:])
+        return float(total[0].item()), total[1:].clone()
 
     def loss(self) -> float:
         """Mean loss over the whole Hessian dataset (all ranks), without gradients."""

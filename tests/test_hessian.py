@@ -241,3 +241,20 @@ def test_eigenpairs_of_model_hessian_and_warm_start_after_parameter_change() -> 
     assert warm.converged and again.converged
     assert torch.allclose(warm.eigenvalues, again.eigenvalues, rtol=1e-3)
     assert warm.num_matvecs <= 0.5 * again.num_matvecs, (warm.num_matvecs, again.num_matvecs)
+
+
+def test_gradient_from_a_product_pass_is_reused_until_parameters_change() -> None:
+    torch.manual_seed(0)
+    model = TanhMLP().double()
+    batches = classification_batches([4, 6], (5,))
+    op = HessianOperator(model, batches)
+    fresh = HessianOperator(model, batches).loss_and_gradient()
+    op.matvec(torch.ones(op.dim, dtype=torch.float64))
+    passes = op.num_passes
+    loss, grad = op.loss_and_gradient()
+    assert op.num_passes == passes  # reused from the product pass
+    assert loss == pytest.approx(fresh[0], rel=1e-12) and torch.allclose(grad, fresh[1], rtol=1e-10)
+    with torch.no_grad():
+        model.fc1.weight.mul_(1.5)  # an in-place change invalidates it
+    loss2, _ = op.loss_and_gradient()
+    assert op.num_passes == passes + 1 and loss2 != pytest.approx(loss)
