@@ -496,21 +496,25 @@ class _SubspaceCallback(TrainerCallback):
             st.measured = False
             trainer.log(self.flush())
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
-        # A final measurement, so the card and the recipes report the loss and alignment at the last step.
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        # A final measurement at the last step (before the TensorBoard writer closes at train end), with a basis
+        # refreshed at the final parameters, so the card and the recipes report loss and alignment at the end.
         trainer, st = self.trainer, self.st
-        if (
-            trainer.args.alignment_steps <= 0
-            or st.basis is None
-            or st.last_measurement.get("step") == state.global_step
-        ):
+        last = control.should_training_stop or (state.max_steps > 0 and state.global_step >= state.max_steps)
+        if not last or trainer.args.alignment_steps <= 0 or st.basis is None:
             return
+        step = state.global_step
+        if st.last_refresh_step != step:
+            self._refresh(step)
         loss, grad = trainer.hessian_operator.loss_and_gradient()
         chi = st.basis.dominant_fraction(grad)
-        st.last_measurement = {"step": state.global_step, "full_train_loss": loss, "chi_k_full_grad": chi}
+        st.last_measurement = {"step": step, "full_train_loss": loss, "chi_k_full_grad": chi}
         st.pending[METRIC_PREFIX + "full_train_loss"] = loss
         st.pending[METRIC_PREFIX + "chi_k_full_grad"] = chi
+        # Logged through Trainer.log, which leaves the Trainer's own should_log decision for this step intact.
+        should_log = control.should_log
         trainer.log(self.flush())
+        control.should_log = should_log
 
     def flush(self) -> dict[str, float]:
         """Pending metrics plus window means of the per-step ones; empties both."""

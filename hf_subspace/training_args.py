@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -132,6 +133,13 @@ class SubspaceTrainingArguments(TrainingArguments):
         # message rather than fail later inside TrainingArguments' own set-up.
         self.validate_subspace_arguments()
         super().__post_init__()
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.world_size != launched:
+            raise ValueError(
+                f"This process was launched as one of WORLD_SIZE={launched} processes, but the Trainer set up "
+                f"{self.world_size}: each process would train alone. On a machine without a GPU pass use_cpu=True "
+                "(--use_cpu) so the processes join one gloo process group."
+            )
 
     def validate_subspace_arguments(self) -> None:
         """Check the subspace options; every message names the option and how to fix it."""

@@ -1,0 +1,35 @@
+#!/usr/bin/env python
+"""CNN ([conv 3×3, 32 → ReLU → max-pool] × 2 → linear, MSE) on the first 5,000 CIFAR-10 images (per-channel
+standardised), SGD lr 0.001, batch 50, k = 10.
+
+Offline: --train_file path/to/cifar10_train.npz (arrays x [N,32,32,3] uint8, y) [--validation_file ...].
+
+Launch (any option also works as a flag, e.g. ``--max_steps 500 --optim_args momentum=0.9``)::
+
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/cnn_cifar10.py recipes/configs/cnn_cifar10.yaml
+
+Variants: ``--loss_type cross_entropy``, ``--optim sgd --optim_args momentum=0.9``, ``--optim adamw_torch``,
+``--sam_rho 0.05``; branches with ``--modes sgd,dominant,bulk,gd``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hf_subspace.experiment import ExperimentResult
+from hf_subspace.recipes import parse_recipe_arguments, prepare_recipe, run_recipe, validate_recipe
+
+RECIPE = "cnn_cifar10"
+
+
+def main(argv: Sequence[str] | None = None) -> ExperimentResult:
+    """Parse the options, build the model and dataset, and run the experiment."""
+    # HfArgumentParser((RecipeArguments, SubspaceTrainingArguments)): recipe defaults < config file < flags
+    recipe_args, training_args = parse_recipe_arguments(RECIPE, argv)
+    validate_recipe(RECIPE, recipe_args, training_args)  # before any data loading or training
+    prepared = prepare_recipe(RECIPE, recipe_args, training_args)  # the model and the datasets
+    return run_recipe(RECIPE, recipe_args, training_args, prepared)  # hf_subspace.experiment.run_experiment
+
+
+if __name__ == "__main__":
+    main()

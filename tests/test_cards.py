@@ -1,0 +1,118 @@
+"""``hf-subspace cards``: reference cards from a tiny run, and claims computed from the summaries."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from hf_subspace import cards
+
+
+@pytest.fixture(scope="module")
+def quick_cards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    """The toy quadratic's reference cards in quick mode (a dozen steps), written into a temporary folder."""
+    tmp = tmp_path_factory.mktemp("cards")
+    toy = [r for r in cards.REFERENCE_RUNS if r.name == "toy_quadratic"]
+    entries = cards.regenerate_cards(tmp / "model_cards", runs=toy, work_dir=tmp / "work", quick=True)
+    return tmp / "model_cards", entries
+
+
+def test_branch_card_is_a_hub_model_card(quick_cards: tuple[Path, list[dict]]) -> None:
+    root, entries = quick_cards
+    assert [e["run"] for e in entries] == ["toy_quadratic"]
+    for branch in ("sgd", "gd", "dominant", "bulk"):
+        path = root / "toy_quadratic" / branch / "README.md"
+        card = ModelCard.load(path)
+        assert card.data.library_name == "transformers"
+        assert "hf-subspace" in card.data.tags and "toy_quadratic" in card.data.tags
+        for section in (
+            "## Model",
+            "## Training procedure",
+            "## Results",
+            "## Reference run",
+            "### Differences from the paper's setup",
+            "## Framework versions",
+            "## Citation",
+        ):
+            assert section in card.text, (branch, section)
+        assert "hf-subspace run toy_quadratic" in card.text and "--max_steps 12" in card.text
+        assert "Machine:" in card.text and "](../figure.png)" in card.text
+    assert (root / "toy_quadratic" / "figure.png").stat().st_size > 1000
+    assert (root / "toy_quadratic" / "summary.json").is_file()
+    # no weights or TensorBoard events in the cards folder
+    names = [p.name for p in root.rglob("*") if p.is_file()]
+    assert not [n for n in names if n.endswith((".safetensors", ".bin")) or "tfevents" in n]
+
+
+def test_index_numbers_come_from_the_summary(quick_cards: tuple[Path, list[dict]]) -> None:
+    root, entries = quick_cards
+    index = (root / "README.md").read_text()
+    sgd = entries[0]["summary"]["runs"]["sgd"]
+    assert f"| {sgd['final_loss']:.4g} |" in index
+    assert "cnn_cifar10" in index and "not run" in index
+    assert "| Dom-SGD stalls (paper: yes) | toy_quadratic |" in index
+    # rebuilt from the stored summaries alone, the index is the same
+    cards.regenerate_cards(root, index_only=True)
+    assert (root / "README.md").read_text() == index
+
+
+def _summary() -> dict:
+    def run(switch: float, final: float, chi: float) -> dict:
+        return {"loss_at_switch": switch, "final_loss": final, "mean_chi_k": chi, "chi_k_at_switch": 0.9}
+
+    return {
+        "recipe": "synthetic",
+        "k": 1,
+        "switch_step": 10,
+        "max_steps": 20,
+        "runs": {
+            "sgd": run(1.0, 0.2, 0.95),
+            "gd": run(1.0, 0.2, 0.01),
+            "dominant": run(1.0, 0.98, 0.95),
+            "bulk": run(1.0, 0.25, 0.9),
+        },
+    }
+
+
+def _answers(summary: dict) -> dict[str, str]:
+    return {c.claim: c.answer for c in cards.evaluate_claims("synthetic", summary)}
+
+
+def test_claims_follow_the_numbers() -> None:
+    summary = _summary()
+    assert _answers(summary) == {
+        "Dom-SGD stalls": "yes",
+        "Bulk-SGD tracks SGD": "yes",
+        "SGD→GD loses the alignment": "yes",
+        "GD→SGD restores the alignment": "n/a",
+    }
+    moving = copy.deepcopy(summary)
+    moving["runs"]["dominant"]["final_loss"] = 0.3  # Dom-SGD keeps training: the paper's claim fails
+    moving["runs"]["bulk"]["final_loss"] = 0.9  # and Bulk-SGD falls behind SGD
+    moving["runs"]["gd"]["mean_chi_k"] = 0.9  # and GD stays aligned
+    answers = _answers(moving)
+    assert answers["Dom-SGD stalls"] == "no"
+    assert answers["Bulk-SGD tracks SGD"] == "no"
+    assert answers["SGD→GD loses the alignment"] == "no"
+    index = cards.render_index([{"run": "synthetic", "recipe": "toy", "summary": moving, "command": "x"}])
+    assert "| Dom-SGD stalls (paper: yes) | synthetic | **no** (disagrees) | final/switch loss = 0.300" in index
+    flat = copy.deepcopy(summary)
+    flat["runs"]["sgd"]["final_loss"] = 0.97  # SGD itself barely moved: stalling says nothing
+    assert _answers(flat)["Dom-SGD stalls"] == "inconclusive"
+    del moving["runs"]["gd"]
+    assert _answers(moving)["SGD→GD loses the alignment"] == "n/a"
+
+
+def test_gd_prefix_restoring_alignment_is_detected() -> None:
+    summary = _summary()
+    summary["prefix_optimizer"] = "gd"
+    summary["runs"]["sgd"]["chi_k_at_switch"] = 0.05
+    assert _answers(summary)["GD→SGD restores the alignment"] == "yes"
+
+
+def test_main_rejects_unknown_run() -> None:
+    with pytest.raises(SystemExit):
+        cards.main(["--only", "nope"])

@@ -1,0 +1,100 @@
+"""The ``hf-subspace`` command: subcommands, error exits, a tiny quick start, and ``spectrum``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hf_subspace import cli
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("quickstart", "run", "spectrum"):
+        assert name in out
+    assert cli.main(["run", "no_such_recipe"]) == 2
+    assert "choose from" in capsys.readouterr().err
+    from hf_subspace.recipes import RECIPES
+
+    assert set(cli.RECIPE_NAMES) == set(RECIPES)
+
+
+def test_new_subcommands_plug_in(capsys):
+    def add(parser):
+        parser.add_argument("--flag", default="x")
+
+    cli.register_command("echo-test", "test command", add, lambda ns: print("echo", ns.flag) or 0)
+    cli.register_forwarding_command("fwd-test", "forwarded", "hf_subspace.cli:main")
+    try:
+        assert cli.main(["echo-test", "--flag", "y"]) == 0
+        assert "echo y" in capsys.readouterr().out
+        with pytest.raises(SystemExit) as exc:  # --help reaches the target's own parser
+            cli.main(["fwd-test", "--help"])
+        assert exc.value.code == 0 and "quickstart" in capsys.readouterr().out
+    finally:
+        cli.COMMANDS.pop("echo-test")
+        cli.COMMANDS.pop("fwd-test")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--modes", "sgd,sideways"], "unknown mode"),
+        (["--subspace_k", "2"], "subspace_k"),
+        ([], "overwrite_output_dir"),
+    ],
+)
+def test_run_errors_exit_2_and_touch_nothing(tmp_path, capsys, options, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    overwrite = ["--overwrite_output_dir"] if options else []
+    code = cli.main(["run", "toy_quadratic", "--output_dir", str(out), *overwrite, *options, "--report_to", "none"])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["summary.json"] and (out / "summary.json").read_text() == "{}"
+
+
+def test_run_then_spectrum(tmp_path, capsys):
+    out = tmp_path / "toy"
+    code = cli.main([
+        "run", "toy_quadratic", "--max_steps", "40", "--switch_step", "20", "--subspace_alignment_steps", "10",
+        "--modes", "sgd,dominant", "--output_dir", str(out), "--disable_tqdm", "true",
+    ])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "final/switch" in printed and "dominant" in printed
+    assert (out / "trajectory.png").is_file() and (out / "figure.png").is_file()
+    # the Hessian of the toy valley is diag(a, b) = diag(1000, 1): the top eigenvalue is exact
+    assert cli.main(["spectrum", str(out / "sgd"), "--k", "1", "--output_dir", str(tmp_path / "spec")]) == 0
+    record = json.loads((tmp_path / "spec" / "spectrum.json").read_text())
+    assert record["recipe"] == "toy_quadratic" and record["eigenvalues"][0] == pytest.approx(1000.0, rel=1e-4)
+    assert (tmp_path / "spec" / "spectrum.png").is_file()
+    assert cli.main(["spectrum", str(tmp_path / "nothing")]) == 2
+
+
+def test_quickstart_tiny(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "qs"
+    out.mkdir()
+    (out / "quickstart.json").write_text("{}")  # an earlier quick start may be replaced without a flag
+    monkeypatch.setattr(cli, "QUICKSTART_MLP", [
+        "--dataset_name", "digits", "--num_train", "120", "--num_validation", "30", "--hidden_sizes", "8",
+        "--learning_rate", "0.05", "--switch_step", "4", "--max_steps", "8", "--subspace_alignment_steps", "4",
+    ])  # fmt: skip
+    code = cli.main(["quickstart", "--output_dir", str(out), "--skip_toy", "--no_progress", "--threads", "1"])
+    assert code in (0, 1)  # 1 = too short to show the paper's result, which the tiny run need not
+    printed = capsys.readouterr().out
+    assert "mlp_mnist (digits)" in printed and "Dom-SGD stalls" in printed
+    report = json.loads((out / "quickstart.json").read_text())
+    assert (out / "mlp_digits" / "summary.json").is_file() and (out / "mlp_digits" / "figure.png").is_file()
+    assert "mlp_digits" in report["runs"] and report["seconds"] > 0
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "data.txt").write_text("keep")
+    assert cli.main(["quickstart", "--output_dir", str(foreign)]) == 2
+    assert [p.name for p in foreign.iterdir()] == ["data.txt"]
