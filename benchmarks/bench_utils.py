@@ -469,6 +469,14 @@ def sgd_steps(
     return float(loss.detach())
 
 
+def invalidate_gradient_cache(params: Sequence[torch.Tensor]) -> None:
+    """Bump the version counters of ``params`` (an in-place no-op), so ``HessianOperator.loss_and_gradient`` does a
+    real pass instead of returning the loss and gradient its last product pass cached for unchanged parameters."""
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.0)
+
+
 @contextlib.contextmanager
 def quiet_warnings() -> Iterator[None]:
     """Silence the solvers' not-converged RuntimeWarnings (recorded in the results instead) and PyHessian's

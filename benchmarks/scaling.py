@@ -58,6 +58,7 @@ def worker(args: argparse.Namespace) -> None:
     def time_all(fn: Any) -> list[float]:
         out = []
         for _ in range(args.repeats):
+            bu.invalidate_gradient_cache(op.params)  # loss_and_gradient: a real pass, not the products' cache
             dist.barrier()
             t = torch.tensor([bu.timed(fn, device).wall])
             dist.all_reduce(t, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace

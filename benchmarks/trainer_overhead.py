@@ -207,6 +207,7 @@ def micro_diagnostics(trainer: SubspaceTrainer, device: torch.device, repeats: i
     basis: SubspaceBasis = trainer.subspace_state.basis
     grad_times, chi_times, lr_times = [], [], []
     for _ in range(repeats):
+        bu.invalidate_gradient_cache(op.params)  # time a real pass, not the cache of the last product pass
         t = bu.timed(op.loss_and_gradient, device)
         grad_times.append(t.wall)
         grad = t.result[1]
