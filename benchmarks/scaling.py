@@ -213,7 +213,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick and not args.worker:
         args.hidden, args.hessian_samples, args.hessian_batch_size, args.repeats = [16, 16], 200, 50, 1
-        args.widths, args.sizes, args.d_hessian_samples = [8], [50], 50
+        args.widths, args.sizes, args.d_hessian_samples = [8], [], 50
+        args.parts = [part for part in args.parts if part != "size"]  # same code path as "width"
         args.pretrain_steps, args.warm_steps = 5, 1
         args.threads = args.threads or 1
     return args

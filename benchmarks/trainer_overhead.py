@@ -82,10 +82,11 @@ class StepTimer(TrainerCallback):
 
 def configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Name and subspace settings of every configuration (``None`` settings: plain ``Trainer``)."""
-    configs: list[dict[str, Any]] = [
-        {"name": "plain Trainer", "subspace": None},
-        {"name": "SubspaceTrainer, mode none", "subspace": {"subspace_mode": "none", "subspace_alignment_steps": 0}},
-    ]
+    configs: list[dict[str, Any]] = [{"name": "plain Trainer", "subspace": None}]
+    if not args.quick:
+        configs.append(
+            {"name": "SubspaceTrainer, mode none", "subspace": {"subspace_mode": "none", "subspace_alignment_steps": 0}}
+        )
     for mode in args.modes:
         for every in args.refresh:
             configs.append(
@@ -253,7 +254,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.extrapolate_steps = min(args.extrapolate_steps, 4)
         args.extrapolate_hessian_samples = 100
     if args.extrapolate_eigsh_steps is None:
-        args.extrapolate_eigsh_steps = min(50, args.extrapolate_steps)
+        args.extrapolate_eigsh_steps = min(50 if not args.quick else 2, args.extrapolate_steps)
     return args
 
 
