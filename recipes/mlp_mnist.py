@@ -16,18 +16,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hf_subspace.experiment import ExperimentResult
-from hf_subspace.recipes import parse_recipe_arguments, prepare_recipe, run_recipe, validate_recipe
+from hf_subspace.recipes import main as run_named_recipe
 
 RECIPE = "mlp_mnist"
 
 
 def main(argv: Sequence[str] | None = None) -> ExperimentResult:
-    """Parse the options, build the model and dataset, and run the experiment."""
-    # HfArgumentParser((RecipeArguments, SubspaceTrainingArguments)): recipe defaults < config file < flags
-    recipe_args, training_args = parse_recipe_arguments(RECIPE, argv)
-    validate_recipe(RECIPE, recipe_args, training_args)  # before any data loading or training
-    prepared = prepare_recipe(RECIPE, recipe_args, training_args)  # the model and the datasets
-    return run_recipe(RECIPE, recipe_args, training_args, prepared)  # hf_subspace.experiment.run_experiment
+    """Parse the options (recipe defaults < config file < flags), validate them before any data loading, build the
+    model and dataset, and run the experiment: ``hf_subspace.recipes.main`` with this recipe's name."""
+    return run_named_recipe(RECIPE, argv)
 
 
 if __name__ == "__main__":
