@@ -77,6 +77,7 @@ def prepare_toy_quadratic(ra: RecipeArguments, ta: SubspaceTrainingArguments) ->
     def plot_trajectories(result: ExperimentResult) -> list[Path]:
         from .plotting import plot_trajectory_2d
 
+        prefix = str(result.summary.get("prefix_optimizer", "sgd")).upper()
         paths = {mode: np.asarray(traj, dtype=float)[:, 1:3] for mode, traj in result.trajectories.items() if traj}
         if not paths:
             return []
@@ -90,7 +91,7 @@ def prepare_toy_quadratic(ra: RecipeArguments, ta: SubspaceTrainingArguments) ->
             result.output_dir / "trajectory.png",
             xlim=(-x_span, x_span),
             ylim=(min(y_lo - pad, -pad), y_hi + pad),
-            title="toy valley: trajectories after the shared SGD prefix",
+            title=f"toy valley: trajectories after the shared {prefix} prefix",
         )
         return [out]
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cli import QUICKSTART_MLP
+
 __all__ = [
     "REFERENCE_RUNS",
     "Claim",
@@ -46,7 +48,10 @@ DOM_STALL_RATIO = 0.9
 BULK_TRACK_RATIO = 1.5
 """Bulk-SGD "tracks SGD" when its final loss is at most this multiple of SGD's."""
 ALIGNMENT_LOSS_RATIO = 0.5
-"""SGD→GD "loses the alignment" when GD's mean χ_k after the switch is below this fraction of SGD's."""
+"""SGD→GD "loses the alignment" when GD's mean χ_k after the switch is below this fraction of SGD's; GD→SGD
+"restores" it when SGD's mean χ_k after a GD prefix is above χ_k at the switch and at least 1/this times it."""
+GD_PREFIX_RUN = "toy_quadratic_gd_prefix"
+"""The reference run that answers "GD→SGD restores the alignment" (a GD prefix, then SGD and GD branches)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,16 @@ class ReferenceRun:
 _QUICK = ("--max_steps", "12", "--switch_step", "6", "--subspace_alignment_steps", "3", "--subspace_refresh_steps", "3")
 _TB_OFF = ("--report_to", "none")
 
+
+def _without(options: Sequence[str], name: str) -> tuple[str, ...]:
+    """``options`` (flag, value pairs) without the flag ``name`` and its value."""
+    pairs = zip(options[::2], options[1::2])
+    return tuple(item for flag, value in pairs if flag != name for item in (flag, value))
+
+
+_DIGITS = (*_without(QUICKSTART_MLP, "--max_steps"), "--seed", "0")
+"""The quick start's MLP on digits (:data:`hf_subspace.cli.QUICKSTART_MLP` and its seed) without ``--max_steps``."""
+
 REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
     ReferenceRun(
         "toy_quadratic",
@@ -100,40 +115,25 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
     ReferenceRun(
         "mlp_digits",
         "mlp_mnist",
-        (
-            "--dataset_name",
-            "digits",
-            "--num_train",
-            "1500",
-            "--num_validation",
-            "297",
-            "--hidden_sizes",
-            "32,32",
-            "--learning_rate",
-            "0.05",
-            "--per_device_train_batch_size",
-            "50",
-            "--subspace_k",
-            "10",
-            "--switch_step",
-            "300",
-            "--max_steps",
-            "900",
-            "--subspace_refresh_steps",
-            "10",
-            "--subspace_alignment_steps",
-            "30",
-            "--logging_steps",
-            "100",
-            "--seed",
-            "0",
-            *_TB_OFF,
-        ),
+        ("--modes", "sgd,gd,dominant,bulk", *_DIGITS, "--max_steps", "1500", *_TB_OFF),
         _QUICK,
         "the quick start's MLP 64-32-32-10 on scikit-learn's 8×8 digits (1,500 train / 297 validation), k = 10",
         (
             "scikit-learn's 8×8 digits instead of MNIST; MLP 64-32-32-10 instead of 784-200-200-10; lr 0.05.",
-            "900 steps (the quick start: 1,500), switch at step 300; basis refreshed every 10 steps (paper: 1).",
+            "1,500 steps as in the quick start, switch at step 300; basis refreshed every 10 steps (paper: 1).",
+            "A full-batch GD branch besides the quick start's three (for the SGD→GD claim); the others are identical.",
+        ),
+    ),
+    ReferenceRun(
+        "mlp_digits_gd_prefix",
+        "mlp_mnist",
+        ("--prefix", "gd", "--modes", "sgd,gd", *_DIGITS, "--max_steps", "900", *_TB_OFF),
+        _QUICK,
+        "the quick start's MLP on digits with a full-batch GD prefix, then SGD and GD branches (GD→SGD), k = 10",
+        (
+            "The shared prefix is full-batch GD (`--prefix gd`, 300 steps), not SGD: it answers the GD→SGD claim.",
+            "scikit-learn's 8×8 digits instead of MNIST; MLP 64-32-32-10 instead of 784-200-200-10; lr 0.05; 900 "
+            "steps; basis refreshed every 10 steps (paper: 1); χ_k measured every 30 steps.",
         ),
     ),
     ReferenceRun(
@@ -167,6 +167,37 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
             "Basis refreshed every 50 steps (paper: every step); χ_k and the loss measured every 25 steps.",
         ),
         needs=("mnist/train.npz",),
+    ),
+    ReferenceRun(
+        "mlp_mnist_5k",
+        "mlp_mnist",
+        (
+            "--train_file",
+            "{data}/mnist/train.npz",
+            "--validation_file",
+            "{data}/mnist/t10k-images-idx3-ubyte.gz",
+            "--max_steps",
+            "3000",
+            "--switch_step",
+            "1000",
+            "--subspace_refresh_steps",
+            "20",
+            "--subspace_alignment_steps",
+            "100",
+            "--hessian_batch_size",
+            "1000",
+            "--per_device_eval_batch_size",
+            "1000",
+            *_TB_OFF,
+        ),
+        (*_QUICK, "--num_train", "200", "--num_validation", "100"),
+        "the paper's MLP 784-200-200-10 (tanh, MSE) on MNIST-5k, SGD lr 0.01, batch 50, k = 10; 10,000 test images",
+        (
+            "The paper's data and model (first 5,000 MNIST training images = Hessian set, full gradient and loss).",
+            "3,000 steps instead of ~10,000, switch at step 1,000 instead of 2,000.",
+            "Basis refreshed every 20 steps (paper: every step); χ_k and the loss measured every 100 steps.",
+        ),
+        needs=("mnist/train.npz", "mnist/t10k-images-idx3-ubyte.gz"),
     ),
     ReferenceRun(
         "transformer_sst2",
@@ -203,6 +234,19 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
         ),
         needs=("sst2/train.tsv", "sst2/dev.tsv"),
     ),
+    ReferenceRun(
+        GD_PREFIX_RUN,
+        "toy_quadratic",
+        ("--prefix", "gd", "--modes", "sgd,gd", "--max_steps", "300", "--switch_step", "100", *_TB_OFF),
+        _QUICK,
+        "the toy valley with a full-batch GD prefix, then SGD and GD branches: the GD→SGD claim, k = 1",
+        (
+            "The shared prefix is full-batch GD (`--prefix gd`), not SGD: it answers the GD→SGD claim; the other "
+            "claims are about branches after an SGD prefix (the `toy_quadratic` run).",
+            "The 2-D toy valley instead of the paper's networks; 300 steps, switch at step 100; χ_k measured every "
+            "25 steps (the recipe's default), so at the switch itself.",
+        ),
+    ),
 )
 
 UNAVAILABLE = {
@@ -224,6 +268,12 @@ class Claim:
     evidence: str
 
 
+def _gd_prefix_run(name: str) -> str:
+    """The reference run with a GD prefix that answers GD→SGD for run ``name`` (its ``_gd_prefix`` twin if any)."""
+    twin = f"{name}_gd_prefix"
+    return twin if any(run.name == twin for run in REFERENCE_RUNS) else GD_PREFIX_RUN
+
+
 def _ratio(a: Any, b: Any) -> float | None:
     return a / b if isinstance(a, int | float) and isinstance(b, int | float) and b > 0 else None
 
@@ -231,12 +281,23 @@ def _ratio(a: Any, b: Any) -> float | None:
 def evaluate_claims(name: str, summary: Mapping[str, Any]) -> list[Claim]:
     """Answer the paper's four claims from a ``summary.json`` (thresholds: module constants).
 
+    The first three are about branches after an SGD prefix, the last ("GD→SGD restores the alignment") needs a GD
+    prefix (``summary["prefix_optimizer"] == "gd"``, from ``--prefix gd``); a summary answers one or the other.
+
     Returns:
-        One :class:`Claim` per claim; ``n/a`` when the branches needed were not run.
+        One :class:`Claim` per claim; ``n/a`` when the branches or the prefix needed were not run.
     """
     runs: Mapping[str, Mapping[str, Any]] = summary.get("runs") or {}
     sgd, dom, bulk, gd = (runs.get(m) for m in ("sgd", "dominant", "bulk", "gd"))
     out = []
+    prefix = str(summary.get("prefix_optimizer", "sgd"))
+    if prefix == "gd":
+        # The first three claims are about branches leaving an SGD prefix; after a GD prefix they do not apply.
+        why = "the branches follow a GD prefix; the claim is about branches after an SGD prefix"
+        for text in ("Dom-SGD stalls", "Bulk-SGD tracks SGD", "SGD→GD loses the alignment"):
+            out.append(Claim(text, name, "n/a", why))
+        out.append(_gd_to_sgd_claim(name, sgd))
+        return out
     # Stalling and tracking only mean something if SGD itself made progress after the switch.
     sgd_r = _ratio(sgd.get("final_loss"), sgd.get("loss_at_switch")) if sgd else None
     flat = sgd_r is not None and sgd_r >= DOM_STALL_RATIO
@@ -265,15 +326,38 @@ def evaluate_claims(name: str, summary: Mapping[str, Any]) -> list[Claim]:
         ans = "yes" if r < ALIGNMENT_LOSS_RATIO else "no"
         ev = f"mean χ_k GD {gd['mean_chi_k']:.3f} vs SGD {sgd['mean_chi_k']:.3f} (loses if ratio < {ALIGNMENT_LOSS_RATIO})"
         out.append(Claim(text, name, ans, ev))
-    text = "GD→SGD restores the alignment"
-    prefix = summary.get("prefix_optimizer", "sgd")
-    if prefix == "gd" and sgd and sgd.get("chi_k_at_switch") is not None and sgd.get("mean_chi_k") is not None:
-        before, after = sgd["chi_k_at_switch"], sgd["mean_chi_k"]
-        ans = "yes" if after > before and (before <= 0 or after / before >= 1 / ALIGNMENT_LOSS_RATIO) else "no"
-        out.append(Claim(text, name, ans, f"χ_k at switch (GD) {before:.3f} → mean after (SGD) {after:.3f}"))
-    else:
-        out.append(Claim(text, name, "n/a", "needs a GD prefix, which the experiment runner does not offer"))
+    out.append(
+        Claim(
+            "GD→SGD restores the alignment",
+            name,
+            "n/a",
+            f"needs a GD prefix: run with --prefix gd --modes sgd,gd (reference run {_gd_prefix_run(name)})",
+        )
+    )
     return out
+
+
+def _gd_to_sgd_claim(name: str, sgd: Mapping[str, Any] | None) -> Claim:
+    """The claim "GD→SGD restores the alignment" from the sgd branch of a GD-prefix summary."""
+    text = "GD→SGD restores the alignment"
+    if not sgd:
+        return Claim(text, name, "n/a", "no sgd branch after the GD prefix (add sgd to --modes)")
+    before, after = sgd.get("chi_k_at_switch"), sgd.get("mean_chi_k")
+    if before is None:
+        return Claim(
+            text,
+            name,
+            "n/a",
+            "χ_k not measured at the switch (choose --subspace_alignment_steps dividing --switch_step)",
+        )
+    if after is None:
+        return Claim(text, name, "n/a", "χ_k not measured after the switch")
+    ans = "yes" if after > before and (before <= 0 or after / before >= 1 / ALIGNMENT_LOSS_RATIO) else "no"
+    ev = (
+        f"χ_k at the switch (after GD) {before:.3f} → mean after the switch (SGD) {after:.3f} (restores if ≥ "
+        f"{1 / ALIGNMENT_LOSS_RATIO:g} × and higher)"
+    )
+    return Claim(text, name, ans, ev)
 
 
 # ----------------------------------------------------------------------------------------------- machine, cards
@@ -311,8 +395,11 @@ def branch_card_section(
     """The "Reference run" section added to a branch card (numbers from ``summary.json``)."""
     b = summary["runs"][branch]
     machine = record["machine"]
+    n_hessian, n_train = summary.get("hessian_num_samples"), summary.get("num_train")
+    subset = isinstance(n_hessian, int) and isinstance(n_train, int) and n_hessian < n_train
+    loss_on = f"{n_hessian}-example Hessian subset" if subset else "full training subset"
     rows = [
-        ("loss at the switch (full training subset)", _f(b.get("loss_at_switch"))),
+        (f"loss at the switch ({loss_on})", _f(b.get("loss_at_switch"))),
         ("final loss", _f(b.get("final_loss"))),
         ("final / switch", _f(_ratio(b.get("final_loss"), b.get("loss_at_switch")), ".3f")),
         ("mean χ_k after the switch", _f(b.get("mean_chi_k"), ".3f")),
@@ -328,7 +415,8 @@ def branch_card_section(
         "## Reference run",
         "",
         f"Measured by `hf-subspace cards` ({run.description}). Branch `{branch}` of an experiment with branches "
-        f"{', '.join(summary['runs'])}, switching at step {summary['switch_step']} of {summary['max_steps']}.",
+        f"{', '.join(summary['runs'])}, leaving a shared {_prefix_name(summary)} prefix at step "
+        f"{summary['switch_step']} of {summary['max_steps']}.",
         "",
         "| quantity | value |",
         "|---|---|",
@@ -351,6 +439,10 @@ def branch_card_section(
         *[f"![{Path(p).stem} of {run.name}]({p})\n" for p in figures],
     ]
     return "\n".join(lines)
+
+
+def _prefix_name(summary: Mapping[str, Any]) -> str:
+    return "full-batch GD" if summary.get("prefix_optimizer", "sgd") == "gd" else "minibatch SGD"
 
 
 def _insert_section(card_text: str, section: str) -> str:
@@ -394,8 +486,11 @@ def render_index(entries: Sequence[Mapping[str, Any]], unavailable: Mapping[str,
         "",
         f"Thresholds (`hf_subspace/cards.py`): Dom-SGD stalls if final/switch loss ≥ {DOM_STALL_RATIO}; Bulk-SGD "
         f"tracks SGD if its final loss ≤ {BULK_TRACK_RATIO} × SGD's; SGD→GD loses the alignment if GD's mean χ_k < "
-        f"{ALIGNMENT_LOSS_RATIO} × SGD's. The first two are inconclusive when SGD's own final/switch loss is ≥ "
-        f"{DOM_STALL_RATIO} (the branch was too short for SGD itself to make progress).",
+        f"{ALIGNMENT_LOSS_RATIO} × SGD's; GD→SGD restores it if, after a GD prefix (`--prefix gd`), SGD's mean χ_k "
+        f"after the switch is above the χ_k at the switch and ≥ {1 / ALIGNMENT_LOSS_RATIO:g} × it. The first three "
+        "are about branches after an SGD prefix (n/a after a GD prefix), the last needs a GD prefix. The first two "
+        f"are inconclusive when SGD's own final/switch loss is ≥ {DOM_STALL_RATIO} (the branch was too short for SGD "
+        "itself to make progress).",
         "",
         "| paper's claim (Song, Ahn & Yun 2025) | run | measured | evidence |",
         "|---|---|---|---|",

@@ -6,22 +6,28 @@ Bulk-SGD (that part removed), and full-batch GD for the SGD↔GD comparison. :fu
 with :class:`~hf_subspace.trainer.SubspaceTrainer`:
 
 1. the prefix trains unprojected (``subspace_mode="none"``) up to ``switch_step`` and saves a checkpoint (model,
-   optimizer, scheduler, RNG states, subspace state) in ``output_dir/prefix/checkpoint-<switch_step>``;
+   optimizer, scheduler, RNG states, subspace state) in ``output_dir/prefix/checkpoint-<switch_step>``. It steps on
+   minibatches (``prefix="sgd"``, the default) or on the full-batch gradient (``prefix="gd"``: one batch of the whole
+   training set per step, for the GD→SGD comparison);
 2. every branch is a new ``SubspaceTrainer`` with ``subspace_start_step=switch_step`` that resumes from that
    checkpoint (so it continues from the same parameters, optimizer state and data order) and writes its own
    TensorBoard run, model and model card in ``output_dir/<mode>/``;
 3. rank 0 writes ``output_dir/summary.json`` and ``output_dir/figure.png`` (:func:`hf_subspace.plotting.plot_summary`).
 
-The Hessian dataset is the whole training set, so the logged ``subspace/full_train_loss`` is the full training loss
-and ``subspace/chi_k_full_grad`` is χ_k of the full-batch gradient.
+The Hessian dataset (on which the Hessian, the "full-batch" gradient of χ_k and the logged loss are computed) is
+chosen once and shared by the prefix and every branch: the ``hessian_dataset`` given, else the training set when
+``args.hessian_num_samples >= len(train_dataset)``, else the seeded subset of ``hessian_num_samples`` training examples
+that :class:`~hf_subspace.trainer.SubspaceTrainer` itself would take (:func:`hessian_subset`). The logged
+``subspace/full_train_loss`` (and the losses in ``summary.json``) is the loss over that set, i.e. the full training
+loss only when it is the whole training set; ``subspace/chi_k_full_grad`` is χ_k of the gradient over that set.
 
 ``summary.json``::
 
-    {"recipe": str, "k": int, "switch_step": int,
+    {"recipe": str, "k": int, "switch_step": int, "prefix_optimizer": "sgd" | "gd",
      "runs": {"<mode>": {"loss_at_switch": float, "final_loss": float,
                          "loss_curve": [[step, loss], ...], "chi_k_curve": [[step, chi], ...],
                          "mean_chi_k": float, "wall_time_s": float, "eval_accuracy": float (with an eval set), ...}},
-     "world_size": int, "max_steps": int, "alignment_steps": int, ...}
+     "world_size": int, "max_steps": int, "alignment_steps": int, "num_train": int, "hessian_num_samples": int, ...}
 
 The curves include the shared prefix (steps < ``switch_step``), which is the same for every branch.
 """
@@ -65,19 +71,22 @@ from ._branches import (
 )
 from ._params import select_parameters
 from ._tensor_data import TensorDataset, to_tensor_dataset
-from .trainer import SubspaceTrainer
+from .trainer import SubspaceTrainer, hessian_subset_indices
 from .training_args import SubspaceTrainingArguments
 
 __all__ = [
     "BRANCHES",
     "DEFAULT_MODES",
+    "PREFIXES",
     "BranchSpec",
     "ExperimentError",
     "ExperimentResult",
     "TensorDataset",
     "check_output_dir",
     "format_results_table",
+    "hessian_subset",
     "parse_modes",
+    "parse_prefix",
     "run_experiment",
     "to_tensor_dataset",
     "validate_experiment",
@@ -87,6 +96,12 @@ logger = logging.getLogger(__name__)
 
 ModelSource = PreTrainedModel | Callable[[], PreTrainedModel]
 CallbackFactory = Callable[[str], Iterable[TrainerCallback]]
+
+PREFIXES: dict[str, str] = {
+    "sgd": "minibatch SGD (the optimizer on minibatches of per_device_train_batch_size)",
+    "gd": "full-batch GD (the optimizer on the gradient of the whole training set)",
+}
+"""The optimizers of the shared prefix (``run_experiment(prefix=...)``, ``--prefix``)."""
 
 
 class ExperimentError(ValueError):
@@ -140,6 +155,47 @@ def check_output_dir(output_dir: str | Path, overwrite_output_dir: bool) -> None
         )
 
 
+def parse_prefix(prefix: str) -> str:
+    """Normalise ``prefix`` (``"sgd"`` or ``"gd"``, any case).
+
+    Raises:
+        ExperimentError: for any other value, naming ``--prefix`` and the valid values.
+    """
+    name = str(prefix).strip().lower()
+    if name not in PREFIXES:
+        raise ExperimentError(
+            f"--prefix={prefix!r} is not a prefix optimizer; choose from {', '.join(PREFIXES)} (sgd: minibatch SGD, "
+            "gd: full-batch GD up to --switch_step)."
+        )
+    return name
+
+
+def hessian_subset(train_dataset: Any, args: SubspaceTrainingArguments) -> Any:
+    """The Hessian dataset :class:`~hf_subspace.trainer.SubspaceTrainer` takes when given none.
+
+    ``train_dataset`` itself when ``args.hessian_num_samples >= len(train_dataset)``; otherwise the sorted, seeded
+    choice of ``hessian_num_samples`` examples (seed ``args.hessian_seed``, default ``args.seed``), the trainer's rule.
+
+    Returns:
+        ``train_dataset``, ``train_dataset.select(indices)`` when it has ``select``, else a ``torch`` ``Subset``.
+    """
+    n = len(train_dataset)
+    if args.hessian_num_samples >= n:
+        return train_dataset
+    indices = hessian_subset_indices(n, args).tolist()
+    if hasattr(train_dataset, "select"):
+        return train_dataset.select(indices)
+    return torch.utils.data.Subset(train_dataset, indices)
+
+
+def _full_batch(num_train: int, args: SubspaceTrainingArguments) -> dict[str, Any]:
+    """Training-argument changes for full-batch steps: one batch of the whole training set per step and process."""
+    return {
+        "per_device_train_batch_size": math.ceil(num_train / max(1, args.world_size)),
+        "gradient_accumulation_steps": 1,
+    }
+
+
 def _make_model(model: ModelSource) -> PreTrainedModel:
     return model() if not isinstance(model, torch.nn.Module) and callable(model) else copy.deepcopy(model)
 
@@ -153,6 +209,7 @@ def validate_experiment(
     modes: str | Iterable[str] = DEFAULT_MODES,
     overwrite_output_dir: bool = False,
     hessian_dataset: Any = None,
+    prefix: str = "sgd",
 ) -> list[str]:
     """Check every setting of :func:`run_experiment` before anything is trained or written.
 
@@ -168,6 +225,7 @@ def validate_experiment(
         names = parse_modes(modes)
     except ValueError as err:
         raise ExperimentError(str(err)) from None
+    parse_prefix(prefix)
     if args.max_steps is None or args.max_steps <= 0:
         raise ExperimentError("the experiment needs --max_steps > 0 (the total number of steps of every branch).")
     if not 1 <= switch_step < args.max_steps:
@@ -268,6 +326,7 @@ def run_experiment(
     *,
     switch_step: int,
     modes: str | Iterable[str] = DEFAULT_MODES,
+    prefix: str = "sgd",
     recipe: str = "custom",
     eval_dataset: Any = None,
     hessian_dataset: Any = None,
@@ -296,11 +355,17 @@ def run_experiment(
         switch_step: the step at which the branches leave the shared prefix (``1 <= switch_step < max_steps``).
         modes: branch names (``"sgd,dominant,bulk"``; see :data:`BRANCHES`: also ``gd``, ``dominant-gd``,
             ``bulk-gd``).
+        prefix: the optimizer of the shared prefix: ``"sgd"`` (minibatches of ``per_device_train_batch_size``) or
+            ``"gd"`` (full batch: ``per_device_train_batch_size = ceil(len(train_dataset) / world_size)``, no
+            gradient accumulation); recorded as ``summary["prefix_optimizer"]``. Minibatch branches resume a GD
+            prefix at the same global step; the Trainer then skips ``switch_step mod (batches per epoch)`` batches
+            of their first epoch, so their data order differs from that of an uninterrupted SGD run.
         recipe: name recorded in the summary, the figure title and the model cards.
         eval_dataset: optional validation set: every branch reports ``eval_accuracy`` (through ``evaluate``) and
             ``eval_loss`` at the end.
-        hessian_dataset: dataset of the Hessian, full-batch gradient and full training loss (default: the whole
-            ``train_dataset``).
+        hessian_dataset: dataset of the Hessian, full-batch gradient and logged loss, shared by every run (default:
+            :func:`hessian_subset`: the whole ``train_dataset`` if ``args.hessian_num_samples`` covers it, else the
+            trainer's seeded subset of that many examples; ``hessian_num_samples`` is ignored when this is given).
         data_collator: as for ``Trainer``.
         processing_class: as for ``Trainer`` (a tokenizer is saved with every branch model).
         compute_metrics: evaluation metrics (default: accuracy via ``evaluate`` when ``eval_dataset`` is given).
@@ -331,7 +396,9 @@ def run_experiment(
         modes=modes,
         overwrite_output_dir=overwrite_output_dir,
         hessian_dataset=hessian_dataset,
+        prefix=prefix,
     )
+    prefix = parse_prefix(prefix)
     _barrier()  # every rank has validated before rank 0 creates anything
     out = Path(args.output_dir)
     if _distributed.is_main_process():
@@ -341,7 +408,10 @@ def run_experiment(
     _barrier()
 
     train_dataset = to_tensor_dataset(train_dataset)
-    hessian_dataset = train_dataset if hessian_dataset is None else to_tensor_dataset(hessian_dataset)
+    # One Hessian set for the prefix and every branch (the trainer's own default subset, chosen once here).
+    hessian_dataset = (
+        hessian_subset(train_dataset, args) if hessian_dataset is None else to_tensor_dataset(hessian_dataset)
+    )
     if eval_dataset is not None:
         eval_dataset = to_tensor_dataset(eval_dataset) if len(eval_dataset) else None
     if compute_metrics is None and eval_dataset is not None:
@@ -365,20 +435,33 @@ def run_experiment(
         return list(callbacks(name)) if callbacks is not None else []
 
     # 1. the shared prefix
-    logger.info("hf-subspace %s: prefix (unprojected) to step %d of %d", recipe, switch_step, args.max_steps)
+    logger.info(
+        "hf-subspace %s: prefix (unprojected, %s) to step %d of %d",
+        recipe,
+        PREFIXES[prefix],
+        switch_step,
+        args.max_steps,
+    )
+    prefix_changes = _full_batch(len(train_dataset), args) if prefix == "gd" else {}
     prefix_args = _branch_args(
-        args, out / PREFIX_DIR, subspace_mode="none", subspace_start_step=0, save_only_model=False, **base
+        args,
+        out / PREFIX_DIR,
+        subspace_mode="none",
+        subspace_start_step=0,
+        save_only_model=False,
+        **prefix_changes,
+        **base,
     )
     recorder = TrajectoryRecorder() if record_trajectory else None
     prefix_cbs = [StopAtStep(switch_step), *([recorder] if recorder else []), *run_callbacks(PREFIX_DIR)]
     start = time.perf_counter()
-    prefix = _make_trainer(model, prefix_args, PREFIX_DIR, common, prefix_cbs)
-    prefix.train()
-    prefix_history = list(prefix.state.log_history)
+    prefix_trainer = _make_trainer(model, prefix_args, PREFIX_DIR, common, prefix_cbs)
+    prefix_trainer.train()
+    prefix_history = list(prefix_trainer.state.log_history)
     prefix_seconds = time.perf_counter() - start
     checkpoint = out / PREFIX_DIR / f"checkpoint-{switch_step}"
     prefix_traj = [[s, *p] for s, p in zip(recorder.steps, recorder.points)] if recorder else []
-    del prefix
+    del prefix_trainer
     _barrier()  # the checkpoint is complete before any rank resumes from it
     if not checkpoint.is_dir():
         raise RuntimeError(f"the prefix did not save its checkpoint {checkpoint}; was training stopped early?")
@@ -392,8 +475,7 @@ def run_experiment(
         logger.info("hf-subspace %s: branch %s (%s) from step %d", recipe, name, spec.description, switch_step)
         changes: dict[str, Any] = {"subspace_mode": spec.subspace_mode, "subspace_start_step": switch_step, **base}
         if spec.full_batch:
-            changes["per_device_train_batch_size"] = math.ceil(len(train_dataset) / max(1, args.world_size))
-            changes["gradient_accumulation_steps"] = 1
+            changes.update(_full_batch(len(train_dataset), args))
         branch_args = _branch_args(args, out / name, **changes)
         recorder = TrajectoryRecorder() if record_trajectory else None
         start = time.perf_counter()
@@ -428,6 +510,7 @@ def run_experiment(
         "recipe": recipe,
         "k": args.subspace_k,
         "switch_step": switch_step,
+        "prefix_optimizer": prefix,
         "runs": runs,
         "dataset": dataset_name,
         "max_steps": args.max_steps,
@@ -440,6 +523,7 @@ def run_experiment(
         "optim_args": args.optim_args,
         "sam_rho": args.sam_rho,
         "per_device_train_batch_size": args.per_device_train_batch_size,
+        "prefix_per_device_train_batch_size": prefix_args.per_device_train_batch_size,
         "num_train": len(train_dataset),
         "hessian_num_samples": len(hessian_dataset),
         "prefix_wall_time_s": prefix_seconds,

@@ -164,12 +164,16 @@ def plot_summary(summary: Mapping[str, Any], path: str | Path) -> Path:
         ax.grid(True, which="major", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
-    ax_loss.set_ylabel("full training loss")
+    # The loss is over the Hessian set: the full training loss unless hessian_num_samples took a subset.
+    n_hessian, n_train = summary.get("hessian_num_samples"), summary.get("num_train")
+    subset = isinstance(n_hessian, int) and isinstance(n_train, int) and n_hessian < n_train
+    ax_loss.set_ylabel(f"training loss ({n_hessian}-example Hessian subset)" if subset else "full training loss")
     ax_chi.set_ylabel(rf"$\chi_{{{k if k is not None else 'k'}}}$ of the full-batch gradient")
     ax_loss.set_title("training loss")
     ax_chi.set_title("fraction of the gradient in the top-k eigenspace")
     recipe = summary.get("recipe", "")
-    fig.suptitle(f"{recipe}  (k = {k})" if k is not None else str(recipe))
+    gd_prefix = ", GD prefix" if summary.get("prefix_optimizer") == "gd" else ""
+    fig.suptitle(f"{recipe}  (k = {k}{gd_prefix})" if k is not None else f"{recipe}{gd_prefix}")
     return _save(fig, path)
 
 

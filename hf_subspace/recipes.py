@@ -10,6 +10,11 @@ and datasets (:mod:`hf_subspace._recipe_builders`); :func:`run_recipe` hands the
 
 Arguments come from the recipe's defaults (the paper's settings), then a config file (a single ``.yaml``/``.json``
 argument or ``--config FILE``), then command-line flags, each overriding the previous.
+
+Unlike :class:`~hf_subspace.SubspaceTrainingArguments` (default 1,000), every recipe defaults ``hessian_num_samples``
+to :data:`WHOLE_TRAINING_SET`: the Hessian, the full-batch gradient and the logged loss use the whole training subset
+(``--num_train``), as in the paper. ``--hessian_num_samples N`` below the training-set size takes the trainer's seeded
+subset of N examples instead (the logged loss is then the loss over that subset).
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ from typing import Any
 from transformers import HfArgumentParser
 
 from ._branches import parse_modes
-from .experiment import ExperimentError, ExperimentResult, check_output_dir, run_experiment
+from .experiment import PREFIXES, ExperimentError, ExperimentResult, check_output_dir, parse_prefix, run_experiment
 from .training_args import SubspaceTrainingArguments
 
 __all__ = [
     "RECIPES",
+    "WHOLE_TRAINING_SET",
     "PreparedRecipe",
     "Recipe",
     "RecipeArguments",
@@ -45,6 +51,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+WHOLE_TRAINING_SET = 1_000_000_000
+"""The recipes' default ``hessian_num_samples``: larger than any training subset, i.e. the Hessian set is all of it."""
+
 
 @dataclass
 class RecipeArguments:
@@ -56,7 +65,16 @@ class RecipeArguments:
         metadata={"help": "Comma-separated branches after the switch: sgd, dominant, bulk, gd, dominant-gd, bulk-gd."},
     )
     switch_step: int = field(
-        default=1000, metadata={"help": "Step at which the branches leave the shared unprojected (SGD) prefix."}
+        default=1000, metadata={"help": "Step at which the branches leave the shared unprojected prefix."}
+    )
+    prefix: str = field(
+        default="sgd",
+        metadata={
+            "help": "Optimizer of the shared prefix up to --switch_step: sgd (minibatches of "
+            "--per_device_train_batch_size, the paper's protocol) or gd (full-batch gradient descent, for the GD→SGD "
+            "comparison, e.g. --prefix gd --modes sgd,gd).",
+            "choices": list(PREFIXES),
+        },
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -125,6 +143,7 @@ class RecipeArguments:
         if self.num_train is not None and self.num_train < 1:
             raise ValueError(f"--num_train={self.num_train} must be at least 1.")
         parse_modes(self.modes)
+        self.prefix = parse_prefix(self.prefix)
 
 
 @dataclass
@@ -170,6 +189,8 @@ def _registry() -> dict[str, Recipe]:
         "report_to": ["tensorboard"],
         "dataloader_pin_memory": False,
         "seed": 0,
+        # The Hessian set is the whole training subset (the paper's); --hessian_num_samples N takes a subset.
+        "hessian_num_samples": WHOLE_TRAINING_SET,
     }
     specs = [
         ("toy_quadratic", b.prepare_toy_quadratic, "2-D ill-conditioned valley, ±xy per-sample noise (k = 1)",
@@ -297,6 +318,14 @@ def parse_recipe_arguments(
     defaults.setdefault("use_cpu", not _has_accelerator())
     parser = HfArgumentParser((RecipeArguments, SubspaceTrainingArguments), prog=f"hf-subspace run {spec.name}")
     parser.set_defaults(**defaults)
+    for action in parser._actions:
+        if action.dest == "hessian_num_samples":
+            action.help = (
+                "Size of the fixed, seeded subset of the training set on which the Hessian, the full-batch gradient "
+                "of chi_k and the logged loss (subspace/full_train_loss, the losses of summary.json) are computed; "
+                "the same subset for the prefix and every branch. The recipes' default is larger than any training "
+                "set: the whole training subset, as in the paper."
+            )
     recipe_args, training_args = parser.parse_args_into_dataclasses(args=rest)
     return recipe_args, training_args
 
@@ -324,6 +353,7 @@ def validate_recipe(recipe: str, recipe_args: RecipeArguments, training_args: Su
     try:
         spec = get_recipe(recipe)
         parse_modes(recipe_args.modes)
+        parse_prefix(recipe_args.prefix)
     except ValueError as err:
         raise ExperimentError(str(err)) from None
     for option in ("train_file", "validation_file"):
@@ -356,6 +386,7 @@ def run_recipe(
         prepared.train_dataset,
         switch_step=recipe_args.switch_step,
         modes=recipe_args.modes,
+        prefix=recipe_args.prefix,
         recipe=spec.name,
         eval_dataset=prepared.eval_dataset,
         data_collator=prepared.data_collator,

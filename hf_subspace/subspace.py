@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["SubspaceBasis", "Vectors"]
+__all__ = ["SubspaceBasis", "Vectors", "vectors_norm"]
 
 Vectors = torch.Tensor | Sequence[torch.Tensor]
 
@@ -64,7 +64,8 @@ class SubspaceBasis:
         return SubspaceBasis(moved, self.eigenvalues)
 
     # -- blocks of the basis per parameter --------------------------------------------------------------------
-    def _row_blocks(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def row_blocks(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The rows ``V[o:o+n]`` belonging to each tensor (views, no copy); checks that the sizes add up to d."""
         blocks, offset = [], 0
         for t in tensors:
             n = t.numel()
@@ -81,7 +82,7 @@ class SubspaceBasis:
             self._check_flat(x)
             return self.vectors.T @ x.to(self.vectors.dtype)
         coeffs = torch.zeros(self.k, dtype=self.vectors.dtype, device=self.vectors.device)
-        for block, t in zip(self._row_blocks(x), x):
+        for block, t in zip(self.row_blocks(x), x):
             coeffs.add_(block.T @ t.reshape(-1).to(block.dtype))
         return coeffs
 
@@ -89,7 +90,7 @@ class SubspaceBasis:
         """``V c``: a flat vector, or a list shaped like ``like`` when it is a parameter list."""
         if like is None or isinstance(like, torch.Tensor):
             return self.vectors @ coefficients
-        return [(block @ coefficients).reshape(t.shape).to(t.dtype) for block, t in zip(self._row_blocks(like), like)]
+        return [(block @ coefficients).reshape(t.shape).to(t.dtype) for block, t in zip(self.row_blocks(like), like)]
 
     def project_dominant(self, x: Vectors) -> Vectors:
         """``V Vᵀ x`` (same form as ``x``: flat tensor or list)."""
@@ -108,29 +109,29 @@ class SubspaceBasis:
     def project_dominant_(self, tensors: Sequence[torch.Tensor]) -> None:
         """Replace each tensor in place by its part in span(V) (hot path: no flat copy)."""
         coeffs = self.coefficients(tensors)
-        for block, t in zip(self._row_blocks(tensors), tensors):
+        for block, t in zip(self.row_blocks(tensors), tensors):
             t.copy_((block @ coeffs).reshape(t.shape))
 
     def project_bulk_(self, tensors: Sequence[torch.Tensor]) -> None:
         """Remove each tensor's part in span(V), in place."""
         coeffs = self.coefficients(tensors)
-        for block, t in zip(self._row_blocks(tensors), tensors):
+        for block, t in zip(self.row_blocks(tensors), tensors):
             t.sub_((block @ coeffs).reshape(t.shape).to(t.dtype))
 
     # -- alignment --------------------------------------------------------------------------------------------
     def dominant_fraction(self, x: Vectors) -> float:
         """χ_k(x) = ‖V Vᵀ x‖ / ‖x‖ ∈ [0, 1] (0 for x = 0); the paper's alignment, not squared."""
-        norm = _norm(x)
+        norm = vectors_norm(x)
         if norm == 0.0:
             return 0.0
         return min(1.0, float(torch.linalg.vector_norm(self.coefficients(x)).item()) / norm)
 
     def bulk_fraction(self, x: Vectors) -> float:
         """‖x − V Vᵀ x‖ / ‖x‖ (0 for x = 0), computed directly rather than as √(1 − χ²) to stay accurate near 0."""
-        norm = _norm(x)
+        norm = vectors_norm(x)
         if norm == 0.0:
             return 0.0
-        return min(1.0, _norm(self.project_bulk(x)) / norm)
+        return min(1.0, vectors_norm(self.project_bulk(x)) / norm)
 
     # -- comparing bases --------------------------------------------------------------------------------------
     def overlap(self, other: SubspaceBasis) -> float:
@@ -163,9 +164,17 @@ class SubspaceBasis:
         return f"SubspaceBasis(d={self.dim}, k={self.k}, dtype={self.vectors.dtype})"
 
 
-def _norm(x: Vectors) -> float:
+def vectors_norm(x: Vectors) -> float:
+    """‖x‖₂ of a flat tensor or of a list of tensors taken as one vector."""
     if isinstance(x, torch.Tensor):
-        return float(torch.linalg.vector_norm(x).item())
+        return float(torch.linalg.vector_norm(x, dtype=_norm_dtype(x)).item())
     if len(x) == 0:
         return 0.0
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.double()) for t in x])).item())
+    # Per-tensor norms in the tensors' own precision (no float64 copy of the model: this runs every step), combined
+    # in float64. Half-precision tensors are reduced in float32, where their squares cannot overflow.
+    norms = [torch.linalg.vector_norm(t, dtype=_norm_dtype(t)).to(torch.float64) for t in x]
+    return float(torch.linalg.vector_norm(torch.stack(norms)).item())
+
+
+def _norm_dtype(t: torch.Tensor) -> torch.dtype | None:
+    return torch.float32 if t.is_floating_point() and t.element_size() < 4 else None

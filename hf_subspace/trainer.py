@@ -32,14 +32,28 @@ from .eigensolvers import top_eigenpairs
 from .hessian import HessianOperator
 from .metrics import METRIC_PREFIX, AlignmentEMA, custom_scalar_layout, effective_learning_rates
 from .optim import SAM
-from .subspace import SubspaceBasis
+from .subspace import SubspaceBasis, vectors_norm
 from .training_args import SubspaceTrainingArguments
 
-__all__ = ["SUBSPACE_STATE_NAME", "SubspaceTrainer"]
+__all__ = ["SUBSPACE_STATE_NAME", "SubspaceTrainer", "hessian_subset_indices"]
 
 logger = logging.getLogger(__name__)
 
 SUBSPACE_STATE_NAME = "subspace_state.pt"
+
+
+def hessian_subset_indices(num_examples: int, args: SubspaceTrainingArguments) -> np.ndarray:
+    """Indices of the default Hessian dataset among ``num_examples`` training examples (sorted).
+
+    All of them when ``args.hessian_num_samples >= num_examples``; otherwise a choice without replacement of
+    ``hessian_num_samples`` drawn with seed ``args.hessian_seed`` (default ``args.seed``), so every run, resume and
+    process of an experiment computes the Hessian on the same examples.
+    """
+    if args.hessian_num_samples >= num_examples:
+        return np.arange(num_examples)
+    seed = args.seed if args.hessian_seed is None else args.hessian_seed
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_examples, size=args.hessian_num_samples, replace=False))
 
 
 class SubspaceTrainer(Trainer):
@@ -105,12 +119,7 @@ class SubspaceTrainer(Trainer):
                     "The train dataset has no length (an IterableDataset); pass hessian_dataset= with a fixed set of "
                     "examples for the Hessian."
                 ) from None
-            seed = args.seed if args.hessian_seed is None else args.hessian_seed
-            if args.hessian_num_samples < n:
-                rng = np.random.default_rng(seed)
-                indices = np.sort(rng.choice(n, size=args.hessian_num_samples, replace=False))
-            else:
-                indices = np.arange(n)
+            indices = hessian_subset_indices(n, args)
         else:
             indices = np.arange(len(dataset))
         if hasattr(dataset, "column_names"):
@@ -307,6 +316,8 @@ class _SubspaceState:
         # per-step, not checkpointed
         self.raw_grads: list[torch.Tensor | None] | None = None
         self.theta_old: list[torch.Tensor] | None = None
+        self.theta_buffer: list[torch.Tensor] | None = None
+        self.delta_buffer: list[torch.Tensor] | None = None
         self.full_grad: torch.Tensor | None = None
         self.projecting = False
         self.measured = False
@@ -462,7 +473,8 @@ class _SubspaceCallback(TrainerCallback):
             (basis.project_dominant_ if targs.subspace_mode == "dominant" else basis.project_bulk_)(full)
             for p, g in zip(trainer.subspace_params, full):
                 p.grad = g
-        st.theta_old = [p.detach().clone() for p in trainer.subspace_params]
+        st.theta_old = _copy_into(st.theta_buffer, trainer.subspace_params)
+        st.theta_buffer = st.theta_old
 
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
@@ -472,20 +484,27 @@ class _SubspaceCallback(TrainerCallback):
             return
         params, old, basis = trainer.subspace_params, st.theta_old, st.basis
         st.theta_old = None
+        mode = trainer.args.subspace_mode
         with torch.no_grad():
-            delta = [p.detach() - o for p, o in zip(params, old)]
+            # Δ = θ_new − θ_t in a buffer reused every step (this is the hot path between refreshes).
+            delta = _copy_into(st.delta_buffer, params)
+            st.delta_buffer = delta
+            _sub_(delta, old)
+            coeffs = basis.coefficients(delta)
             if st.projecting and trainer.args.subspace_target == "update":
-                coeffs = basis.coefficients(delta)
-                step_dom = basis.expand(coeffs, delta)
-                if trainer.args.subspace_mode == "dominant":
-                    for p, o, d in zip(params, old, step_dom):
-                        p.copy_(o + d)
-                    delta = step_dom  # type: ignore[assignment]
-                else:
-                    for p, d in zip(params, step_dom):
-                        p.sub_(d)
-                    delta = [dl - d for dl, d in zip(delta, step_dom)]
-            st.window["chi_k_update"].append(basis.dominant_fraction(delta))
+                for block, p, o, d in zip(basis.row_blocks(params), params, old, delta):
+                    dom = (block @ coeffs).reshape(p.shape).to(p.dtype)
+                    if mode == "dominant":
+                        p.copy_(o).add_(dom)  # θ_t + PΔ
+                        d.copy_(dom)
+                    else:
+                        p.sub_(dom)  # θ_new − PΔ
+                        d.sub_(dom)
+                # χ_k of the applied update is 1 (Δ = V c) or 0 (Vᵀ(Δ − VVᵀΔ) = 0) by construction.
+                nonzero = mode == "dominant" and bool(torch.any(coeffs != 0).item())
+                st.window["chi_k_update"].append(1.0 if nonzero else 0.0)
+            else:
+                st.window["chi_k_update"].append(_fraction(coeffs, vectors_norm(delta)))
             if st.full_grad is not None:
                 eta_dom, eta_bulk = effective_learning_rates(basis, delta, st.full_grad)
                 st.pending[METRIC_PREFIX + "effective_lr_dominant"] = eta_dom
@@ -527,3 +546,25 @@ class _SubspaceCallback(TrainerCallback):
             logs[METRIC_PREFIX + "projecting"] = float(st.projecting)
         st.pending, st.window = {}, defaultdict(list)
         return logs
+
+
+def _copy_into(buffer: list[torch.Tensor] | None, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``params`` copied into ``buffer`` (reused when shapes, dtypes and devices match; else freshly allocated)."""
+    if (
+        buffer is None
+        or len(buffer) != len(params)
+        or any(b.shape != p.shape or b.dtype != p.dtype or b.device != p.device for b, p in zip(buffer, params))
+    ):
+        return [p.detach().clone() for p in params]
+    with torch.no_grad():
+        torch._foreach_copy_(buffer, [p.detach() for p in params])
+    return buffer
+
+
+def _sub_(tensors: list[torch.Tensor], other: list[torch.Tensor]) -> None:
+    torch._foreach_sub_(tensors, other)
+
+
+def _fraction(coefficients: torch.Tensor, norm: float) -> float:
+    """χ_k = ‖Vᵀx‖ / ‖x‖ from the coefficients and the norm of x (0 for x = 0)."""
+    return 0.0 if norm == 0.0 else min(1.0, float(torch.linalg.vector_norm(coefficients).item()) / norm)

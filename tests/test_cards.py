@@ -110,7 +110,51 @@ def test_gd_prefix_restoring_alignment_is_detected() -> None:
     summary = _summary()
     summary["prefix_optimizer"] = "gd"
     summary["runs"]["sgd"]["chi_k_at_switch"] = 0.05
-    assert _answers(summary)["GD→SGD restores the alignment"] == "yes"
+    answers = _answers(summary)
+    assert answers["GD→SGD restores the alignment"] == "yes"
+    # the other claims are about branches after an SGD prefix
+    assert [answers[c] for c in ("Dom-SGD stalls", "Bulk-SGD tracks SGD", "SGD→GD loses the alignment")] == ["n/a"] * 3
+    index = cards.render_index([{"run": "gdp", "recipe": "toy", "summary": summary, "command": "x"}])
+    assert (
+        "| GD→SGD restores the alignment (paper: yes) | gdp | **yes** (agrees) | χ_k at the switch (after GD) 0.050"
+        in index
+    )
+    stays = copy.deepcopy(summary)
+    stays["runs"]["sgd"]["mean_chi_k"] = 0.08  # SGD after GD stays unaligned: the paper's claim fails
+    assert _answers(stays)["GD→SGD restores the alignment"] == "no"
+    unmeasured = copy.deepcopy(summary)
+    unmeasured["runs"]["sgd"]["chi_k_at_switch"] = None  # alignment interval not dividing the switch step
+    claim = next(c for c in cards.evaluate_claims("x", unmeasured) if c.claim.startswith("GD→SGD"))
+    assert claim.answer == "n/a" and "--subspace_alignment_steps" in claim.evidence
+    del unmeasured["runs"]["sgd"]
+    assert _answers(unmeasured)["GD→SGD restores the alignment"] == "n/a"
+
+
+def test_sgd_prefix_points_to_the_gd_prefix_run() -> None:
+    claim = next(c for c in cards.evaluate_claims("x", _summary()) if c.claim.startswith("GD→SGD"))
+    assert claim.answer == "n/a" and "--prefix gd" in claim.evidence and cards.GD_PREFIX_RUN in claim.evidence
+    run = next(r for r in cards.REFERENCE_RUNS if r.name == cards.GD_PREFIX_RUN)
+    command = run.command(Path("data"), Path("out"))
+    assert command.startswith("hf-subspace run toy_quadratic ") and "--prefix gd --modes sgd,gd" in command
+    # the alignment interval (the recipe's 25, quick mode's 3) divides the switch step, so χ_k is measured there
+    from hf_subspace.recipes import RECIPES, parse_recipe_arguments
+
+    assert RECIPES["toy_quadratic"].defaults["subspace_alignment_steps"] == 25
+    for quick in (False, True):
+        ra, ta = parse_recipe_arguments(run.recipe, run.argv(Path("data"), Path("out"), quick))
+        assert ra.prefix == "gd" and ra.switch_step % ta.subspace_alignment_steps == 0
+
+
+def test_gd_prefix_reference_run_answers_the_claim(tmp_path: Path) -> None:
+    """The GD-prefix reference run in quick mode: its cards and the index answer GD→SGD from its summary."""
+    run = [r for r in cards.REFERENCE_RUNS if r.name == cards.GD_PREFIX_RUN]
+    entries = cards.regenerate_cards(tmp_path / "cards", runs=run, work_dir=tmp_path / "work", quick=True)
+    summary = entries[0]["summary"]
+    assert summary["prefix_optimizer"] == "gd" and list(summary["runs"]) == ["sgd", "gd"]
+    index = (tmp_path / "cards" / "README.md").read_text()
+    assert f"| GD→SGD restores the alignment (paper: yes) | {cards.GD_PREFIX_RUN} | **yes** (agrees) |" in index
+    card = (tmp_path / "cards" / cards.GD_PREFIX_RUN / "sgd" / "README.md").read_text()
+    assert "leaving a shared full-batch GD prefix at step 6 of 12" in card
 
 
 def test_main_rejects_unknown_run() -> None:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from hf_subspace._branches import default_alignment_steps, parse_modes
+from hf_subspace.cards import evaluate_claims
 from hf_subspace.experiment import (
     ExperimentError,
     TensorDataset,
     format_results_table,
+    hessian_subset,
     run_experiment,
     to_tensor_dataset,
 )
@@ -154,6 +159,7 @@ def test_branch_continues_the_uninterrupted_run(toy_run, tmp_path):
         ({"args": {"subspace_k": 2}}, "subspace_k"),
         ({"switch_step": 300}, "switch_step"),
         ({"args": {"subspace_mode": "dominant"}}, "--modes"),
+        ({"prefix": "adam"}, r"--prefix='adam'.*sgd, gd"),
     ],
 )
 def test_validation_errors_leave_output_untouched(tmp_path, changes, message):
@@ -163,6 +169,7 @@ def test_validation_errors_leave_output_untouched(tmp_path, changes, message):
     (out / "sgd" / "README.md").write_text("old card")
     before = snapshot(out)
     kwargs = {"switch_step": changes.get("switch_step", 50), "modes": changes.get("modes", "sgd,dominant")}
+    kwargs["prefix"] = changes.get("prefix", "sgd")
     overwrite = bool(changes)  # the first case checks the output-folder refusal itself
     with pytest.raises(ExperimentError, match=message):
         run_experiment(
@@ -216,3 +223,95 @@ def test_multi_process_launch_without_use_cpu_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ExperimentError, match="use_cpu"):
         run_experiment(ToyQuadraticModel(ToyQuadraticConfig()), args, toy_quadratic_dataset(5), switch_step=5)
     assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------------------------- GD prefix
+
+
+class StepCounter(TrainerCallback):
+    """Counts the optimizer steps of one run and records its batch size and first global step."""
+
+    def __init__(self, name: str, counts: Counter, starts: dict) -> None:
+        self.name, self.counts, self.starts = name, counts, starts
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.starts[self.name] = (state.global_step, args.per_device_train_batch_size)
+
+    def on_step_end(self, args, state, control, **kw):
+        self.counts[self.name] += 1
+
+
+def test_gd_prefix_then_sgd_restores_the_alignment(tmp_path):
+    """A full-batch GD prefix (χ_1 → 0 on the toy valley), then minibatch SGD (χ_1 back to ≈ 0.95) and GD branches."""
+    counts, starts = Counter(), {}
+    out = tmp_path / "gd_prefix"
+    result = run_experiment(
+        ToyQuadraticModel(ToyQuadraticConfig()),
+        toy_args(out, max_steps=45, subspace_alignment_steps=5, subspace_refresh_steps=20, report_to="none"),
+        toy_quadratic_dataset(15),  # 30 samples: the minibatch branch resumes mid-epoch (step 20 of 30)
+        switch_step=20,
+        modes="sgd,gd",
+        prefix="GD",
+        record_trajectory=True,
+        callbacks=lambda name: [StepCounter(name, counts, starts)],
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["prefix_optimizer"] == "gd"
+    assert summary["prefix_per_device_train_batch_size"] == 30 and summary["per_device_train_batch_size"] == 1
+    # the prefix stepped on the full batch: lr = 1/a puts x on the valley floor in one step (SGD: |x| ≈ c|y|/a)
+    assert starts["prefix"] == (0, 30)
+    assert abs(result.trajectories["prefix"][1][1]) < 1e-6
+    state = json.loads((out / "prefix" / "checkpoint-20" / "trainer_state.json").read_text())
+    assert state["train_batch_size"] == 30 and state["global_step"] == 20
+    # every branch resumed at the switch with its own batch size and trained the remaining 25 steps
+    assert counts == {"prefix": 20, "sgd": 25, "gd": 25}
+    assert starts["sgd"] == (20, 1) and starts["gd"] == (20, 30)
+    sgd, gd = summary["runs"]["sgd"], summary["runs"]["gd"]
+    for mode, run in (("sgd", sgd), ("gd", gd)):
+        assert run["loss_curve"][-1][0] == 45 and result.trajectories[mode][-1][0] == 45
+        assert all(math.isfinite(v) for _, v in run["loss_curve"]) and run["final_loss"] < run["loss_at_switch"]
+    assert sgd["chi_k_at_switch"] < 1e-3 and gd["chi_k_at_switch"] < 1e-3  # GD left no sharp component
+    assert sgd["mean_chi_k"] > 0.9  # SGD's noise brings it back ...
+    assert gd["mean_chi_k"] < 0.05  # ... GD's absence of noise does not
+    assert sgd["loss_curve"][:4] == gd["loss_curve"][:4]  # the shared prefix
+    claims = {c.claim: c.answer for c in evaluate_claims("gd_prefix", summary)}
+    assert claims["GD→SGD restores the alignment"] == "yes"
+
+
+def test_hessian_num_samples_subset_is_shared_by_every_run(tmp_path):
+    """Without a hessian_dataset the runner takes the trainer's seeded subset once; every run measures on it."""
+    data = toy_quadratic_dataset(50)
+    args = toy_args(tmp_path / "sub", max_steps=20, subspace_alignment_steps=5, report_to="none", hessian_num_samples=7)
+    subset = hessian_subset(data, args)
+    # the same examples SubspaceTrainer picks by itself
+    alone = SubspaceTrainer(model=ToyQuadraticModel(ToyQuadraticConfig()), args=args, train_dataset=data)
+    assert alone.hessian_operator.num_samples == 7
+    picked = torch.cat([b["sign"] for b in alone.hessian_operator.batches])
+    assert torch.equal(picked, subset.columns["sign"])
+    mean_sign = float(subset.columns["sign"].mean())
+    assert mean_sign != 0.0  # 7 samples: the subset loss differs from the full loss (mean sign 0)
+
+    result = run_experiment(
+        ToyQuadraticModel(ToyQuadraticConfig()),
+        args,
+        data,
+        switch_step=10,
+        modes="sgd,dominant",
+        record_trajectory=True,
+    )
+    summary = result.summary
+    assert summary["hessian_num_samples"] == 7 and summary["num_train"] == 100
+    cfg = ToyQuadraticConfig()
+
+    def subset_loss(point):
+        x, y = point
+        return 0.5 * (cfg.sharpness * x * x + cfg.flatness * y * y) + mean_sign * cfg.noise * x * y
+
+    traj = {name: {int(p[0]): p[1:] for p in points} for name, points in result.trajectories.items()}
+    # the prefix (step 0) and every branch (switch and end) measured the loss over that very subset
+    for mode, run in summary["runs"].items():
+        curve = dict((int(s), v) for s, v in run["loss_curve"])
+        assert curve[0] == pytest.approx(subset_loss(traj["prefix"][0]), rel=1e-5)
+        assert curve[10] == pytest.approx(subset_loss(traj[mode][10]), rel=1e-5)
+        assert curve[20] == pytest.approx(subset_loss(traj[mode][20]), rel=1e-5)
+    assert subset_loss(traj["prefix"][0]) != pytest.approx(0.5 * (cfg.sharpness * 0.02**2 + 1.0), rel=1e-3)

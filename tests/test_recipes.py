@@ -13,6 +13,7 @@ import pytest
 from hf_subspace.experiment import ExperimentError
 from hf_subspace.recipes import (
     RECIPES,
+    WHOLE_TRAINING_SET,
     get_recipe,
     load_config_file,
     parse_recipe_arguments,
@@ -174,6 +175,48 @@ def test_finetune_local_checkpoints(tmp_path):
     result = run("finetune", [*common, "--model_name_or_path", str(tmp_path / "vit"), "--dataset_name", "digits",
                               "--num_train", "40", "--num_validation", "10", "--output_dir", str(tmp_path / "out_img")])  # fmt: skip
     assert result.summary["task"] == "image" and 0.0 <= result.summary["runs"]["sgd"]["eval_accuracy"] <= 1.0
+
+
+def test_prefix_and_hessian_set_options(tmp_path):
+    ra, ta = parse_recipe_arguments("toy_quadratic", [])
+    assert ra.prefix == "sgd" and ta.hessian_num_samples == WHOLE_TRAINING_SET  # the whole training subset
+    for name in RECIPES:  # every recipe keeps its Hessian set = the whole training subset by default
+        assert get_recipe(name).defaults["hessian_num_samples"] == WHOLE_TRAINING_SET
+    ra, ta = parse_recipe_arguments("mlp_mnist", ["--prefix", "gd", "--hessian_num_samples", "300"])
+    assert ra.prefix == "gd" and ta.hessian_num_samples == 300
+    with pytest.raises(SystemExit):
+        parse_recipe_arguments("toy_quadratic", ["--prefix", "adam"])
+    config = tmp_path / "c.yaml"
+    config.write_text("prefix: momentum\n")
+    with pytest.raises(ValueError, match="--prefix"):
+        parse_recipe_arguments("toy_quadratic", [str(config)])
+
+
+def test_toy_recipe_with_gd_prefix_and_hessian_subset(tmp_path):
+    """``hf-subspace run toy_quadratic --prefix gd --modes sgd,gd``: the summary records the prefix and the Hessian
+    set; by default the Hessian set is the whole training subset even above the trainer's default of 1,000."""
+    tiny = [
+        "--max_steps",
+        "6",
+        "--switch_step",
+        "3",
+        "--subspace_alignment_steps",
+        "3",
+        "--subspace_refresh_steps",
+        "3",
+    ]
+    result = run("toy_quadratic", [*tiny, "--prefix", "gd", "--modes", "sgd,gd", "--num_train", "1200",
+                                   "--plot", "false", "--output_dir", str(tmp_path / "whole")])  # fmt: skip
+    summary = json.loads(result.summary_path.read_text())
+    assert summary["prefix_optimizer"] == "gd" and summary["prefix_per_device_train_batch_size"] == 1200
+    assert summary["num_train"] == 1200 and summary["hessian_num_samples"] == 1200
+    assert summary["runs"]["sgd"]["chi_k_at_switch"] < 1e-3 < summary["runs"]["sgd"]["final_chi_k"]
+    meta = json.loads((tmp_path / "whole" / "sgd" / "hf_subspace_experiment.json").read_text())
+    assert meta["recipe_args"]["prefix"] == "gd"
+    result = run("toy_quadratic", [*tiny, "--modes", "sgd", "--hessian_num_samples", "10", "--plot", "false",
+                                   "--output_dir", str(tmp_path / "subset")])  # fmt: skip
+    assert result.summary["prefix_optimizer"] == "sgd"
+    assert result.summary["num_train"] == 100 and result.summary["hessian_num_samples"] == 10
 
 
 def test_prepare_toy_builds_a_two_parameter_model():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hf_subspace import SubspaceBasis
+from hf_subspace.subspace import vectors_norm
 
 
 def _basis(d: int = 40, k: int = 4, seed: int = 0) -> SubspaceBasis:
@@ -76,3 +77,14 @@ def test_overlap_distance_state_dict_and_errors() -> None:
         a.project_dominant([torch.zeros(3, dtype=torch.float64)])
     with pytest.raises(ValueError, match="1 <= k <= d"):
         SubspaceBasis(torch.zeros(3, 0))
+
+
+def test_vectors_norm_in_low_precision_does_not_overflow() -> None:
+    # 300² · 1000 overflows float16 (max 65504) if squared and summed in half precision.
+    big = [torch.full((1000,), 300.0, dtype=torch.float16), torch.full((10,), 1.0, dtype=torch.bfloat16)]
+    expected = (300.0**2 * 1000 + 10) ** 0.5
+    assert vectors_norm(big) == pytest.approx(expected, rel=1e-3)
+    assert vectors_norm(big[0]) == pytest.approx(300.0 * 1000**0.5, rel=1e-3)
+    assert vectors_norm([]) == 0.0
+    x = torch.randn(40, dtype=torch.float64)
+    assert vectors_norm(_split(x)) == pytest.approx(float(torch.linalg.norm(x)), rel=1e-12)

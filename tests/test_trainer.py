@@ -322,3 +322,32 @@ def test_transformers_sequence_classifier_with_sdpa_and_label_column(tmp_path):
     assert all(bulk <= 1e-5 for projecting, _, bulk in checker.records if projecting), checker.records
     assert all(bulk <= 1e-5 for projecting, _, bulk in checker.records if projecting)
     assert len([r for r in checker.records if r[0]]) == 3
+
+
+@pytest.mark.parametrize("mode", ["none", "dominant", "bulk"])
+def test_logged_update_alignment_matches_the_applied_updates(tmp_path, dataset, mode):
+    # Every step is measured and logged, so each logged chi_k_update is the χ_k of exactly one applied update.
+    trainer = _trainer(
+        tmp_path,
+        dataset,
+        subspace_mode=mode,
+        subspace_start_step=0,
+        subspace_alignment_steps=1,
+        logging_steps=1,
+        max_steps=6,
+    )
+    checker = UpdateChecker(trainer)
+    trainer.add_callback(checker)
+    trainer.train()
+    logged = [r["subspace/chi_k_update"] for r in trainer.state.log_history if "subspace/chi_k_update" in r]
+    measured = [chi for _, chi, _ in checker.records]
+    assert len(logged) == len(measured) == 6
+    if mode == "none":
+        assert all(0.01 < chi < 0.99 for chi in measured), measured  # a real fraction, not a trivial 0 or 1
+        assert logged == pytest.approx(measured, rel=1e-5, abs=1e-7)
+    else:
+        exact = 1.0 if mode == "dominant" else 0.0
+        assert logged == [exact] * 6
+        assert measured == pytest.approx([exact] * 6, abs=1e-4)
+    minibatch = [r["subspace/chi_k_minibatch_grad"] for r in trainer.state.log_history if "subspace/chi_k_update" in r]
+    assert all(0.0 < chi < 1.0 for chi in minibatch)

@@ -113,7 +113,9 @@ def lobpcg(
             convergence per iteration, more matvecs per iteration).
         history: besides the LOBPCG direction :math:`P`, keep this many further Ritz vectors (the next ones below
             the block) in the search space; they cost no operator application, only ``2 * history`` stored vectors of
-            length ``d``. ``0`` is plain LOBPCG; default: the block size ``m``.
+            length ``d``. ``0`` is plain LOBPCG; default: the block size ``m`` for a cold start and ``0`` with
+            ``init`` (a warm block converges in one or two iterations, where the wider Rayleigh–Ritz problem costs
+            more dense work than it saves).
 
     Returns:
         :class:`EigenResult`; ``residuals`` are computed from the tracked :math:`HX` (no extra operator call).
@@ -146,7 +148,8 @@ def lobpcg(
                 extra = extra - x @ (x.T @ extra)
         x = torch.cat([x, svqb(extra, drop)], dim=1)
     x = sync_block(x, problem)
-    history = m if history is None else history
+    if history is None:
+        history = 0 if problem.init is not None else m
     hx = counter(x)
     theta, c, _ = _rayleigh_ritz(x, hx, drop)
     m = theta.shape[0]
