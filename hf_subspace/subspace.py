@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["SubspaceBasis", "Vectors", "vectors_norm"]
+__all__ = ["SubspaceBasis", "Vectors", "fraction_in_span", "vectors_norm"]
 
 Vectors = torch.Tensor | Sequence[torch.Tensor]
 
@@ -122,9 +122,7 @@ class SubspaceBasis:
     def dominant_fraction(self, x: Vectors) -> float:
         """χ_k(x) = ‖V Vᵀ x‖ / ‖x‖ ∈ [0, 1] (0 for x = 0); the paper's alignment, not squared."""
         norm = vectors_norm(x)
-        if norm == 0.0:
-            return 0.0
-        return min(1.0, float(torch.linalg.vector_norm(self.coefficients(x)).item()) / norm)
+        return 0.0 if norm == 0.0 else fraction_in_span(self.coefficients(x), norm)
 
     def bulk_fraction(self, x: Vectors) -> float:
         """‖x − V Vᵀ x‖ / ‖x‖ (0 for x = 0), computed directly rather than as √(1 − χ²) to stay accurate near 0."""
@@ -162,6 +160,11 @@ class SubspaceBasis:
 
     def __repr__(self) -> str:
         return f"SubspaceBasis(d={self.dim}, k={self.k}, dtype={self.vectors.dtype})"
+
+
+def fraction_in_span(coefficients: torch.Tensor, norm: float) -> float:
+    """χ_k = ‖Vᵀx‖ / ‖x‖ from the coefficients ``Vᵀx`` and ``‖x‖`` (0 for x = 0), clipped to [0, 1]."""
+    return 0.0 if norm == 0.0 else min(1.0, float(torch.linalg.vector_norm(coefficients).item()) / norm)
 
 
 def vectors_norm(x: Vectors) -> float:

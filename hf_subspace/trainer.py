@@ -32,7 +32,7 @@ from .eigensolvers import top_eigenpairs
 from .hessian import HessianOperator
 from .metrics import METRIC_PREFIX, AlignmentEMA, custom_scalar_layout, effective_learning_rates
 from .optim import SAM
-from .subspace import SubspaceBasis, vectors_norm
+from .subspace import SubspaceBasis, fraction_in_span, vectors_norm
 from .training_args import SubspaceTrainingArguments
 
 __all__ = ["SUBSPACE_STATE_NAME", "SubspaceTrainer", "hessian_subset_indices"]
@@ -489,7 +489,7 @@ class _SubspaceCallback(TrainerCallback):
             # Δ = θ_new − θ_t in a buffer reused every step (this is the hot path between refreshes).
             delta = _copy_into(st.delta_buffer, params)
             st.delta_buffer = delta
-            _sub_(delta, old)
+            torch._foreach_sub_(delta, old)
             coeffs = basis.coefficients(delta)
             if st.projecting and trainer.args.subspace_target == "update":
                 for block, p, o, d in zip(basis.row_blocks(params), params, old, delta):
@@ -504,7 +504,7 @@ class _SubspaceCallback(TrainerCallback):
                 nonzero = mode == "dominant" and bool(torch.any(coeffs != 0).item())
                 st.window["chi_k_update"].append(1.0 if nonzero else 0.0)
             else:
-                st.window["chi_k_update"].append(_fraction(coeffs, vectors_norm(delta)))
+                st.window["chi_k_update"].append(fraction_in_span(coeffs, vectors_norm(delta)))
             if st.full_grad is not None:
                 eta_dom, eta_bulk = effective_learning_rates(basis, delta, st.full_grad)
                 st.pending[METRIC_PREFIX + "effective_lr_dominant"] = eta_dom
@@ -559,12 +559,3 @@ def _copy_into(buffer: list[torch.Tensor] | None, params: list[torch.Tensor]) ->
     with torch.no_grad():
         torch._foreach_copy_(buffer, [p.detach() for p in params])
     return buffer
-
-
-def _sub_(tensors: list[torch.Tensor], other: list[torch.Tensor]) -> None:
-    torch._foreach_sub_(tensors, other)
-
-
-def _fraction(coefficients: torch.Tensor, norm: float) -> float:
-    """χ_k = ‖Vᵀx‖ / ‖x‖ from the coefficients and the norm of x (0 for x = 0)."""
-    return 0.0 if norm == 0.0 else min(1.0, float(torch.linalg.vector_norm(coefficients).item()) / norm)
