@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ._operator import MatrixOperator
 from .eigensolvers import EigenResult, top_eigenpairs
 from .hessian import HessianOperator
+from .operator import MatrixOperator
 from .spectrum import hessian_eigenpairs
 from .subspace import SubspaceBasis
 from .trainer import SubspaceTrainer

@@ -51,7 +51,7 @@ import torch
 from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from . import _distributed
+from . import distributed
 from ._branches import (
     BRANCHES,
     DEFAULT_MODES,
@@ -279,7 +279,7 @@ def _branch_args(args: SubspaceTrainingArguments, output_dir: Path, **changes: A
 
 
 def _barrier() -> None:
-    if _distributed.is_distributed():
+    if distributed.is_distributed():
         torch.distributed.barrier()
 
 
@@ -401,7 +401,7 @@ def run_experiment(
     prefix = parse_prefix(prefix)
     _barrier()  # every rank has validated before rank 0 creates anything
     out = Path(args.output_dir)
-    if _distributed.is_main_process():
+    if distributed.is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         if overwrite_output_dir:
             clean_outputs(out)
@@ -530,7 +530,7 @@ def run_experiment(
         **dict(extras or {}),
     }
     summary_path = figure_path = None
-    if _distributed.is_main_process():
+    if distributed.is_main_process():
         summary_path = out / SUMMARY_NAME
         summary_path.write_text(json.dumps(summary, indent=2))
         if plot:

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import _distributed
-from ._operator import _LinearOperator
+from . import distributed as dist
 from ._params import select_parameters, split_like
+from .operator import LinearOperator
 
 __all__ = ["HessianOperator", "LossFn", "batch_num_samples", "default_loss_fn", "unwrap_model"]
 
@@ -140,7 +140,7 @@ def _exact_mode(model: nn.Module, eval_mode: bool, device: torch.device) -> Iter
             m.training = mode
 
 
-class HessianOperator(_LinearOperator):
+class HessianOperator(LinearOperator):
     """Hessian of the mean training loss over a fixed set of batches, as a matrix-free symmetric operator.
 
     Args:
@@ -199,8 +199,8 @@ class HessianOperator(_LinearOperator):
         self.loss_fn: LossFn = loss_fn or default_loss_fn
         self.eval_mode = eval_mode
         self.progress = progress
-        self.is_distributed = _distributed.is_distributed() if distributed is None else bool(distributed)
-        if self.is_distributed and not _distributed.is_distributed():
+        self.is_distributed = dist.is_distributed() if distributed is None else bool(distributed)
+        if self.is_distributed and not dist.is_distributed():
             raise ValueError("distributed=True but no torch.distributed process group with >1 process is initialised")
 
         if isinstance(batches, Mapping):
@@ -209,7 +209,7 @@ class HessianOperator(_LinearOperator):
         self.batch_sizes = [batch_num_samples(b) for b in self.batches]
         local = torch.tensor([float(sum(self.batch_sizes))], dtype=torch.float64)
         if self.is_distributed:
-            _distributed.all_reduce_sum(local)
+            dist.all_reduce_sum(local)
         self.num_samples = int(local.item())
         if self.num_samples == 0:
             raise ValueError(
@@ -244,7 +244,7 @@ class HessianOperator(_LinearOperator):
 
     def _reduce(self, total: torch.Tensor) -> torch.Tensor:
         if self.is_distributed:
-            _distributed.all_reduce_sum(total)
+            dist.all_reduce_sum(total)
         return total.div_(self.num_samples)
 
     def matmat(self, block: torch.Tensor) -> torch.Tensor:

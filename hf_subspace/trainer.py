@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from . import _distributed
+from . import distributed
 from ._params import select_parameters
 from .eigensolvers import top_eigenpairs
 from .hessian import HessianOperator
@@ -130,7 +130,7 @@ class SubspaceTrainer(Trainer):
                 )
             dataset = self._remove_unused_columns(dataset, description="hessian")
         # Each rank takes a contiguous shard; products are summed across ranks weighted by sample counts.
-        shard = np.array_split(indices, _distributed.world_size())[_distributed.rank()]
+        shard = np.array_split(indices, distributed.world_size())[distributed.rank()]
         size = args.hessian_batch_size
         collator = self.data_collator
         # Built without a DataLoader: iterating one draws from the global RNG and would change the training run.
@@ -403,7 +403,7 @@ class _SubspaceCallback(TrainerCallback):
 
     # -- Trainer hooks ---------------------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
-        if not _distributed.is_main_process():
+        if not distributed.is_main_process():
             return
         from transformers.integrations import TensorBoardCallback
 

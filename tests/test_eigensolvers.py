@@ -7,9 +7,9 @@ import functools
 import pytest
 import torch
 
-from hf_subspace import _distributed
-from hf_subspace._operator import MatrixOperator
+from hf_subspace import distributed
 from hf_subspace.eigensolvers import METHODS, EigenResult, top_eigenpairs
+from hf_subspace.operator import MatrixOperator
 
 ALL_METHODS = ["lanczos", "lobpcg", "eigsh"]
 
@@ -260,8 +260,8 @@ def test_distributed_path_routes_decisions_through_rank_zero(method: str, monkey
         calls["broadcast"] += 1
         return tensor
 
-    monkeypatch.setattr(_distributed, "broadcast_flag", broadcast_flag)
-    monkeypatch.setattr(_distributed, "broadcast", broadcast)
+    monkeypatch.setattr(distributed, "broadcast_flag", broadcast_flag)
+    monkeypatch.setattr(distributed, "broadcast", broadcast)
     h, ref_values, ref_vectors = _problem(600, "outliers", "mild")
     op = MatrixOperator(h)
     op.is_distributed = True

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .. import _distributed
+from .. import distributed
 from ._result import EigenResult
 
 __all__ = [
@@ -187,7 +187,7 @@ def normalize_signs(vectors: torch.Tensor) -> torch.Tensor:
 
 def stop(flag: bool, problem: Problem) -> bool:
     """A loop-exit decision, taken from rank 0 when the operator is distributed."""
-    return _distributed.broadcast_flag(bool(flag)) if problem.distributed else bool(flag)
+    return distributed.broadcast_flag(bool(flag)) if problem.distributed else bool(flag)
 
 
 def sync_block(block: torch.Tensor, problem: Problem) -> torch.Tensor:
@@ -199,16 +199,16 @@ def sync_block(block: torch.Tensor, problem: Problem) -> torch.Tensor:
     if not problem.distributed:
         return block
     size = torch.tensor([block.shape[1]], dtype=torch.int64)
-    _distributed.broadcast(size)
+    distributed.broadcast(size)
     m = int(size.item())
     if m != block.shape[1]:
         block = torch.empty(problem.dim, m, dtype=block.dtype, device=block.device)
-    return _distributed.broadcast(block.contiguous())
+    return distributed.broadcast(block.contiguous())
 
 
 def progress_bar(enabled: bool, total: int | None, desc: str) -> Any:
     """A tqdm bar on the main process when ``enabled``, otherwise ``None``."""
-    if not enabled or not _distributed.is_main_process():
+    if not enabled or not distributed.is_main_process():
         return None
     from tqdm.auto import tqdm
 
@@ -237,9 +237,9 @@ def finalize(
     vectors = normalize_signs(vectors).contiguous()
     res = residuals[order.to(residuals.device)].to(device=problem.device, dtype=problem.dtype).contiguous()
     if problem.distributed:
-        _distributed.broadcast(values)
-        _distributed.broadcast(vectors)
-        _distributed.broadcast(res)
+        distributed.broadcast(values)
+        distributed.broadcast(vectors)
+        distributed.broadcast(res)
     if not converged:
         scale = float(torch.nan_to_num(values.abs(), nan=0.0).max())
         warnings.warn(

@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 __all__ = [
     "all_reduce_sum",
+    "barrier",
     "broadcast",
     "broadcast_flag",
     "is_distributed",
@@ -93,3 +94,9 @@ def broadcast_flag(flag: bool, src: int = 0) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int64)
     broadcast(t, src=src)
     return bool(t.item())
+
+
+def barrier() -> None:
+    """Wait until every process reaches this point (no-op in one process)."""
+    if is_distributed():
+        dist.barrier()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["MatrixOperator"]
+__all__ = ["LinearOperator", "MatrixOperator"]
 
 
-class _LinearOperator:
+class LinearOperator:
     """Base of symmetric operators on flat vectors of length ``dim``.
 
     Subclasses implement :meth:`matmat` for a block ``[d, m]``; :meth:`matvec` and ``@`` derive from it.
@@ -40,7 +40,7 @@ class _LinearOperator:
             raise ValueError(f"expected a block of shape [{self.dim}, m], got {tuple(block.shape)}")
 
 
-class MatrixOperator(_LinearOperator):
+class MatrixOperator(LinearOperator):
     """A dense symmetric matrix as an operator (tests, small problems, reference solutions).
 
     Args:
