@@ -371,10 +371,10 @@ def load_sst2_data(n: int, max_length: int = 64) -> tuple[dict[str, torch.Tensor
 
 
 def _word_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> Any:
-    """``hf_subspace.data.build_tokenizer`` (offline word-level tokenizer), or the same built here when that module's
+    """``hf_subspace.experiments.data.build_tokenizer`` (offline word-level tokenizer), or the same built here when that module's
     ``datasets`` dependency is missing (as on the GPU machine's stock image)."""
     try:
-        from hf_subspace.data import build_tokenizer
+        from hf_subspace.experiments.data import build_tokenizer
     except ImportError:
         from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
         from transformers import PreTrainedTokenizerFast
@@ -412,7 +412,9 @@ def make_batches(
 
 def to_device(batches: list[dict[str, torch.Tensor]], device: torch.device) -> list[dict[str, torch.Tensor]]:
     """Move every tensor of every batch (done once, so timings exclude host→device copies)."""
-    return [{k: v.to(device) for k, v in b.items()} for b in batches]
+    from accelerate.utils import send_to_device
+
+    return [send_to_device(b, device) for b in batches]
 
 
 # -- models ----------------------------------------------------------------------------------------------------

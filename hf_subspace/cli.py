@@ -1,32 +1,32 @@
-"""The ``hf-subspace`` command: ``quickstart``, ``run <recipe>``, ``spectrum``.
+"""The ``hf-subspace`` command: ``quickstart``, ``run <recipe>``, ``spectrum``, ``cards``: a thin face over
+:mod:`hf_subspace.experiments`.
 
 Subcommands live in :data:`COMMANDS`; adding one is a call to :func:`register_command` with a function that adds its
 arguments to an ``argparse`` parser and a handler returning the exit status, or, for a module that already has a
 ``main(argv)``, one line::
 
-    register_forwarding_command("cards", "regenerate the reference model cards", "hf_subspace.cards:main")
+    register_forwarding_command("mine", "my tool", "my_package.my_module:main")
 
-Heavy imports (transformers, datasets) happen inside the handlers, so ``hf-subspace --help`` stays light.
+Heavy imports (torch, transformers, datasets) happen inside the handlers, so ``hf-subspace --help`` and argument
+errors stay light: this module imports only :mod:`hf_subspace.experiments.settings` (plain Python).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.util
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from .experiments.settings import RECIPE_NAMES, recipe_name
 
 __all__ = [
     "COMMANDS",
-    "QUICKSTART_MLP",
-    "QUICKSTART_TOY",
-    "RECIPE_NAMES",
     "Command",
     "main",
     "register_command",
@@ -93,35 +93,7 @@ def register_forwarding_command(name: str, help: str, target: str) -> Command:
     return register_command(name, help, add_arguments, handler, add_help=False, forward=True)
 
 
-def _quiet_libraries() -> None:
-    """Fewer console messages from the libraries (progress bars of saving, advisory warnings)."""
-    import warnings
-
-    import transformers
-    from transformers.utils import logging as hf_logging
-
-    transformers.logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=".*pin_memory.*")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("hf_subspace").setLevel(logging.WARNING)
-
-
 # ----------------------------------------------------------------------------------------------- quickstart
-
-QUICKSTART_TOY: list[str] = ["--logging_steps", "50"]
-"""Options of the toy-quadratic run of the quick start (on top of the recipe's defaults)."""
-
-QUICKSTART_MLP: list[str] = [
-    "--dataset_name", "digits", "--num_train", "1500", "--num_validation", "297", "--hidden_sizes", "32,32",
-    "--learning_rate", "0.05", "--per_device_train_batch_size", "50", "--subspace_k", "10",
-    "--switch_step", "300", "--max_steps", "1500", "--subspace_refresh_steps", "10",
-    "--subspace_alignment_steps", "30", "--logging_steps", "100",
-]  # fmt: skip
-"""Options of the MLP run of the quick start: scikit-learn's 8×8 digits (1,500 train / 297 validation), an
-MLP 64-32-32-10 with tanh and MSE, SGD lr 0.05, batch 50, k = 10, switch at step 300 of 1,500."""
-
-_QUICKSTART_MARK = "quickstart.json"
 
 
 def _add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,81 +107,60 @@ def _add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=1,
-        help="torch threads (default 1: these small models gain little from more, and on a busy 2-core machine two "
-        "threads per process made the quick start 15x slower)",
+        help="torch threads (default 1: these small models gain little from more threads)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed of both runs")
     parser.add_argument("--skip_toy", action="store_true", help="only run the MLP on digits")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
-
-
-def _check_paper_result(summary: dict[str, Any]) -> list[tuple[bool, str]]:
-    runs = summary["runs"]
-    checks = []
-    dom, sgd, bulk = runs.get("dominant"), runs.get("sgd"), runs.get("bulk")
-    if dom and dom.get("loss_at_switch"):
-        ratio = dom["final_loss"] / dom["loss_at_switch"]
-        checks.append((ratio >= 0.9, f"Dom-SGD stalls: final loss = {ratio:.3f} × its loss at the switch (≥ 0.9)"))
-    if sgd and bulk and sgd.get("final_loss"):
-        ratio = bulk["final_loss"] / sgd["final_loss"]
-        ok = ratio <= 1.5 and (dom is None or bulk["final_loss"] < 0.5 * dom["final_loss"])
-        checks.append((ok, f"Bulk-SGD trains like SGD: final loss = {ratio:.3f} × SGD's (≤ 1.5, well below Dom-SGD)"))
-    return checks
+    parser.add_argument("--max_steps", type=int, default=None, help="shorter runs: steps of both runs (a smoke test)")
+    parser.add_argument("--switch_step", type=int, default=None, help="with --max_steps: the switch step of both runs")
+    parser.add_argument(
+        "--update_readme",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="afterwards, rewrite the quick-start block(s) of this Markdown file (e.g. README.md) with the measured "
+        "tables (repeatable)",
+    )
+    parser.add_argument(
+        "--from_report",
+        action="store_true",
+        help="with --update_readme: take the numbers of the quick start already in --output_dir (quickstart.json) "
+        "instead of running it again",
+    )
 
 
 def _run_quickstart(ns: argparse.Namespace) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything the quick start needs is local
-    os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
-    out = Path(ns.output_dir)
-    own = (out / _QUICKSTART_MARK).is_file()
-    if out.is_dir() and any(out.iterdir()) and not (own or ns.overwrite_output_dir):
-        print(
-            f"error: {out} exists and is not an earlier quick start; pass --overwrite_output_dir or another "
-            "--output_dir.",
-            file=sys.stderr,
-        )
-        return 2
-    import torch
+    from .experiments.quickstart import QUICKSTART_MARK, run_quickstart, update_readme
 
-    torch.set_num_threads(max(1, ns.threads))
-    _quiet_libraries()
-    from .recipes import parse_recipe_arguments, run_recipe
+    extra: list[str] = []
+    for option in ("max_steps", "switch_step"):
+        if getattr(ns, option) is not None:
+            extra += [f"--{option}", str(getattr(ns, option))]
+    status = 0
+    if not ns.from_report:
+        status = _quickstart(ns, extra, run_quickstart)
+        if status == 2:  # refused output folder: nothing measured
+            return status
+    for readme in ns.update_readme or []:
+        changed = update_readme(readme, Path(ns.output_dir) / QUICKSTART_MARK)
+        print(f"{readme}: quick-start block {'updated' if changed else 'already up to date'}")
+    return status
 
-    common = ["--seed", str(ns.seed), "--overwrite_output_dir", "--disable_tqdm", str(bool(ns.no_progress)).lower()]
-    started = time.perf_counter()
-    report: dict[str, Any] = {"runs": {}}
-    jobs = [] if ns.skip_toy else [("toy_quadratic", "toy_quadratic", QUICKSTART_TOY)]
-    jobs.append(("mlp_mnist", "mlp_digits", QUICKSTART_MLP))
-    all_ok = True
-    for recipe, folder, options in jobs:
-        print(f"\n== {recipe}{' on scikit-learn digits' if folder == 'mlp_digits' else ''} ==")
-        ra, ta = parse_recipe_arguments(recipe, [*options, *common, "--output_dir", str(out / folder)])
-        t0 = time.perf_counter()
-        result = run_recipe(recipe, ra, ta)
-        checks = _check_paper_result(result.summary)
-        for ok, text in checks:
-            print(("  ✓ " if ok else "  ✗ ") + text)
-            all_ok &= ok or recipe == "toy_quadratic"
-        report["runs"][folder] = {
-            "summary": str(result.summary_path),
-            "figure": str(result.figure_path),
-            "seconds": round(time.perf_counter() - t0, 1),
-            "table": result.table(),
-            "checks": [{"ok": ok, "text": text} for ok, text in checks],
-        }
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    report["threads"] = torch.get_num_threads()
-    (out / _QUICKSTART_MARK).write_text(json.dumps(report, indent=2))
-    print(f"\nquick start finished in {report['seconds']:.0f} s; figures and summaries under {out}/")
-    print(f"TensorBoard: tensorboard --logdir {out}")
-    return 0 if all_ok else 1
+
+def _quickstart(ns: argparse.Namespace, extra: list[str], run_quickstart: Callable[..., int]) -> int:
+    return run_quickstart(
+        ns.output_dir,
+        overwrite_output_dir=ns.overwrite_output_dir,
+        threads=ns.threads,
+        seed=ns.seed,
+        skip_toy=ns.skip_toy,
+        no_progress=ns.no_progress,
+        extra_options=tuple(extra),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- run
-
-
-RECIPE_NAMES = ("toy_quadratic", "mlp_mnist", "cnn_cifar10", "transformer_sst2", "finetune")
-"""The registered recipes (``hf_subspace.recipes.RECIPES``), listed here so ``--help`` needs no heavy import."""
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -222,10 +173,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_recipe(ns: argparse.Namespace) -> int:
-    from .recipes import main as recipe_main
+    recipe_name(ns.recipe)  # an unknown name is refused before the heavy imports
+    from .experiments.recipes import console_main  # the error path shared with python recipes/<recipe>.py
 
-    recipe_main(ns.recipe, ns.options)
-    return 0
+    return console_main(ns.recipe, ns.options)
 
 
 # ----------------------------------------------------------------------------------------------- spectrum
@@ -239,99 +190,51 @@ def _add_spectrum_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=250, help="batch size of the Hessian passes")
     parser.add_argument("--recipe", default=None, help="recipe whose data to use (default: read from model_dir)")
     parser.add_argument("--dataset_name", default=None, help="dataset (default: the one the model was trained on)")
-    parser.add_argument("--train_file", default=None, help="local training file instead of the dataset")
+    parser.add_argument(
+        "--train_file", default=None, help="local training file (default: the one recorded in model_dir, if any)"
+    )
     parser.add_argument("--method", default=None, choices=["lanczos", "lobpcg", "eigsh"], help="eigensolver")
     parser.add_argument("--output_dir", default=None, help="where to write spectrum.json/png (default: model_dir)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the start vectors")
 
 
-def _load_saved_model(model_dir: Path) -> Any:
-    import transformers
-    from transformers import AutoConfig
-
-    from . import models
-    from .models import toy
-
-    config = AutoConfig.from_pretrained(model_dir)
-    for arch in config.architectures or []:
-        cls = getattr(models, arch, None) or getattr(toy, arch, None) or getattr(transformers, arch, None)
-        if cls is not None:
-            return cls.from_pretrained(model_dir)
-    raise ValueError(f"cannot tell which model class {model_dir} holds (architectures={config.architectures})")
-
-
 def _run_spectrum(ns: argparse.Namespace) -> int:
-    _quiet_libraries()
-    import torch
-    from transformers import default_data_collator
+    from .experiments.spectrum import run_spectrum
 
-    from ._tensor_data import to_tensor_dataset
-    from .eigensolvers import top_eigenpairs
-    from .hessian import HessianOperator
-    from .plotting import plot_spectrum
-    from .recipes import RecipeArguments, get_recipe, prepare_recipe
-    from .training_args import SubspaceTrainingArguments
+    return run_spectrum(ns)
 
-    model_dir = Path(ns.model_dir)
-    if not (model_dir / "config.json").is_file():
-        print(f"error: {model_dir} holds no saved model (config.json missing)", file=sys.stderr)
-        return 2
-    meta_path = model_dir / "hf_subspace_experiment.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    recipe_name = ns.recipe or meta.get("recipe")
-    if recipe_name is None:
-        print(
-            "error: give --recipe (and --dataset_name or --train_file): no experiment record in model_dir",
-            file=sys.stderr,
+
+# ----------------------------------------------------------------------------------------------- cards
+
+CARDS_SCRIPT = Path("model_cards") / "regenerate.py"
+"""The repository's card regenerator, relative to a checkout (it knows the repository's runs and data paths)."""
+
+
+def _add_cards_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("argv", nargs=argparse.REMAINDER, help=f"[--repo PATH] and the options of {CARDS_SCRIPT}")
+
+
+def _run_cards(ns: argparse.Namespace) -> int:
+    """Find ``model_cards/regenerate.py`` in ``--repo PATH`` (default: the current folder) and run its ``main``."""
+    argv, repo = list(ns.argv), Path(".")
+    for i, item in enumerate(argv):
+        if item == "--repo" and i + 1 < len(argv):
+            repo, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2 :]
+            break
+        if item.startswith("--repo="):
+            repo, argv = Path(item.split("=", 1)[1]), argv[:i] + argv[i + 1 :]
+            break
+    script = repo / CARDS_SCRIPT
+    if not script.is_file():
+        raise FileNotFoundError(
+            f"{script} not found: `hf-subspace cards` regenerates a repository checkout's model_cards/; run it from "
+            "the repository root or pass --repo PATH."
         )
-        return 2
-    spec = get_recipe(recipe_name)
-    options = {**{k: v for k, v in spec.defaults.items() if k in RecipeArguments.__dataclass_fields__}}
-    options.update(meta.get("recipe_args") or {})
-    for key in ("dataset_name", "train_file"):
-        if getattr(ns, key):
-            options[key] = getattr(ns, key)
-            if key == "dataset_name":
-                options["train_file"] = None
-    options.update({"num_train": ns.num_samples, "num_validation": 1, "overwrite_output_dir": False})
-    if (model_dir / "tokenizer_config.json").is_file():
-        options["tokenizer_name"] = str(model_dir)
-    if spec.name == "finetune":
-        options["model_name_or_path"] = str(model_dir)
-    recipe_args = RecipeArguments(**options)
-    ta = SubspaceTrainingArguments(output_dir=str(model_dir), report_to="none", use_cpu=not torch.cuda.is_available())
-    prepared = prepare_recipe(spec.name, recipe_args, ta)
-    data = to_tensor_dataset(prepared.train_dataset)
-    n = min(ns.num_samples, len(data))
-    batches = [
-        default_data_collator([data[i] for i in range(s, min(s + ns.batch_size, n))])
-        for s in range(0, n, ns.batch_size)
-    ]
-    model = _load_saved_model(model_dir).to(ta.device)
-    operator = HessianOperator(model, batches)
-    num = ns.num_eigenvalues or min(2 * ns.k, operator.dim - 1)
-    started = time.perf_counter()
-    result = top_eigenpairs(operator, num, method=ns.method, seed=ns.seed, progress=True)
-    values = [float(v) for v in result.eigenvalues]
-    out = Path(ns.output_dir) if ns.output_dir else model_dir
-    record = {
-        "model_dir": str(model_dir),
-        "recipe": spec.name,
-        "num_samples": n,
-        "k": ns.k,
-        "eigenvalues": values,
-        "converged": bool(result.converged),
-        "hessian_vector_products": int(result.num_matvecs),
-        "seconds": time.perf_counter() - started,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "spectrum.json").write_text(json.dumps(record, indent=2))
-    figure = plot_spectrum(values, out / "spectrum.png", k=ns.k, title=f"Hessian spectrum of {model_dir} ({n} samples)")
-    print(f"top {num} Hessian eigenvalues ({n} samples, {result.num_matvecs} Hessian-vector products):")
-    for i, value in enumerate(values, start=1):
-        print(f"  λ_{i:<3d} {value: .6g}" + ("   ← dominant" if i <= ns.k else ""))
-    print(f"wrote {out / 'spectrum.json'} and {figure}")
-    return 0
+    spec = importlib.util.spec_from_file_location("hf_subspace_regenerate_cards", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.main(argv) or 0)
 
 
 # ----------------------------------------------------------------------------------------------- entry point
@@ -348,12 +251,30 @@ register_command(
 register_command(
     "spectrum", "top Hessian eigenvalues (and a plot) of a saved model", _add_spectrum_arguments, _run_spectrum
 )
-register_forwarding_command("cards", "regenerate the reference model cards in model_cards/", "hf_subspace.cards:main")
+register_command(
+    "cards",
+    "regenerate a checkout's reference model cards (model_cards/regenerate.py; --repo PATH, default .)",
+    _add_cards_arguments,
+    _run_cards,
+    add_help=False,
+    forward=True,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (not the whole usage first) and that refuses abbreviations."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (`{self.prog} --help` lists the options)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``hf-subspace`` argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hf-subspace",
         description="Dominant- and bulk-subspace projected training (Song, Ahn & Yun, ICLR 2025).",
     )
@@ -370,9 +291,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hf-subspace`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["run"] and len(argv) >= 3 and argv[2] in ("-h", "--help"):
-        from .recipes import parse_recipe_arguments  # the recipe's own option list
+        try:
+            recipe = recipe_name(argv[1])
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        from .experiments.recipes import parse_recipe_arguments  # the recipe's own option list
 
-        parse_recipe_arguments(argv[1], ["--help"])
+        parse_recipe_arguments(recipe, ["--help"])
         return 0
     forwarded = argv[:1] and argv[0] in COMMANDS and COMMANDS[argv[0]].forward
     ns = argparse.Namespace(command=argv[0], argv=argv[1:]) if forwarded else build_parser().parse_args(argv)

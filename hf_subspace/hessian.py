@@ -6,65 +6,62 @@ The operator represents
 
     H = \\nabla^2_\\theta \\, \\frac{1}{N} \\sum_{b} n_b \\, L_b(\\theta), \\qquad N = \\sum_b n_b,
 
-where :math:`L_b` is the mean loss of batch :math:`b` with :math:`n_b` samples, so batches of unequal size weigh
-exactly by their sample count, and :math:`\\theta \\in \\mathbb{R}^d` are the selected trainable parameters flattened in
+where :math:`L_b` is the mean loss of batch :math:`b` over its :math:`n_b` *loss items* (samples for sequence-level
+losses, labels ``!= -100`` for token-level ones; see :mod:`hf_subspace._loss_items`), so :math:`H` is the Hessian of
+the mean over all loss items of the dataset, the loss a ``transformers.Trainer`` optimises, however the dataset is cut
+into batches or shards. :math:`\\theta \\in \\mathbb{R}^d` are the selected trainable parameters flattened in
 ``model.named_parameters()`` order. Products are computed by double back-propagation (Pearlmutter's trick):
 :math:`Hv = \\nabla_\\theta \\langle \\nabla_\\theta L, v \\rangle`. For a block :math:`V \\in \\mathbb{R}^{d \\times m}` each
-batch's forward pass and gradient graph are built once and reused by all :math:`m` columns, so a block costs one
-pass over the data. Under ``torch.distributed`` every rank holds its own shard of batches; the per-rank sums
-:math:`\\sum_b n_b H_b V` and :math:`N` are added with one all-reduce, so every rank gets the global product.
+batch's forward pass and gradient graph are built once and reused by all :math:`m` columns (a loop over the columns,
+or one vectorised backward with ``block_product="batched"``), so a block costs one pass over the data. Under
+``torch.distributed`` every rank holds its own shard of batches; the per-rank sums :math:`\\sum_b n_b H_b V` and
+:math:`\\sum_b n_b` are added with one all-reduce, so every rank gets the global product.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed as dist
+from ._loss_items import (
+    LossFn,
+    NumItemsFn,
+    batch_num_samples,
+    count_loss_items,
+    default_loss_fn,
+    evaluate_loss,
+    model_shifts_labels,
+)
+from ._model_state import exact_mode, state_fingerprint, unwrap_model
 from ._params import select_parameters, split_like
 from .operator import LinearOperator
 
-__all__ = ["HessianOperator", "LossFn", "batch_num_samples", "default_loss_fn", "unwrap_model"]
+__all__ = [
+    "BlockProduct",
+    "HessianOperator",
+    "LossFn",
+    "NumItemsFn",
+    "batch_num_samples",
+    "count_loss_items",
+    "default_loss_fn",
+    "unwrap_model",
+]
 
-LossFn = Callable[[nn.Module, Any], torch.Tensor]
+logger = logging.getLogger(__name__)
 
-
-def default_loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
-    """The Hugging Face convention: ``model(**batch).loss`` for a mapping batch."""
-    if not isinstance(batch, Mapping):
-        raise TypeError(
-            f"The default loss_fn needs mapping batches (dicts with 'labels'), got {type(batch).__name__}; "
-            "pass loss_fn=lambda model, batch: ... returning the batch's mean loss."
-        )
-    outputs = model(**batch)
-    loss = outputs["loss"] if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
-    if loss is None:
-        raise ValueError(
-            "model(**batch) returned no loss: the Hessian batches need a 'labels' entry, or pass a loss_fn."
-        )
-    return loss
-
-
-def batch_num_samples(batch: Any) -> int:
-    """Sample count of a batch: length of ``labels`` (mapping) or of the first element (tuple/list/tensor)."""
-    if isinstance(batch, Mapping):
-        if "labels" not in batch:
-            raise ValueError(
-                f"A Hessian-dataset batch has no 'labels' (keys: {sorted(batch)}); the Hessian is of the training "
-                "loss, which needs labels. Add them to the Hessian dataset."
-            )
-        return len(batch["labels"])
-    if isinstance(batch, (tuple, list)):
-        return len(batch[0])
-    if isinstance(batch, torch.Tensor):
-        return len(batch)
-    raise TypeError(f"Cannot count the samples of a batch of type {type(batch).__name__}")
+BlockProduct = Literal["auto", "loop", "batched"]
+"""How a block of ``m`` vectors is multiplied: ``"loop"`` (one backward per column through the retained graph),
+``"batched"`` (one vectorised backward, ``is_grads_batched``), ``"auto"`` (loop on CPU; on CUDA, timed once on the
+first block pass and the faster one kept)."""
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -77,69 +74,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _check_not_sharded(model: nn.Module) -> None:
-    """Refuse parameter-sharding setups, whose local parameters are not the full model."""
-    names = {type(m).__name__ for m in (model, getattr(model, "module", model))}
-    if any("FullyShardedDataParallel" in n for n in names) or hasattr(model, "_fsdp_wrapped_module"):
-        raise NotImplementedError(
-            "HessianOperator does not support FSDP: each rank holds only a shard of the parameters. "
-            "Use DDP (accelerate launch --multi_gpu / torchrun) for subspace training."
-        )
-    if "DeepSpeedEngine" in names:
-        raise NotImplementedError(
-            "HessianOperator does not support DeepSpeed engines (ZeRO shards parameters and gradients). "
-            "Use DDP (accelerate launch --multi_gpu / torchrun) for subspace training."
-        )
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch builds without distributed
-        DTensor = ()  # type: ignore[assignment]
-    for name, p in model.named_parameters():
-        if hasattr(p, "ds_id") or hasattr(p, "ds_numel"):
-            raise NotImplementedError(
-                f"Parameter {name!r} is a DeepSpeed ZeRO partitioned parameter; HessianOperator needs whole "
-                "parameters on every rank. Use DDP instead."
-            )
-        if DTensor and isinstance(p, DTensor):
-            raise NotImplementedError(
-                f"Parameter {name!r} is a sharded DTensor (FSDP2 / tensor parallel); HessianOperator needs whole "
-                "parameters on every rank. Use DDP instead."
-            )
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip DDP / DataParallel / ``torch.compile`` wrappers; refuse sharded-parameter wrappers."""
-    _check_not_sharded(model)
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
-@contextlib.contextmanager
-def _exact_mode(model: nn.Module, eval_mode: bool, device: torch.device) -> Iterator[None]:
-    """Eval mode (restored per module afterwards), full precision, math attention, gradients on."""
-    modes = [(m, m.training) for m in model.modules()]
-    if eval_mode:
-        model.eval()
-    try:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.enable_grad())
-            # Mixed-precision training runs the forward under autocast; curvature in bf16/fp16 is noise.
-            stack.enter_context(torch.autocast(device_type=device.type, enabled=False))
-            # Fused SDPA kernels lack double backward: force the differentiable math path.
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
-            yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
 class HessianOperator(LinearOperator):
     """Hessian of the mean training loss over a fixed set of batches, as a matrix-free symmetric operator.
 
@@ -148,20 +82,39 @@ class HessianOperator(LinearOperator):
         batches: the Hessian dataset: an iterable of batches (mappings with ``labels``, or tuples whose first element
             sets the sample count). It is materialised once, so a shuffling ``DataLoader`` still yields a fixed
             operator. Under ``torch.distributed`` pass this rank's shard.
-        loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of a batch. Default ``model(**batch).loss``.
+        loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of a batch over its loss items. If it takes a
+            ``num_items_in_batch`` keyword it gets the batch's item count (0-d int64 tensor) and may return
+            ``sum / num_items_in_batch``; it may return ``(loss, num_items)`` to set the count itself.
+            Default: the loss in ``model(**batch)`` (``outputs["loss"]`` / ``outputs[0]`` of a tuple).
         params: explicit parameters spanning the space (default: the trainable parameters, filtered by
             ``parameter_filter``). Each must be a parameter of ``model``.
         parameter_filter: regular expression on parameter names selecting the parameters (ignored with ``params``).
         distributed: reduce products across processes. ``None`` detects an initialised process group; ``False``
             gives this rank's own Hessian (per-rank analysis).
-        eval_mode: evaluate in eval mode (dropout off, BatchNorm statistics untouched); the model's mode is
-            restored afterwards either way.
+        eval_mode: evaluate in eval mode (dropout off, BatchNorm with its running statistics). With ``False`` the
+            modules keep their own modes: train-mode BatchNorm normalises each Hessian batch with that batch's
+            statistics (so the Hessian then depends on the batch composition, as the training loss does) and
+            leaves its running statistics untouched. Either way the model's modes and buffers are unchanged
+            afterwards.
         progress: show a tqdm bar over the batches of each pass.
+        num_items_fn: ``num_items_fn(batch) -> int``, the number of loss items of a batch. Default: labels
+            ``!= -100`` of mapping batches (shifted by one for causal LMs, ``shift_labels`` if present), else the
+            number of samples.
+        block_product: see :data:`BlockProduct`.
+
+    Attributes:
+        num_samples: samples in the Hessian dataset (all ranks). num_items: loss items ``N`` (all ranks).
+        num_matvecs: Hessian-vector products computed. num_passes: passes over the data.
 
     Raises:
-        ValueError: empty Hessian dataset, no trainable parameters, reduced-precision parameters.
+        ValueError: empty Hessian dataset (no samples or no loss items), no trainable parameters, reduced-precision
+            parameters, an unknown ``block_product``.
         NotImplementedError: sharded-parameter setups (FSDP, DeepSpeed ZeRO, DTensor).
     """
+
+    checks_finite: bool = True
+    """Every pass refuses non-finite products, losses and gradients itself (``FloatingPointError``), so callers such
+    as the eigensolvers need not check the products again."""
 
     def __init__(
         self,
@@ -174,8 +127,11 @@ class HessianOperator(LinearOperator):
         distributed: bool | None = None,
         eval_mode: bool = True,
         progress: bool = False,
+        num_items_fn: NumItemsFn | None = None,
+        block_product: BlockProduct = "auto",
     ) -> None:
         self.model = unwrap_model(model)
+        self.params: list[torch.Tensor]
         if params is None:
             named = select_parameters(self.model, parameter_filter)
             self.param_names = [n for n, _ in named]
@@ -195,6 +151,10 @@ class HessianOperator(LinearOperator):
                 f"HessianOperator computes in float32 or float64, but the parameters are {sorted(map(str, dtypes))}. "
                 "Keep full-precision master weights (mixed precision via autocast, as Trainer's bf16/fp16 do)."
             )
+        if block_product not in ("auto", "loop", "batched"):
+            raise ValueError(f"block_product={block_product!r}: choose 'auto', 'loop' or 'batched'.")
+        self.block_product: BlockProduct = block_product
+        self._block_method: str | None = None if block_product == "auto" else block_product
         self.dim = sum(p.numel() for p in self.params)
         self.loss_fn: LossFn = loss_fn or default_loss_fn
         self.eval_mode = eval_mode
@@ -207,16 +167,25 @@ class HessianOperator(LinearOperator):
             batches = [batches]
         self.batches = list(batches)
         self.batch_sizes = [batch_num_samples(b) for b in self.batches]
-        local = torch.tensor([float(sum(self.batch_sizes))], dtype=torch.float64)
+        self.shift_labels = model_shifts_labels(self.model)
+        count = num_items_fn or functools.partial(count_loss_items, shift_labels=self.shift_labels)
+        self.batch_items = [int(count(b)) for b in self.batches]
+        local = torch.tensor([float(sum(self.batch_sizes)), float(sum(self.batch_items))], dtype=torch.float64)
         if self.is_distributed:
             dist.all_reduce_sum(local)
-        self.num_samples = int(local.item())
+        self.num_samples, self.num_items = int(local[0].item()), int(local[1].item())
         if self.num_samples == 0:
             raise ValueError(
                 "The Hessian dataset is empty (no batches, or batches with no samples); pass at least one batch."
             )
+        if self.num_items == 0:
+            raise ValueError(
+                "The Hessian dataset has no loss items (every label is -100, or a causal LM with 1-token sequences); "
+                "pass batches with labels, or num_items_fn= if your loss counts items differently."
+            )
         self.num_matvecs = 0
         self.num_passes = 0
+        self._cache: tuple[Any, float, torch.Tensor | None] | None = None
 
     @property
     def dtype(self) -> torch.dtype:  # type: ignore[override]
@@ -229,119 +198,186 @@ class HessianOperator(LinearOperator):
 
     # -- passes over the data ---------------------------------------------------------------------------------
     def _iter_batches(self, desc: str) -> Iterator[tuple[int, Any]]:
-        items = zip(self.batch_sizes, self.batches)
+        items = zip(self.batch_items, self.batches)
         if self.progress:
             items = tqdm(items, total=len(self.batches), desc=desc, leave=False)
         for n, batch in items:
             if n > 0:
                 yield n, _to_device(batch, self.device)
 
-    def _batch_loss(self, batch: Any) -> torch.Tensor:
-        loss = self.loss_fn(self.model, batch)
-        if loss.dim() != 0:
-            raise ValueError(f"loss_fn must return a scalar mean loss, got shape {tuple(loss.shape)}")
-        return loss.to(self.dtype)
+    def _pass(self, total: torch.Tensor, desc: str, block: torch.Tensor | None = None) -> None:
+        """Accumulate one pass into ``total`` = [m·d products | d gradient | loss sum | item count], unreduced.
 
-    def _reduce(self, total: torch.Tensor) -> torch.Tensor:
-        if self.is_distributed:
-            dist.all_reduce_sum(total)
-        return total.div_(self.num_samples)
-
-    def matmat(self, block: torch.Tensor) -> torch.Tensor:
-        """Hessian times a block of vectors ``[d, m]`` in one pass over the Hessian dataset.
-
-        Returns:
-            ``H @ block`` as a ``[d, m]`` tensor (identical on every rank when distributed).
-
-        Raises:
-            FloatingPointError: if a product is not finite (diverged parameters or loss).
+        ``block`` (``[m, d]`` rows) given: products and gradient; ``total`` of length ``d + 2``: gradient only;
+        length 2: loss only (no graph).
         """
-        self._check_block(block)
-        m = block.shape[1]
-        rows = block.detach().to(device=self.device, dtype=self.dtype).T.contiguous()  # [m, d]: row j is vector j
-        v_parts = split_like(rows, self.params)
-        # One buffer, one all-reduce: m products, then the gradient and the loss the same pass yields for free.
-        total = torch.zeros((m + 1) * self.dim + 1, dtype=self.dtype, device=self.device)
-        products = total[: m * self.dim].view(m, self.dim)
-        out_parts = split_like(products, self.params)
-        grad_parts = split_like(total[m * self.dim : -1], self.params)
-        with _exact_mode(self.model, self.eval_mode, self.device):
-            for n, batch in self._iter_batches("Hessian-vector products"):
-                loss = self._batch_loss(batch)
-                total[-1] += n * loss.detach()
-                if not loss.requires_grad:
+        m = 0 if block is None else block.shape[0]
+        want_grad = total.numel() > 2
+        products = split_like(total[: m * self.dim].view(m, self.dim), self.params) if m else []
+        grad_parts = split_like(total[m * self.dim : -2], self.params) if want_grad else []
+        v_parts = split_like(block, self.params) if block is not None else []
+        with exact_mode(self.model, self.eval_mode, self.device), torch.set_grad_enabled(want_grad):
+            for items, batch in self._iter_batches(desc):
+                loss, n = evaluate_loss(self.loss_fn, self.model, batch, items, self.device)
+                if n == 0:
                     continue
-                grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+                loss = loss.to(self.dtype)
+                total[-2] += n * loss.detach().to(total.dtype)
+                total[-1] += n
+                if not want_grad or not loss.requires_grad:
+                    continue
+                grads = torch.autograd.grad(loss, self.params, create_graph=m > 0, allow_unused=True)
                 for out, g in zip(grad_parts, grads):
                     if g is not None:
                         out.add_(g.detach(), alpha=n)
                 # Gradients that do not depend on the parameters (unused or linear ones) have zero curvature.
                 active = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-                if not active:
-                    continue
-                outputs = [grads[i] for i in active]
-                for j in range(m):
-                    hv = torch.autograd.grad(
-                        outputs,
-                        self.params,
-                        grad_outputs=[v_parts[i][j] for i in active],
-                        retain_graph=j < m - 1,
-                        allow_unused=True,
-                    )
-                    for out, h in zip(out_parts, hv):
-                        if h is not None:
-                            out[j].add_(h, alpha=n)
-                del grads, outputs, loss
-        self._reduce(total)
-        self.num_matvecs += m
+                if m and active:
+                    self._block_products([grads[i] for i in active], [v_parts[i] for i in active], products, n, m)
+                del grads, loss
         self.num_passes += 1
-        # One float64 sum instead of an elementwise isfinite: NaN/inf anywhere makes it non-finite, at 1/3 the cost.
-        if not math.isfinite(float(products.sum(dtype=torch.float64))):
-            raise FloatingPointError(
-                "A Hessian-vector product is not finite (NaN or inf): the loss or parameters have diverged. "
-                "Lower the learning rate or check the Hessian dataset."
+
+    def _block_products(
+        self, outputs: list[torch.Tensor], vectors: list[torch.Tensor], products: list[torch.Tensor], n: int, m: int
+    ) -> None:
+        """``products[i][j] += n · (∂ outputs / ∂ params[i]) · vectors[:, j]`` for all columns, by the chosen method."""
+        method = self._block_method
+        if method is None:  # "auto": the loop on CPU; on CUDA time both once on this batch and keep the faster
+            if self.device.type == "cuda" and m >= 2:
+                self._block_method = self._choose_block_method(outputs, vectors, products, n, m)
+                return
+            method = "loop"
+        if method == "batched":
+            hv = torch.autograd.grad(
+                outputs, self.params, grad_outputs=vectors, is_grads_batched=True, allow_unused=True
             )
-        self._remember_gradient(total[-1], total[m * self.dim : -1])
-        return products.T.contiguous()
+            for out, h in zip(products, hv):
+                if h is not None:
+                    out.add_(h, alpha=n)
+            return
+        for j in range(m):
+            hv = torch.autograd.grad(
+                outputs, self.params, grad_outputs=[v[j] for v in vectors], retain_graph=j < m - 1, allow_unused=True
+            )
+            for out, h in zip(products, hv):
+                if h is not None:
+                    out[j].add_(h, alpha=n)
 
-    def _versions(self) -> tuple[int, ...]:
-        # Every in-place change of a parameter (optimizer step, load_state_dict, SAM perturbation) bumps its version.
-        return tuple(p._version for p in self.params)
+    def _choose_block_method(
+        self, outputs: list[torch.Tensor], vectors: list[torch.Tensor], products: list[torch.Tensor], n: int, m: int
+    ) -> str:
+        def timed(fn: Any) -> float:
+            torch.cuda.synchronize(self.device)
+            start = time.perf_counter()
+            fn()
+            torch.cuda.synchronize(self.device)
+            return time.perf_counter() - start
 
-    def _remember_gradient(self, loss: torch.Tensor, grad: torch.Tensor) -> None:
-        self._gradient_cache = (self._versions(), float(loss.item()), grad.clone())
+        def loop() -> None:
+            for j in range(m):
+                hv = torch.autograd.grad(
+                    outputs, self.params, grad_outputs=[v[j] for v in vectors], retain_graph=True, allow_unused=True
+                )
+                for out, h in zip(products, hv):
+                    if h is not None:
+                        out[j].add_(h, alpha=n)
+
+        loop_s = timed(loop)
+        try:
+            batched_s = timed(
+                lambda: torch.autograd.grad(
+                    outputs, self.params, grad_outputs=vectors, is_grads_batched=True, allow_unused=True
+                )
+            )
+        except RuntimeError as err:  # an op without a batching rule: keep the loop
+            logger.info("HessianOperator: vectorised block product unavailable (%s); using the column loop", err)
+            return "loop"
+        method = "batched" if batched_s < loop_s else "loop"
+        logger.info("HessianOperator: block of %d: loop %.4fs, batched %.4fs -> %s", m, loop_s, batched_s, method)
+        return method
+
+    def _reduce(self, total: torch.Tensor, what: str) -> torch.Tensor:
+        """All-reduce the sums, divide by the item count, and refuse non-finite results (the one check per pass)."""
+        if self.is_distributed:
+            dist.all_reduce_sum(total)
+        count = float(total[-1].item())
+        if count <= 0:
+            raise ValueError("No loss items in the Hessian dataset: loss_fn returned 0 items for every batch.")
+        self.num_items = round(count)
+        total[:-1].div_(count)
+        # One float64 sum instead of an elementwise isfinite: NaN/inf anywhere makes it non-finite, at 1/3 the cost.
+        if not math.isfinite(float(total.sum(dtype=torch.float64))):
+            raise FloatingPointError(
+                f"The {what} over the Hessian dataset is not finite (NaN or inf): the parameters or the loss have "
+                "diverged, or the Hessian dataset holds NaN/inf. Lower the learning rate or check the data."
+            )
+        return total
+
+    def _remember(self, loss: torch.Tensor, grad: torch.Tensor | None) -> None:
+        key = state_fingerprint(self.model, self.batches, self.eval_mode)
+        self._cache = (key, float(loss.item()), None if grad is None else grad.clone())
+
+    def _cached(self, need_grad: bool) -> tuple[float, torch.Tensor | None] | None:
+        cache = self._cache
+        if cache is None or (need_grad and cache[2] is None):
+            return None
+        if cache[0] != state_fingerprint(self.model, self.batches, self.eval_mode):
+            return None
+        return cache[1], cache[2]
+
+    def matmat(self, block: torch.Tensor) -> torch.Tensor:
+        """Hessian times a block of vectors ``[d, m]`` in one pass over the Hessian dataset.
+
+        The same pass yields the loss and its gradient, kept for :meth:`loss_and_gradient` / :meth:`loss`.
+
+        Returns:
+            ``H @ block`` as a ``[d, m]`` tensor (identical on every rank when distributed).
+
+        Raises:
+            FloatingPointError: if a product, the loss or the gradient is not finite.
+        """
+        self._check_block(block)
+        m = block.shape[1]
+        rows = block.detach().to(device=self.device, dtype=self.dtype).T.contiguous()  # [m, d]: row j is vector j
+        # One buffer, one all-reduce: m products, the gradient, the loss sum and the item count.
+        total = torch.zeros((m + 1) * self.dim + 2, dtype=self.dtype, device=self.device)
+        self._pass(total, "Hessian-vector products", rows)
+        self._reduce(total, "Hessian-vector product")
+        self.num_matvecs += m
+        self._remember(total[-2], total[m * self.dim : -2])
+        return total[: m * self.dim].view(m, self.dim).T.contiguous()
 
     def loss_and_gradient(self) -> tuple[float, torch.Tensor]:
         """Mean loss and its gradient ``[d]`` over the whole Hessian dataset (all ranks).
 
         Computed under the same conditions as the products (eval mode, full precision), so it is the gradient
-        whose alignment with the dominant subspace the paper measures. Every product pass computes it too; if the
-        parameters have not changed since the last pass, that result is returned without another pass.
+        whose alignment with the dominant subspace the paper measures. Every product pass computes it too; while no
+        parameter, buffer or batch tensor has changed since, that result is returned without another pass.
+
+        Raises:
+            FloatingPointError: if the loss or the gradient is not finite.
         """
-        cache = getattr(self, "_gradient_cache", None)
-        if cache is not None and cache[0] == self._versions():
-            return cache[1], cache[2].clone()
-        total = torch.zeros(self.dim + 1, dtype=self.dtype, device=self.device)
-        grad_parts = split_like(total[1:], self.params)
-        with _exact_mode(self.model, self.eval_mode, self.device):
-            for n, batch in self._iter_batches("full-batch gradient"):
-                loss = self._batch_loss(batch)
-                total[0] += n * loss.detach()
-                if not loss.requires_grad:
-                    continue
-                grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-                for out, g in zip(grad_parts, grads):
-                    if g is not None:
-                        out.add_(g, alpha=n)
-        self._reduce(total)
-        self.num_passes += 1
-        self._remember_gradient(total[0], total[1:])
-        return float(total[0].item()), total[1:].clone()
+        cached = self._cached(need_grad=True)
+        if cached is not None:
+            return cached[0], cached[1].clone()  # type: ignore[union-attr]
+        total = torch.zeros(self.dim + 2, dtype=self.dtype, device=self.device)
+        self._pass(total, "full-batch gradient")
+        self._reduce(total, "loss or gradient")
+        self._remember(total[-2], total[:-2])
+        return float(total[-2].item()), total[:-2].clone()
 
     def loss(self) -> float:
-        """Mean loss over the whole Hessian dataset (all ranks), without gradients."""
-        total = torch.zeros(1, dtype=torch.float64, device=self.device)
-        with _exact_mode(self.model, self.eval_mode, self.device), torch.no_grad():
-            for n, batch in self._iter_batches("loss"):
-                total += n * self._batch_loss(batch).double()
-        return float(self._reduce(total).item())
+        """Mean loss over the whole Hessian dataset (all ranks), without gradients (reused from the last pass if
+        nothing changed since).
+
+        Raises:
+            FloatingPointError: if the loss is not finite.
+        """
+        cached = self._cached(need_grad=False)
+        if cached is not None:
+            return cached[0]
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        self._pass(total, "loss")
+        self._reduce(total, "loss")
+        self._remember(total[0], None)
+        return float(total[0].item())

@@ -9,18 +9,32 @@ the bulk part of the full-batch gradient ``g``:
     \\eta_{\\mathrm{bulk}} = -\\frac{\\langle \\Delta\\theta, (I - P) g \\rangle}{\\lVert (I - P) g \\rVert^2}.
 
 For plain gradient descent with learning rate η both equal η; Dom-SGD has ``η_bulk = 0`` and Bulk-SGD ``η_dom = 0``.
+They are negative when the update moves *up* that part of the full-batch gradient: the minibatch gradient's
+dominant part often points against the full gradient's (SGD oscillates across the sharp valley), and momentum or
+Adam carry earlier directions into the update.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .subspace import SubspaceBasis
 
-__all__ = ["METRIC_PREFIX", "AlignmentEMA", "custom_scalar_layout", "effective_learning_rates"]
+__all__ = [
+    "METRIC_DESCRIPTIONS",
+    "METRIC_PREFIX",
+    "AlignmentEMA",
+    "custom_scalar_layout",
+    "effective_learning_rates",
+    "eigenvalue_tag",
+    "tensorboard_writers",
+    "write_tensorboard_header",
+]
 
 METRIC_PREFIX = "subspace/"
 
@@ -61,7 +75,7 @@ def effective_learning_rates(
     flat_update = update if isinstance(update, torch.Tensor) else torch.cat([u.reshape(-1) for u in update])
     flat_update = flat_update.to(basis.vectors.dtype)
     g = gradient.to(basis.vectors.dtype)
-    g_dom = basis.project_dominant(g)
+    g_dom = basis.vectors @ basis.coefficients(g)  # P g (flat)
     g_bulk = g - g_dom
     rates = []
     for part in (g_dom, g_bulk):
@@ -70,22 +84,59 @@ def effective_learning_rates(
     return rates[0], rates[1]
 
 
-def custom_scalar_layout(prefix: str = "train/" + METRIC_PREFIX) -> dict[str, dict[str, list]]:
+def eigenvalue_tag(index: int, k: int, total: int) -> str:
+    """Metric name of the ``index``-th eigenvalue (1-based) of ``total`` computed with a top-``k`` subspace.
+
+    ``eigenvalue_top_01`` … ``eigenvalue_top_k`` for the subspace, ``eigenvalue_next_(k+1)`` … beyond it; the index
+    is zero-padded to the width of ``total`` (at least 2) so the tags sort in TensorBoard.
+    """
+    width = max(2, len(str(total)))
+    return f"eigenvalue_{'top' if index <= k else 'next'}_{index:0{width}d}"
+
+
+#: Definitions of the logged metrics (Markdown), written to TensorBoard's text tab and quoted in the README.
+METRIC_DESCRIPTIONS = """\
+| metric | definition |
+|---|---|
+| `chi_k_minibatch_grad` | χ_k = ‖VVᵀg‖/‖g‖ of the minibatch gradient (mean over the logging window; a parameter without \
+gradient counts as zero) |
+| `chi_k_full_grad`, `_ema` | χ_k of the gradient over the Hessian dataset at the logged step, and its moving average |
+| `chi_k_update` | χ_k of the applied parameter change (1 under Dom-SGD, 0 under Bulk-SGD by construction) |
+| `eigenvalue_top_NN`, `eigenvalue_next_NN` | Hessian eigenvalues λ_1 ≥ λ_2 ≥ …, the top k and (with \
+`subspace_extra_eigenvalues`) the next ones |
+| `eigengap` | λ_k − λ_{k+1}: how well the dominant subspace is separated (≈ 0: the k-th vector is arbitrary) |
+| `effective_lr_dominant` | η_dom = −⟨Δθ, Pg⟩ / ‖Pg‖², g the full-batch gradient, P = VVᵀ |
+| `effective_lr_bulk` | η_bulk = −⟨Δθ, (I−P)g⟩ / ‖(I−P)g‖² |
+| `basis_overlap` | ‖V_oldᵀV_new‖_F² / k at a refresh (1: same subspace) |
+| `solver_*` | Hessian-vector products, seconds, largest residual ‖Hv − λv‖ and convergence of each refresh |
+
+For gradient descent with learning rate η, η_dom = η_bulk = η. Dom-SGD has η_bulk = 0 and Bulk-SGD η_dom = 0. \
+An effective learning rate is negative when the update climbs that part of the full-batch gradient: SGD's minibatch \
+gradient often points across the sharp valley against the full gradient's dominant part, and momentum or Adam carry \
+earlier directions into the update.
+"""
+
+
+def custom_scalar_layout(
+    prefix: str = "train/" + METRIC_PREFIX, extra_eigenvalues: bool = False
+) -> dict[str, dict[str, list]]:
     """TensorBoard custom-scalars layout grouping the alignment curves, eigenvalues and solver cost.
 
     Tags are regular expressions over the names the Trainer's TensorBoard callback writes (it prefixes ``train/``).
+    The "eigenvalues k+1..2k" chart is included only with ``extra_eigenvalues`` (else it would stay empty).
     """
     p = prefix
+    spectrum = {"top-k eigenvalues": ["Multiline", [f"{p}eigenvalue_top_\\d+$"]]}
+    if extra_eigenvalues:
+        spectrum["eigenvalues k+1..2k"] = ["Multiline", [f"{p}eigenvalue_next_\\d+$"]]
+    spectrum["gap λ_k − λ_k+1"] = ["Multiline", [f"{p}eigengap$"]]
+    spectrum["basis overlap with previous"] = ["Multiline", [f"{p}basis_overlap$"]]
     return {
         "Alignment χ_k": {
             "gradients and update": ["Multiline", [f"{p}chi_k_(minibatch_grad|full_grad|update)$"]],
             "full-gradient EMA": ["Multiline", [f"{p}chi_k_full_grad(_ema)?$"]],
         },
-        "Hessian spectrum": {
-            "top-k eigenvalues": ["Multiline", [f"{p}eigenvalue_top_\\d+$"]],
-            "eigenvalues k+1..2k": ["Multiline", [f"{p}eigenvalue_next_\\d+$"]],
-            "basis overlap with previous": ["Multiline", [f"{p}basis_overlap$"]],
-        },
+        "Hessian spectrum": spectrum,
         "Effective learning rates": {
             "dominant vs bulk": ["Multiline", [f"{p}effective_lr_(dominant|bulk)$"]],
         },
@@ -96,3 +147,23 @@ def custom_scalar_layout(prefix: str = "train/" + METRIC_PREFIX) -> dict[str, di
             "max residual": ["Multiline", [f"{p}solver_max_residual$"]],
         },
     }
+
+
+def tensorboard_writers(callbacks: Iterable[Any]) -> list[Any]:
+    """The open ``SummaryWriter`` of each `TensorBoardCallback` among a trainer's ``callback_handler.callbacks``."""
+    from transformers.integrations import TensorBoardCallback
+
+    return [
+        cb.tb_writer
+        for cb in callbacks
+        if isinstance(cb, TensorBoardCallback) and getattr(cb, "tb_writer", None) is not None
+    ]
+
+
+def write_tensorboard_header(writer: Any, summary: dict[str, Any], extra_eigenvalues: bool) -> None:
+    """Write the custom-scalars layout, the run's subspace settings and the metric definitions to a writer."""
+    if hasattr(writer, "add_custom_scalars"):
+        writer.add_custom_scalars(custom_scalar_layout(extra_eigenvalues=extra_eigenvalues))
+    if hasattr(writer, "add_text"):
+        writer.add_text("subspace/settings", json.dumps(summary, default=str))
+        writer.add_text("subspace/metric_definitions", METRIC_DESCRIPTIONS)

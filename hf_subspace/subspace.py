@@ -16,11 +16,11 @@ updates in place needs no flattened copy of the model.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-__all__ = ["SubspaceBasis", "Vectors", "fraction_in_span", "vectors_norm"]
+__all__ = ["SubspaceBasis", "Vectors", "fraction_in_span", "projected_update_", "sparse_coefficients", "vectors_norm"]
 
 Vectors = torch.Tensor | Sequence[torch.Tensor]
 
@@ -103,6 +103,7 @@ class SubspaceBasis:
         """``x − V Vᵀ x`` (same form as ``x``)."""
         dom = self.project_dominant(x)
         if isinstance(x, torch.Tensor):
+            assert isinstance(dom, torch.Tensor)
             return x - dom
         return [t - d for t, d in zip(x, dom)]
 
@@ -160,6 +161,77 @@ class SubspaceBasis:
 
     def __repr__(self) -> str:
         return f"SubspaceBasis(d={self.dim}, k={self.k}, dtype={self.vectors.dtype})"
+
+
+def projected_update_(
+    params: Sequence[torch.Tensor],
+    theta_old: Sequence[torch.Tensor],
+    delta: Sequence[torch.Tensor],
+    basis: SubspaceBasis,
+    mode: Literal["dominant", "bulk"],
+    fixed: Sequence[bool] | None = None,
+) -> torch.Tensor:
+    r"""The projected update rule of Song, Ahn & Yun (2025), in place (functional form, like ``torch.optim.sgd``).
+
+    After any optimizer has stepped from :math:`\theta_t` to :math:`\theta_{new}` on the raw gradient, with
+    :math:`\Delta = \theta_{new} - \theta_t` and :math:`c = V^\top \Delta` (``[k]``, in the basis' dtype):
+
+    .. math::
+
+        \text{dominant (Dom-SGD):}\quad \theta_{t+1} = \theta_t + V c, \qquad
+        \text{bulk (Bulk-SGD):}\quad \theta_{t+1} = \theta_{new} - V c.
+
+    For plain SGD this is :math:`\theta_t - \eta P g` and :math:`\theta_t - \eta (I - P) g`; for any other
+    optimizer the optimizer's state (momentum, Adam moments) is left as the raw-gradient step made it.
+
+    Args:
+        params: the parameters, holding :math:`\theta_{new}` on entry and :math:`\theta_{t+1}` on exit (the order
+            and sizes of the basis' rows).
+        theta_old: :math:`\theta_t`, one tensor per parameter.
+        delta: :math:`\Delta`, one tensor per parameter on entry; the applied update
+            :math:`\theta_{t+1} - \theta_t` on exit (:math:`Vc`, or :math:`\Delta - Vc`).
+        basis: the orthonormal basis ``V`` [d, k].
+        mode: ``"dominant"`` or ``"bulk"``.
+        fixed: optional flags, one per parameter: a flagged parameter (one that never received a gradient, so its
+            rows of an exact ``V`` are zero and only rounding makes them nonzero) is left exactly as the optimizer
+            left it, and its entry of ``delta`` unchanged.
+
+    Returns:
+        The coefficients :math:`c = V^\top \Delta` (``[k]``) of the update before projection.
+
+    Raises:
+        ValueError: if ``mode`` is neither ``"dominant"`` nor ``"bulk"``, or the sizes do not add up to ``d``.
+    """
+    if mode not in ("dominant", "bulk"):
+        raise ValueError(f"mode must be 'dominant' or 'bulk', got {mode!r}")
+    coeffs = basis.coefficients(delta)
+    skip = fixed if fixed is not None else [False] * len(params)
+    with torch.no_grad():
+        for block, p, old, d, keep in zip(basis.row_blocks(params), params, theta_old, delta, skip):
+            if keep:
+                continue
+            dom = (block @ coeffs).reshape(p.shape).to(p.dtype)
+            if mode == "dominant":
+                p.copy_(old).add_(dom)  # θ_t + PΔ
+                d.copy_(dom)
+            else:
+                p.sub_(dom)  # θ_new − PΔ
+                d.sub_(dom)
+    return coeffs
+
+
+def sparse_coefficients(
+    basis: SubspaceBasis, params: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor | None]
+) -> torch.Tensor:
+    """``Vᵀx`` (``[k]``) for ``x`` given per parameter, where ``None`` is a zero block (a parameter without gradient).
+
+    ``params`` gives the sizes (the basis' row order); ``tensors[i]`` has the shape of ``params[i]`` or is None.
+    """
+    coeffs = torch.zeros(basis.k, dtype=basis.vectors.dtype, device=basis.vectors.device)
+    for block, t in zip(basis.row_blocks(params), tensors):
+        if t is not None:
+            coeffs.add_(block.T @ t.reshape(-1).to(block.dtype))
+    return coeffs
 
 
 def fraction_in_span(coefficients: torch.Tensor, norm: float) -> float:

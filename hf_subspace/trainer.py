@@ -1,38 +1,29 @@
 """`SubspaceTrainer`: a drop-in `transformers.Trainer` with dominant- or bulk-projected updates.
 
-Per optimizer step t (the Trainer's own order: backward → clipping → ``on_pre_optimizer_step`` → ``optimizer.step()``
-→ ``on_optimizer_step``):
-
-1. schedule: is projection on (``subspace_start_step`` reached, or the χ_k EMA crossed its threshold)? Is a basis
-   refresh due (every ``subspace_refresh_steps``), or an alignment measurement (every ``subspace_alignment_steps``)?
-2. refresh: the top-k eigenvectors of the Hessian of the trainer's own loss over the fixed Hessian dataset at θ_t,
-   warm-started from the previous basis;
-3. the optimizer steps on the raw gradient (or, with ``subspace_target="gradient"``, on Pg / g − Pg);
-4. with ``subspace_target="update"`` the change Δ = θ_new − θ_t is replaced: θ_t + PΔ (dominant) or θ_new − PΔ
-   (bulk), so the optimizer state is untouched (the paper's Dom-/Bulk-SGD rule, for any optimizer).
+The trainer supplies what the per-step schedule needs and hands it to a
+:class:`~hf_subspace.callback.SubspaceCallback` (which holds the schedule, see its module docstring): the covered
+parameters, the :class:`~hf_subspace.hessian.HessianOperator` of its own loss over the Hessian dataset, the SAM step
+(gradient at θ kept for the metrics), and the subspace state in every checkpoint.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import Trainer
 
 from . import distributed
 from ._params import select_parameters
-from .eigensolvers import top_eigenpairs
+from .callback import SubspaceCallback, SubspaceState, tensorboard_writers
 from .hessian import HessianOperator
-from .metrics import METRIC_PREFIX, AlignmentEMA, custom_scalar_layout, effective_learning_rates
+from .metrics import AlignmentEMA
 from .optim import SAM
-from .subspace import SubspaceBasis, fraction_in_span, vectors_norm
+from .subspace import SubspaceBasis
 from .training_args import SubspaceTrainingArguments
 
 __all__ = ["SUBSPACE_STATE_NAME", "SubspaceTrainer", "hessian_subset_indices"]
@@ -86,11 +77,13 @@ class SubspaceTrainer(Trainer):
         self.subspace_param_names = [n for n, _ in named]
         self.subspace_params = [p for _, p in named]
         dim = sum(p.numel() for p in self.subspace_params)
-        num_vectors = self.args.subspace_k + self.args.subspace_extra_eigenvalues
+        # Certified tracking (subspace_basis_tol) solves for at least one eigenpair beyond k (the spectral gap).
+        extra = max(self.args.subspace_extra_eigenvalues, int(self.args.subspace_basis_tol is not None))
+        num_vectors = self.args.subspace_k + extra
         if num_vectors >= dim:
             raise ValueError(
-                f"subspace_k={self.args.subspace_k} (+ subspace_extra_eigenvalues="
-                f"{self.args.subspace_extra_eigenvalues}) must be smaller than the number of covered parameters "
+                f"subspace_k={self.args.subspace_k} (+ {extra} extra eigenvalue(s): subspace_extra_eigenvalues, or "
+                "1 for subspace_basis_tol) must be smaller than the number of covered parameters "
                 f"d={dim}; lower subspace_k or widen subspace_parameter_filter."
             )
         self.hessian_operator = HessianOperator(
@@ -100,9 +93,18 @@ class SubspaceTrainer(Trainer):
             params=self.subspace_params,
             progress=self.args.subspace_progress,
         )
-        self.subspace_state = _SubspaceState(ema=AlignmentEMA(decay=self.args.subspace_ema_decay))
-        self._subspace_callback = _SubspaceCallback(self)
-        self.add_callback(self._subspace_callback)
+        self.subspace_state = SubspaceState(ema=AlignmentEMA(decay=self.args.subspace_ema_decay))
+        self.subspace_callback = SubspaceCallback(
+            self.hessian_operator,
+            self.subspace_params,
+            self.args,
+            log=self.log,
+            state=self.subspace_state,
+            param_names=self.subspace_param_names,
+            sam_optimizer=self.sam_optimizer,
+            tensorboard=lambda: tensorboard_writers(self.callback_handler.callbacks),
+        )
+        self.add_callback(self.subspace_callback)
 
     # -- the Hessian dataset and loss -------------------------------------------------------------------------
     def _hessian_batches(self) -> list[Any]:
@@ -129,17 +131,30 @@ class SubspaceTrainer(Trainer):
                     "the training loss, which needs labels. Pass hessian_dataset= with labels."
                 )
             dataset = self._remove_unused_columns(dataset, description="hessian")
-        # Each rank takes a contiguous shard; products are summed across ranks weighted by sample counts.
+        # Each rank takes a contiguous shard; products are summed across ranks weighted by loss-item counts.
         shard = np.array_split(indices, distributed.world_size())[distributed.rank()]
         size = args.hessian_batch_size
         collator = self.data_collator
         # Built without a DataLoader: iterating one draws from the global RNG and would change the training run.
         return [collator([dataset[int(i)] for i in shard[s : s + size]]) for s in range(0, len(shard), size)]
 
-    def _hessian_loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        # The trainer's own loss (custom compute_loss / compute_loss_func / label smoothing included). Called without
-        # num_items_in_batch so the cross-device token averaging factor of transformers 5 is not applied.
-        loss = self.compute_loss(model, dict(batch))
+    def _hessian_loss(
+        self, model: nn.Module, batch: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        # The trainer's own loss (custom compute_loss / compute_loss_func / label smoothing included), given the
+        # batch's own loss-item count as num_items_in_batch, so it is the batch's mean over its items whether or not
+        # the loss divides by that count; the operator weights batches by the count (the mean over all items of the
+        # Hessian set, as the Trainer's gradient accumulation does). transformers 5 multiplies the loss by the number
+        # of processes when average_tokens_across_devices is on (it averages gradients, not losses): switched off here.
+        args = self.args
+        averaging = getattr(args, "average_tokens_across_devices", False)
+        if averaging:
+            args.average_tokens_across_devices = False
+        try:
+            loss = self.compute_loss(model, dict(batch), num_items_in_batch=num_items_in_batch)
+        finally:
+            if averaging:
+                args.average_tokens_across_devices = averaging
         if isinstance(loss, tuple):
             loss = loss[0]
         return loss.mean() if loss.dim() else loss
@@ -183,12 +198,6 @@ class SubspaceTrainer(Trainer):
         super().training_step(model, inputs, num_items_in_batch)
         return loss
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # The Trainer's periodic training log carries the subspace metrics gathered since the last one.
-        if "loss" in logs:
-            logs = {**logs, **self._subspace_callback.flush()}
-        super().log(logs, start_time)
-
     # -- checkpoints -----------------------------------------------------------------------------------------
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
@@ -203,7 +212,7 @@ class SubspaceTrainer(Trainer):
         if os.path.isfile(path):
             device = self.subspace_params[0].device
             state = torch.load(path, map_location=device, weights_only=False)
-            self.subspace_state.load_state_dict(state)
+            self.subspace_callback.load_state_dict(state)
         else:
             logger.warning(
                 "%s has no %s: the subspace state starts afresh", resume_from_checkpoint, SUBSPACE_STATE_NAME
@@ -233,329 +242,39 @@ class SubspaceTrainer(Trainer):
         """
         if not self.is_world_process_zero():
             return
-        from .modelcard import CardInfo, as_list, render_model_card
+        from .modelcard import build_card_info, render_model_card
 
-        model = self.model
-        config = getattr(model, "config", None)
-        args = self.args
-        evals = {}
-        for record in self.state.log_history:
-            evals.update({k: v for k, v in record.items() if k.startswith("eval_") and isinstance(v, (int, float))})
-        for key in ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second"):
-            evals.pop(key, None)
-        hyper = {
-            "optimizer": str(getattr(args.optim, "value", args.optim))
-            + (f" ({args.optim_args})" if args.optim_args else ""),
-            "learning rate": args.learning_rate,
-            "learning-rate schedule": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-            "train batch size (per device)": args.per_device_train_batch_size,
-            "gradient accumulation steps": args.gradient_accumulation_steps,
-            "processes": args.world_size,
-            "optimizer steps": self.state.global_step,
-            "weight decay": args.weight_decay,
-            "gradient clipping": args.max_grad_norm or "off",
-            "precision": "bf16 mixed" if args.bf16 else "fp16 mixed" if args.fp16 else "fp32",
-            "seed": args.seed,
-        }
-        info = CardInfo(
-            model_name=model_name or os.path.basename(os.path.normpath(args.output_dir)),
-            architecture=(config.architectures or [type(model).__name__])[0]
-            if config is not None and getattr(config, "architectures", None)
-            else type(model).__name__,
-            num_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
-            base_model=finetuned_from
-            or (getattr(config, "_name_or_path", None) or None if config is not None else None),
-            datasets=as_list(dataset) or as_list(dataset_tags),
-            hyperparameters=hyper,
-            eval_metrics=evals,
-            figures=list(figures or []),
-            tags=as_list(tags) + as_list(tasks),
-            license=license,
+        info = build_card_info(
+            self.model,
+            self.args,
+            self.state,
             language=language,
+            license=license,
+            tags=tags,
+            model_name=model_name,
+            finetuned_from=finetuned_from,
+            tasks=tasks,
+            dataset_tags=dataset_tags,
+            dataset=dataset,
+            dataset_args=dataset_args,
+            figures=figures,
             description=description,
             notes=notes,
         )
-        if info.base_model and os.path.isdir(info.base_model):
-            info.base_model = None  # a local folder is not a Hub id
         card = render_model_card(self.subspace_summary(), info)
-        os.makedirs(args.output_dir, exist_ok=True)
-        card.save(os.path.join(args.output_dir, "README.md"))
+        output_dir = str(self.args.output_dir)
+        os.makedirs(output_dir, exist_ok=True)
+        card.save(os.path.join(output_dir, "README.md"))
+
+    @property
+    def subspace_basis(self) -> SubspaceBasis | None:
+        """The :class:`~hf_subspace.SubspaceBasis` in use at the current step (None before the first refresh).
+
+        Read-only: the schedule replaces it at each refresh (every ``subspace_refresh_steps``, or when certified
+        tracking with ``subspace_basis_tol`` asks for one).
+        """
+        return self.subspace_state.basis
 
     def subspace_summary(self) -> dict[str, Any]:
         """Settings and results of the subspace run (for the model card and recipes)."""
-        args, st = self.args, self.subspace_state
-        return {
-            "mode": args.subspace_mode,
-            "k": args.subspace_k,
-            "start_step": args.subspace_start_step,
-            "auto_start": args.subspace_auto_start,
-            "switch_step": st.switch_step,
-            "refresh_steps": args.subspace_refresh_steps,
-            "target": args.subspace_target,
-            "solver": args.subspace_solver,
-            "hessian_num_samples": self.hessian_operator.num_samples,
-            "parameter_filter": args.subspace_parameter_filter,
-            "sam_rho": args.sam_rho,
-            "at_switch": st.at_switch,
-            "last": st.last_measurement,
-        }
-
-
-class _SubspaceState:
-    """What the schedule needs across steps; saved in each checkpoint so a resumed run continues exactly."""
-
-    def __init__(self, ema: AlignmentEMA) -> None:
-        self.basis: SubspaceBasis | None = None
-        self.warm_start: torch.Tensor | None = None
-        self.extra_eigenvalues: torch.Tensor | None = None
-        self.last_refresh_step: int | None = None
-        self.switch_step: int | None = None
-        self.ema = ema
-        self.at_switch: dict[str, float] = {}
-        self.last_measurement: dict[str, float] = {}
-        # per-step, not checkpointed
-        self.raw_grads: list[torch.Tensor | None] | None = None
-        self.theta_old: list[torch.Tensor] | None = None
-        self.theta_buffer: list[torch.Tensor] | None = None
-        self.delta_buffer: list[torch.Tensor] | None = None
-        self.full_grad: torch.Tensor | None = None
-        self.projecting = False
-        self.measured = False
-        self.pending: dict[str, float] = {}
-        self.window: dict[str, list[float]] = defaultdict(list)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "basis": None if self.basis is None else self.basis.state_dict(),
-            "warm_start": self.warm_start,
-            "extra_eigenvalues": self.extra_eigenvalues,
-            "last_refresh_step": self.last_refresh_step,
-            "switch_step": self.switch_step,
-            "ema": self.ema.state_dict(),
-            "at_switch": self.at_switch,
-            "last_measurement": self.last_measurement,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.basis = None if state["basis"] is None else SubspaceBasis.from_state_dict(state["basis"])
-        self.warm_start = state["warm_start"]
-        self.extra_eigenvalues = state["extra_eigenvalues"]
-        self.last_refresh_step = state["last_refresh_step"]
-        self.switch_step = state["switch_step"]
-        self.ema.load_state_dict(state["ema"])
-        self.at_switch = dict(state["at_switch"])
-        self.last_measurement = dict(state["last_measurement"])
-
-
-class _SubspaceCallback(TrainerCallback):
-    """The per-step schedule, run by the Trainer's callback hooks (it holds the trainer: callbacks get no handle)."""
-
-    def __init__(self, trainer: SubspaceTrainer) -> None:
-        self.trainer = trainer
-
-    # -- helpers ---------------------------------------------------------------------------------------------
-    @property
-    def st(self) -> _SubspaceState:
-        return self.trainer.subspace_state
-
-    def _is_switched(self, step: int) -> bool:
-        args = self.trainer.args
-        if args.subspace_mode == "none":
-            return False
-        if args.subspace_auto_start:
-            return self.st.switch_step is not None and step >= self.st.switch_step
-        return step >= args.subspace_start_step
-
-    def _refresh(self, step: int) -> None:
-        trainer, args, st = self.trainer, self.trainer.args, self.st
-        num = args.subspace_k + args.subspace_extra_eigenvalues
-        method = args.subspace_solver
-        if method == "auto":
-            method = "lobpcg" if st.warm_start is not None else "lanczos"
-        start = time.perf_counter()
-        result = top_eigenpairs(
-            trainer.hessian_operator,
-            num,
-            method=method,
-            init=st.warm_start if method == "lobpcg" else None,
-            tol=args.subspace_solver_tol,
-            max_iters=args.subspace_solver_max_iters,
-            seed=args.seed + step,
-            progress=args.subspace_progress,
-        )
-        seconds = time.perf_counter() - start
-        k = args.subspace_k
-        vectors = result.eigenvectors
-        basis = SubspaceBasis(vectors[:, :k] if num > k else vectors, result.eigenvalues[:k])
-        out = st.pending
-        if st.basis is not None:
-            out[METRIC_PREFIX + "basis_overlap"] = basis.overlap(st.basis)
-        st.basis, st.warm_start, st.last_refresh_step = basis, vectors, step
-        st.extra_eigenvalues = result.eigenvalues[k:]
-        for i, value in enumerate(result.eigenvalues.tolist(), start=1):
-            name = f"eigenvalue_top_{i}" if i <= k else f"eigenvalue_next_{i}"
-            out[METRIC_PREFIX + name] = value
-        out[METRIC_PREFIX + "solver_hvps"] = result.num_matvecs
-        out[METRIC_PREFIX + "solver_seconds"] = seconds
-        out[METRIC_PREFIX + "solver_max_residual"] = float(result.residuals.max().item())
-        out[METRIC_PREFIX + "solver_converged"] = float(result.converged)
-
-    # -- Trainer hooks ---------------------------------------------------------------------------------------
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
-        if not distributed.is_main_process():
-            return
-        from transformers.integrations import TensorBoardCallback
-
-        for cb in self.trainer.callback_handler.callbacks:
-            writer = getattr(cb, "tb_writer", None) if isinstance(cb, TensorBoardCallback) else None
-            if writer is not None and hasattr(writer, "add_custom_scalars"):
-                writer.add_custom_scalars(custom_scalar_layout())
-                if hasattr(writer, "add_text"):
-                    writer.add_text("subspace/settings", json.dumps(self.trainer.subspace_summary(), default=str))
-
-    def on_pre_optimizer_step(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-    ) -> None:
-        trainer, st = self.trainer, self.st
-        targs = trainer.args
-        step = state.global_step
-        sam = trainer.sam_optimizer()
-        if sam is not None and sam.is_perturbed:
-            sam.restore()  # the optimizer steps from θ with the gradient taken at θ + ε
-        align_every = targs.alignment_steps
-        st.projecting = self._is_switched(step)
-        # Measure every `align_every` steps, and at the switch itself (the card reports loss and χ_k there).
-        switching_now = st.projecting and st.switch_step is None
-        measure = align_every > 0 and (step % align_every == 0 or switching_now)
-        if measure or st.projecting:
-            stale = st.last_refresh_step is None or step - st.last_refresh_step >= targs.subspace_refresh_steps
-            fresh_for_measure = not st.projecting and measure and st.last_refresh_step != step
-            if st.basis is None or stale or fresh_for_measure:
-                self._refresh(step)
-        st.full_grad = None
-        if measure and st.basis is not None:
-            loss, grad = trainer.hessian_operator.loss_and_gradient()
-            chi = st.basis.dominant_fraction(grad)
-            ema = st.ema.update(chi)
-            st.full_grad = grad
-            st.pending[METRIC_PREFIX + "full_train_loss"] = loss
-            st.pending[METRIC_PREFIX + "chi_k_full_grad"] = chi
-            st.pending[METRIC_PREFIX + "chi_k_full_grad_ema"] = ema
-            st.last_measurement = {"step": step, "full_train_loss": loss, "chi_k_full_grad": chi}
-            if (
-                targs.subspace_auto_start
-                and targs.subspace_mode != "none"
-                and st.switch_step is None
-                and step >= targs.subspace_start_step
-                and ema >= targs.subspace_auto_start_threshold
-            ):
-                st.switch_step = step
-                st.projecting = True
-                st.pending[METRIC_PREFIX + "switch_step"] = step
-                logger.info("SubspaceTrainer: alignment EMA %.4f reached; projecting from step %d", ema, step)
-        if st.projecting and st.switch_step is None:
-            st.switch_step = step
-            st.pending[METRIC_PREFIX + "switch_step"] = step
-        if measure and st.projecting and not st.at_switch:
-            st.at_switch = dict(st.last_measurement)
-        st.measured = measure
-        basis = st.basis
-        if basis is None:
-            return
-        grads = st.raw_grads if st.raw_grads is not None else [p.grad for p in trainer.subspace_params]
-        st.raw_grads = None
-        if all(g is not None for g in grads):
-            st.window["chi_k_minibatch_grad"].append(basis.dominant_fraction(grads))  # type: ignore[arg-type]
-        if st.projecting and targs.subspace_target == "gradient":
-            # A parameter without a gradient takes part with zeros: its projected gradient need not be zero.
-            full = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trainer.subspace_params]
-            (basis.project_dominant_ if targs.subspace_mode == "dominant" else basis.project_bulk_)(full)
-            for p, g in zip(trainer.subspace_params, full):
-                p.grad = g
-        st.theta_old = _copy_into(st.theta_buffer, trainer.subspace_params)
-        st.theta_buffer = st.theta_old
-
-    def on_optimizer_step(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-    ) -> None:
-        trainer, st = self.trainer, self.st
-        if st.theta_old is None or st.basis is None:
-            return
-        params, old, basis = trainer.subspace_params, st.theta_old, st.basis
-        st.theta_old = None
-        mode = trainer.args.subspace_mode
-        with torch.no_grad():
-            # Δ = θ_new − θ_t in a buffer reused every step (this is the hot path between refreshes).
-            delta = _copy_into(st.delta_buffer, params)
-            st.delta_buffer = delta
-            torch._foreach_sub_(delta, old)
-            coeffs = basis.coefficients(delta)
-            if st.projecting and trainer.args.subspace_target == "update":
-                for block, p, o, d in zip(basis.row_blocks(params), params, old, delta):
-                    dom = (block @ coeffs).reshape(p.shape).to(p.dtype)
-                    if mode == "dominant":
-                        p.copy_(o).add_(dom)  # θ_t + PΔ
-                        d.copy_(dom)
-                    else:
-                        p.sub_(dom)  # θ_new − PΔ
-                        d.sub_(dom)
-                # χ_k of the applied update is 1 (Δ = V c) or 0 (Vᵀ(Δ − VVᵀΔ) = 0) by construction.
-                nonzero = mode == "dominant" and bool(torch.any(coeffs != 0).item())
-                st.window["chi_k_update"].append(1.0 if nonzero else 0.0)
-            else:
-                st.window["chi_k_update"].append(fraction_in_span(coeffs, vectors_norm(delta)))
-            if st.full_grad is not None:
-                eta_dom, eta_bulk = effective_learning_rates(basis, delta, st.full_grad)
-                st.pending[METRIC_PREFIX + "effective_lr_dominant"] = eta_dom
-                st.pending[METRIC_PREFIX + "effective_lr_bulk"] = eta_bulk
-                st.full_grad = None
-        if st.measured:
-            # Logged while global_step is still t: the measurement is of θ_t, like the Trainer's loss log at step t.
-            st.measured = False
-            trainer.log(self.flush())
-
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
-        # A final measurement at the last step (before the TensorBoard writer closes at train end), with a basis
-        # refreshed at the final parameters, so the card and the recipes report loss and alignment at the end.
-        trainer, st = self.trainer, self.st
-        last = control.should_training_stop or (state.max_steps > 0 and state.global_step >= state.max_steps)
-        if not last or trainer.args.alignment_steps <= 0 or st.basis is None:
-            return
-        step = state.global_step
-        if st.last_refresh_step != step:
-            self._refresh(step)
-        loss, grad = trainer.hessian_operator.loss_and_gradient()
-        chi = st.basis.dominant_fraction(grad)
-        st.last_measurement = {"step": step, "full_train_loss": loss, "chi_k_full_grad": chi}
-        st.pending[METRIC_PREFIX + "full_train_loss"] = loss
-        st.pending[METRIC_PREFIX + "chi_k_full_grad"] = chi
-        # Logged through Trainer.log, which leaves the Trainer's own should_log decision for this step intact.
-        should_log = control.should_log
-        trainer.log(self.flush())
-        control.should_log = should_log
-
-    def flush(self) -> dict[str, float]:
-        """Pending metrics plus window means of the per-step ones; empties both."""
-        st = self.st
-        logs = dict(st.pending)
-        for name, values in st.window.items():
-            if values:
-                logs[METRIC_PREFIX + name] = float(np.mean(values))
-        if logs:
-            logs[METRIC_PREFIX + "projecting"] = float(st.projecting)
-        st.pending, st.window = {}, defaultdict(list)
-        return logs
-
-
-def _copy_into(buffer: list[torch.Tensor] | None, params: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``params`` copied into ``buffer`` (reused when shapes, dtypes and devices match; else freshly allocated)."""
-    if (
-        buffer is None
-        or len(buffer) != len(params)
-        or any(b.shape != p.shape or b.dtype != p.dtype or b.device != p.device for b, p in zip(buffer, params))
-    ):
-        return [p.detach().clone() for p in params]
-    with torch.no_grad():
-        torch._foreach_copy_(buffer, [p.detach() for p in params])
-    return buffer
+        return self.subspace_callback.summary()

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from transformers import TrainingArguments
 
-__all__ = ["SOLVERS", "SUBSPACE_MODES", "SUBSPACE_TARGETS", "SubspaceTrainingArguments"]
+__all__ = [
+    "SOLVERS",
+    "SUBSPACE_MODES",
+    "SUBSPACE_TARGETS",
+    "SolverName",
+    "SubspaceMode",
+    "SubspaceTarget",
+    "SubspaceTrainingArguments",
+]
 
-SUBSPACE_MODES = ("none", "dominant", "bulk")
-SUBSPACE_TARGETS = ("update", "gradient")
-SOLVERS = ("auto", "lobpcg", "lanczos", "eigsh")
+SubspaceMode = Literal["none", "dominant", "bulk"]
+SubspaceTarget = Literal["update", "gradient"]
+SolverName = Literal["auto", "lobpcg", "lanczos", "eigsh"]
+SUBSPACE_MODES: tuple[str, ...] = get_args(SubspaceMode)
+SUBSPACE_TARGETS: tuple[str, ...] = get_args(SubspaceTarget)
+SOLVERS: tuple[str, ...] = get_args(SolverName)
 _LAYERWISE_OPTIMIZERS = ("layerwise", "lomo")
 
 
@@ -23,12 +35,11 @@ class SubspaceTrainingArguments(TrainingArguments):
     YAML / JSON configs. Values are validated in ``__post_init__``, before any training starts.
     """
 
-    subspace_mode: str = field(
+    subspace_mode: SubspaceMode = field(
         default="none",
         metadata={
             "help": "Projection of each update: 'none' (plain training, alignment still measured), 'dominant' "
             "(keep only the part in the top-k Hessian eigenspace: Dom-SGD) or 'bulk' (remove it: Bulk-SGD).",
-            "choices": list(SUBSPACE_MODES),
         },
     )
     subspace_k: int = field(
@@ -55,16 +66,26 @@ class SubspaceTrainingArguments(TrainingArguments):
     subspace_refresh_steps: int = field(
         default=1,
         metadata={
-            "help": "Recompute the top-k eigenvectors every N optimizer steps (1 = every step, as in the paper)."
+            "help": "Recompute the top-k eigenvectors every N optimizer steps (1 = every step, as in the paper). "
+            "With subspace_basis_tol set, N is the longest interval between refreshes."
         },
     )
-    subspace_target: str = field(
+    subspace_basis_tol: float | None = field(
+        default=None,
+        metadata={
+            "help": "Certified tracking: the largest allowed distance ‖P_used − P_exact‖₂ (sine of the largest "
+            "principal angle) between the basis in use and the exact top-k eigenspace at the current parameters, in "
+            "(0, 1). The basis is then refreshed only when a cheap estimate (drift between refreshes, one-HVP "
+            "residual probes with a Davis–Kahan bound) says it would exceed this; subspace_refresh_steps becomes the "
+            "maximum interval. Default None: the fixed schedule of subspace_refresh_steps."
+        },
+    )
+    subspace_target: SubspaceTarget = field(
         default="update",
         metadata={
             "help": "'update' (the paper's rule: the optimizer steps on the raw gradient, then the parameter change "
             "Δ is replaced by PΔ or Δ − PΔ; optimizer state untouched) or 'gradient' (project the gradient before "
             "the optimizer step).",
-            "choices": list(SUBSPACE_TARGETS),
         },
     )
     subspace_parameter_filter: str | None = field(
@@ -101,12 +122,11 @@ class SubspaceTrainingArguments(TrainingArguments):
     hessian_seed: int | None = field(
         default=None, metadata={"help": "Seed of the Hessian subset selection. Default: the training seed."}
     )
-    subspace_solver: str = field(
+    subspace_solver: SolverName = field(
         default="auto",
         metadata={
             "help": "Eigensolver: 'auto' (Lanczos for the first basis, warm-started LOBPCG for refreshes), "
             "'lobpcg', 'lanczos' or 'eigsh' (scipy ARPACK, the paper's baseline).",
-            "choices": list(SOLVERS),
         },
     )
     subspace_solver_tol: float | None = field(
@@ -147,16 +167,24 @@ class SubspaceTrainingArguments(TrainingArguments):
         def fail(message: str) -> None:
             raise ValueError(message)
 
-        if self.subspace_mode not in SUBSPACE_MODES:
-            fail(f"subspace_mode={self.subspace_mode!r} is not one of {list(SUBSPACE_MODES)}.")
-        if self.subspace_target not in SUBSPACE_TARGETS:
-            fail(f"subspace_target={self.subspace_target!r} is not one of {list(SUBSPACE_TARGETS)}.")
-        if self.subspace_solver not in SOLVERS:
-            fail(f"subspace_solver={self.subspace_solver!r} is not one of {list(SOLVERS)}.")
+        # The Literal choices are checked by HfArgumentParser on the command line; this also covers Python, YAML and
+        # JSON values.
+        for name, choices in (
+            ("subspace_mode", SUBSPACE_MODES),
+            ("subspace_target", SUBSPACE_TARGETS),
+            ("subspace_solver", SOLVERS),
+        ):
+            if getattr(self, name) not in choices:
+                fail(f"{name}={getattr(self, name)!r} is not one of {list(choices)}.")
         if self.subspace_k < 1:
             fail(f"subspace_k={self.subspace_k} must be at least 1 (the paper uses the number of classes).")
         if self.subspace_refresh_steps < 1:
             fail(f"subspace_refresh_steps={self.subspace_refresh_steps} must be at least 1 (1 = every step).")
+        if self.subspace_basis_tol is not None and not 0.0 < self.subspace_basis_tol < 1.0:
+            fail(
+                f"subspace_basis_tol={self.subspace_basis_tol} must be in (0, 1) (a sine of a principal angle, e.g. "
+                "0.05), or None for the fixed refresh schedule."
+            )
         if self.subspace_start_step < 0:
             fail(f"subspace_start_step={self.subspace_start_step} must be >= 0.")
         if not 0.0 < self.subspace_auto_start_threshold <= 1.0:

@@ -17,17 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hf_subspace.experiment import ExperimentResult
-from hf_subspace.recipes import main as run_named_recipe
+from hf_subspace.experiments.experiment import ExperimentResult
+from hf_subspace.experiments.recipes import console_main
+from hf_subspace.experiments.recipes import main as run_named_recipe
 
 RECIPE = "transformer_sst2"
 
 
 def main(argv: Sequence[str] | None = None) -> ExperimentResult:
     """Parse the options (recipe defaults < config file < flags), validate them before any data loading, build the
-    model and dataset, and run the experiment: ``hf_subspace.recipes.main`` with this recipe's name."""
+    model and dataset, and run the experiment: ``hf_subspace.experiments.recipes.main`` with this recipe's name."""
     return run_named_recipe(RECIPE, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(console_main(RECIPE))  # errors: one line on stderr, exit status 2

@@ -11,13 +11,19 @@ from torch import nn
 
 
 class DigitsMLP(nn.Module):
-    """64-h-10 tanh MLP with ½·Σ MSE on one-hot targets (the paper's loss); optional dropout uses the RNG."""
+    """64-h-10 tanh MLP with ½·Σ MSE on one-hot targets (the paper's loss); optional dropout uses the RNG.
 
-    def __init__(self, hidden: int = 16, dropout: float = 0.0) -> None:
+    ``unused=True`` adds a 7-element parameter that the forward never uses (created last: the other weights keep
+    their values).
+    """
+
+    def __init__(self, hidden: int = 16, dropout: float = 0.0, unused: bool = False) -> None:
         super().__init__()
         self.fc1 = nn.Linear(64, hidden)
         self.drop = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden, 10)
+        if unused:  # a trainable parameter the forward never touches (never gets a gradient)
+            self.unused = nn.Parameter(torch.randn(7))
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, Any]:
         logits = self.fc2(self.drop(torch.tanh(self.fc1(x))))

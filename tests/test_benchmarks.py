@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("refresh_cost", "hvp_throughput", "trainer_overhead", "scaling")
 
 
+@pytest.mark.slow  # up to 300 s: out of the README's test command, run by CI as `pytest -m slow`
 @pytest.mark.skipif(not (ROOT / "benchmarks" / "run_all.py").is_file(), reason="benchmarks/ not present")
 def test_quick_benchmarks_run(tmp_path: Path) -> None:
     env = {

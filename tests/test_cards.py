@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
 
-from hf_subspace import cards
+from hf_subspace.experiments.cards import render_index
+from hf_subspace.experiments.claims import evaluate_claims
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_regenerate():
+    """The repository's ``model_cards/regenerate.py`` (not part of the installed package)."""
+    spec = importlib.util.spec_from_file_location("regenerate_cards_under_test", REPO / "model_cards" / "regenerate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+regen = _load_regenerate()
 
 
 @pytest.fixture(scope="module")
 def quick_cards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     """The toy quadratic's reference cards in quick mode (a dozen steps), written into a temporary folder."""
     tmp = tmp_path_factory.mktemp("cards")
-    toy = [r for r in cards.REFERENCE_RUNS if r.name == "toy_quadratic"]
-    entries = cards.regenerate_cards(tmp / "model_cards", runs=toy, work_dir=tmp / "work", quick=True)
+    toy = [r for r in regen.REFERENCE_RUNS if r.name == "toy_quadratic"]
+    entries = regen.regenerate(tmp / "model_cards", runs=toy, work_dir=tmp / "work", quick=True)
     return tmp / "model_cards", entries
 
 
@@ -55,7 +70,7 @@ def test_index_numbers_come_from_the_summary(quick_cards: tuple[Path, list[dict]
     assert "cnn_cifar10" in index and "not run" in index
     assert "| Dom-SGD stalls (paper: yes) | toy_quadratic |" in index
     # rebuilt from the stored summaries alone, the index is the same
-    cards.regenerate_cards(root, index_only=True)
+    regen.regenerate(root, index_only=True)
     assert (root / "README.md").read_text() == index
 
 
@@ -78,7 +93,7 @@ def _summary() -> dict:
 
 
 def _answers(summary: dict) -> dict[str, str]:
-    return {c.claim: c.answer for c in cards.evaluate_claims("synthetic", summary)}
+    return {c.claim: c.answer for c in evaluate_claims("synthetic", summary)}
 
 
 def test_claims_follow_the_numbers() -> None:
@@ -97,7 +112,7 @@ def test_claims_follow_the_numbers() -> None:
     assert answers["Dom-SGD stalls"] == "no"
     assert answers["Bulk-SGD tracks SGD"] == "no"
     assert answers["SGD→GD loses the alignment"] == "no"
-    index = cards.render_index([{"run": "synthetic", "recipe": "toy", "summary": moving, "command": "x"}])
+    index = render_index([{"run": "synthetic", "recipe": "toy", "summary": moving, "command": "x"}])
     assert "| Dom-SGD stalls (paper: yes) | synthetic | **no** (disagrees) | final/switch loss = 0.300" in index
     flat = copy.deepcopy(summary)
     flat["runs"]["sgd"]["final_loss"] = 0.97  # SGD itself barely moved: stalling says nothing
@@ -114,7 +129,7 @@ def test_gd_prefix_restoring_alignment_is_detected() -> None:
     assert answers["GD→SGD restores the alignment"] == "yes"
     # the other claims are about branches after an SGD prefix
     assert [answers[c] for c in ("Dom-SGD stalls", "Bulk-SGD tracks SGD", "SGD→GD loses the alignment")] == ["n/a"] * 3
-    index = cards.render_index([{"run": "gdp", "recipe": "toy", "summary": summary, "command": "x"}])
+    index = render_index([{"run": "gdp", "recipe": "toy", "summary": summary, "command": "x"}])
     assert (
         "| GD→SGD restores the alignment (paper: yes) | gdp | **yes** (agrees) | χ_k at the switch (after GD) 0.050"
         in index
@@ -124,20 +139,20 @@ def test_gd_prefix_restoring_alignment_is_detected() -> None:
     assert _answers(stays)["GD→SGD restores the alignment"] == "no"
     unmeasured = copy.deepcopy(summary)
     unmeasured["runs"]["sgd"]["chi_k_at_switch"] = None  # alignment interval not dividing the switch step
-    claim = next(c for c in cards.evaluate_claims("x", unmeasured) if c.claim.startswith("GD→SGD"))
+    claim = next(c for c in evaluate_claims("x", unmeasured) if c.claim.startswith("GD→SGD"))
     assert claim.answer == "n/a" and "--subspace_alignment_steps" in claim.evidence
     del unmeasured["runs"]["sgd"]
     assert _answers(unmeasured)["GD→SGD restores the alignment"] == "n/a"
 
 
 def test_sgd_prefix_points_to_the_gd_prefix_run() -> None:
-    claim = next(c for c in cards.evaluate_claims("x", _summary()) if c.claim.startswith("GD→SGD"))
-    assert claim.answer == "n/a" and "--prefix gd" in claim.evidence and cards.GD_PREFIX_RUN in claim.evidence
-    run = next(r for r in cards.REFERENCE_RUNS if r.name == cards.GD_PREFIX_RUN)
+    claim = next(c for c in evaluate_claims("x", _summary(), regen.gd_prefix_run("x")) if c.claim.startswith("GD→SGD"))
+    assert claim.answer == "n/a" and "--prefix gd" in claim.evidence and regen.GD_PREFIX_RUN in claim.evidence
+    run = next(r for r in regen.REFERENCE_RUNS if r.name == regen.GD_PREFIX_RUN)
     command = run.command(Path("data"), Path("out"))
     assert command.startswith("hf-subspace run toy_quadratic ") and "--prefix gd --modes sgd,gd" in command
     # the alignment interval (the recipe's 25, quick mode's 3) divides the switch step, so χ_k is measured there
-    from hf_subspace.recipes import RECIPES, parse_recipe_arguments
+    from hf_subspace.experiments.recipes import RECIPES, parse_recipe_arguments
 
     assert RECIPES["toy_quadratic"].defaults["subspace_alignment_steps"] == 25
     for quick in (False, True):
@@ -147,16 +162,16 @@ def test_sgd_prefix_points_to_the_gd_prefix_run() -> None:
 
 def test_gd_prefix_reference_run_answers_the_claim(tmp_path: Path) -> None:
     """The GD-prefix reference run in quick mode: its cards and the index answer GD→SGD from its summary."""
-    run = [r for r in cards.REFERENCE_RUNS if r.name == cards.GD_PREFIX_RUN]
-    entries = cards.regenerate_cards(tmp_path / "cards", runs=run, work_dir=tmp_path / "work", quick=True)
+    run = [r for r in regen.REFERENCE_RUNS if r.name == regen.GD_PREFIX_RUN]
+    entries = regen.regenerate(tmp_path / "cards", runs=run, work_dir=tmp_path / "work", quick=True)
     summary = entries[0]["summary"]
     assert summary["prefix_optimizer"] == "gd" and list(summary["runs"]) == ["sgd", "gd"]
     index = (tmp_path / "cards" / "README.md").read_text()
-    assert f"| GD→SGD restores the alignment (paper: yes) | {cards.GD_PREFIX_RUN} | **yes** (agrees) |" in index
-    card = (tmp_path / "cards" / cards.GD_PREFIX_RUN / "sgd" / "README.md").read_text()
+    assert f"| GD→SGD restores the alignment (paper: yes) | {regen.GD_PREFIX_RUN} | **yes** (agrees) |" in index
+    card = (tmp_path / "cards" / regen.GD_PREFIX_RUN / "sgd" / "README.md").read_text()
     assert "leaving a shared full-batch GD prefix at step 6 of 12" in card
 
 
 def test_main_rejects_unknown_run() -> None:
     with pytest.raises(SystemExit):
-        cards.main(["--only", "nope"])
+        regen.main(["--only", "nope"])

@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, EvalPrediction
 
-from hf_subspace import _data_io
-from hf_subspace.data import (
+from hf_subspace.experiments import _data_io
+from hf_subspace.experiments.data import (
     DatasetLoadError,
     build_tokenizer,
     load_image_classification,
@@ -25,7 +25,7 @@ from hf_subspace.data import (
     read_idx,
     tokenize_dataset,
 )
-from hf_subspace.evaluation import ACCURACY_METRIC_PATH, compute_accuracy, load_accuracy_metric
+from hf_subspace.experiments.evaluation import ACCURACY_METRIC_PATH, compute_accuracy, load_accuracy_metric
 from hf_subspace.models import MLPConfig, MLPForImageClassification
 
 

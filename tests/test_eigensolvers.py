@@ -270,3 +270,114 @@ def test_distributed_path_routes_decisions_through_rank_zero(method: str, monkey
     assert calls["broadcast"] >= 3  # eigenvalues, eigenvectors, residuals
     if method != "eigsh":  # ARPACK's loop cannot be steered; its decisions follow from identical products
         assert calls["flag"] >= result.iterations
+
+
+def _planted(d: int, top: list[float], seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric ``[d, d]`` with the given top eigenvalues over a bulk in [-0.2, 0.3] and its reference (descending)."""
+    gen = torch.Generator().manual_seed(seed)
+    lam = torch.cat([torch.tensor(top, dtype=torch.float64), 0.5 * torch.rand(d - len(top), generator=gen) - 0.2])
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    h = (q * lam) @ q.T
+    h = (h + h.T) / 2
+    values, vectors = torch.linalg.eigh(h)
+    return h, values.flip(0), vectors.flip(1)
+
+
+class _RecordingOperator(MatrixOperator):
+    """Records the storage size (in elements) of every block it is given, to count d-sized vectors alive."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        super().__init__(matrix)
+        self.storage_vectors: list[int] = []
+
+    def matmat(self, block: torch.Tensor) -> torch.Tensor:
+        self.storage_vectors.append(block.untyped_storage().nbytes() // (block.element_size() * self.dim))
+        return super().matmat(block)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_restarted_lanczos_keeps_a_bounded_basis(dtype: torch.dtype) -> None:
+    # The flat spectrum of test_no_gap_at_the_top needs ~100-150 Lanczos steps: several restarts of a 12-vector basis.
+    d, k, ncv = 300, 4, 12
+    gen = torch.Generator().manual_seed(11)
+    lam = 10 * torch.linspace(-1, 1, d, dtype=torch.float64) ** 3
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    h = (q * lam) @ q.T
+    h = ((h + h.T) / 2).to(dtype)
+    op = _RecordingOperator(h)
+    result = top_eigenpairs(op, k, method="lanczos", max_basis_vectors=ncv, max_iters=2000)
+    assert result.converged
+    assert result.num_matvecs > 3 * ncv, "the case must restart several times to test anything"
+    # Every Lanczos vector handed to the operator is a column of one [ncv, d] storage: the basis never grows.
+    assert max(op.storage_vectors) == ncv
+    tol = 1e-6 if dtype == torch.float64 else 1e-3
+    ref = torch.linalg.eigvalsh(h.double()).flip(0)[:k]
+    assert float(((result.eigenvalues.double() - ref).abs() / ref.abs()).max()) <= 10 * tol
+    true_res = h.double() @ result.eigenvectors.double() - result.eigenvectors.double() * result.eigenvalues.double()
+    assert float(true_res.norm(dim=0).max()) <= 3 * tol * float(ref.abs().max())
+    # the default basis is ARPACK's ncv, and unrestarted runs give the same answer
+    default = top_eigenpairs(_RecordingOperator(h), k, method="lanczos", max_iters=2000)
+    assert default.converged
+    unbounded_op = _RecordingOperator(h)
+    unbounded = top_eigenpairs(unbounded_op, k, method="lanczos", max_basis_vectors=d, max_iters=2000)
+    assert max(unbounded_op.storage_vectors) == d
+    torch.testing.assert_close(result.eigenvalues, unbounded.eigenvalues, rtol=10 * tol, atol=0)
+
+
+def test_lanczos_basis_size_validation() -> None:
+    op = MatrixOperator(_problem(120, "outliers", "mild")[0])
+    with pytest.raises(ValueError, match=r"max_basis_vectors=5 must be at least k \+ 2 = 6"):
+        top_eigenpairs(op, 4, method="lanczos", max_basis_vectors=5)
+    with pytest.raises(ValueError, match=r"keep=3 must satisfy k=4 <= keep"):
+        top_eigenpairs(op, 4, method="lanczos", keep=3)
+    # a basis as large as d is allowed whatever k (the Krylov space is then complete)
+    assert top_eigenpairs(op, 4, method="lanczos", max_basis_vectors=10_000).converged
+
+
+@pytest.mark.parametrize("method", ["lanczos", "lobpcg"])
+def test_eigengap_matches_dense_eigh(method: str) -> None:
+    # lambda_5 = 12, lambda_6 = 10 in the outlier spectrum: the gap is 2.
+    h, ref_values, _ = _problem(1000, "outliers", "large")
+    k = 5
+    options = {"buffer_residuals": True} if method == "lobpcg" else {}
+    result = top_eigenpairs(MatrixOperator(h), k, method=method, **options)
+    expected = float(ref_values[k - 1] - ref_values[k])
+    assert result.eigengap is not None
+    assert result.eigengap == pytest.approx(expected, rel=1e-6)
+    # eigsh has no next Ritz value; LOBPCG without a buffer column neither
+    assert top_eigenpairs(MatrixOperator(h), k, method="eigsh").eigengap is None
+    assert top_eigenpairs(MatrixOperator(h), k, method="lobpcg", buffer=0).eigengap is None
+
+
+def test_eigengap_of_a_warm_start_is_an_upper_estimate() -> None:
+    # The buffer column of a warm LOBPCG is not converged: its Ritz value is below lambda_{k+1}, so the gap is over-
+    # rather than under-estimated (Cauchy interlacing), and it is exact once the buffer converges.
+    h, ref_values, ref_vectors = _problem(1000, "power_law", "mild")
+    k = 6
+    result = top_eigenpairs(MatrixOperator(h), k, init=ref_vectors[:, :k] + 1e-3 * ref_vectors[:, k : 2 * k])
+    true_gap = float(ref_values[k - 1] - ref_values[k])
+    assert result.eigengap is not None
+    assert true_gap * (1 - 1e-6) <= result.eigengap <= 2 * true_gap
+
+
+@pytest.mark.parametrize("method", ["lobpcg", "lanczos"])
+def test_degenerate_boundary_warns_once_and_separated_does_not(method: str) -> None:
+    import warnings
+
+    k = 3
+    tied, _, _ = _planted(300, [20.0, 10.0, 5.0, 5.0, 5.0, 1.0], seed=4)  # lambda_3 = lambda_4 = lambda_5
+    separated, _, _ = _planted(300, [20.0, 10.0, 5.0, 2.0, 1.0], seed=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clean = top_eigenpairs(MatrixOperator(separated), k, method=method)
+    assert clean.converged and clean.eigengap == pytest.approx(3.0, rel=1e-4)
+    assert not [w for w in caught if "not separated" in str(w.message)]
+    if method == "lanczos":
+        # One start vector spans one direction of a multiple eigenvalue: single-vector Lanczos sees no tie (the
+        # documented limitation); the block method below does.
+        return
+    with pytest.warns(UserWarning, match=r"top-3 eigenspace is not separated.*lambda_3 - lambda_4") as record:
+        result = top_eigenpairs(MatrixOperator(tied), k, method=method)
+    assert sum("not separated" in str(w.message) for w in record) == 1
+    assert result.converged and result.eigengap is not None and abs(result.eigengap) <= 1e-5
+    torch.testing.assert_close(result.eigenvalues, torch.tensor([20.0, 10.0, 5.0], dtype=torch.float64))

@@ -1,4 +1,4 @@
-"""The paper's protocol (`hf_subspace.experiment`) on the toy valley: outputs, result direction, validation."""
+"""The paper's protocol (`hf_subspace.experiments.experiment`) on the toy valley: outputs, result direction, validation."""
 
 from __future__ import annotations
 
@@ -12,17 +12,12 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from hf_subspace._branches import default_alignment_steps, parse_modes
-from hf_subspace.cards import evaluate_claims
-from hf_subspace.experiment import (
-    ExperimentError,
-    TensorDataset,
-    format_results_table,
-    hessian_subset,
-    run_experiment,
-    to_tensor_dataset,
-)
+from hf_subspace.experiments.branches import default_alignment_steps, format_results_table
+from hf_subspace.experiments.claims import evaluate_claims
+from hf_subspace.experiments.experiment import hessian_subset, run_experiment
+from hf_subspace.experiments.settings import ExperimentError, parse_modes
 from hf_subspace.models.toy import ToyQuadraticConfig, ToyQuadraticModel, toy_quadratic_dataset
+from hf_subspace.tensor_dataset import TensorDataset, to_tensor_dataset
 from hf_subspace.trainer import SubspaceTrainer
 from hf_subspace.training_args import SubspaceTrainingArguments
 
@@ -183,7 +178,9 @@ def test_validation_errors_leave_output_untouched(tmp_path, changes, message):
 
 
 def test_parse_modes_and_alignment_steps():
-    assert parse_modes("SGD, dom,bulk_sgd,gd,sgd") == ["sgd", "dominant", "bulk", "gd"]
+    assert parse_modes("SGD, dom-sgd,bulk_sgd,gd,sgd") == ["sgd", "dominant", "bulk", "gd"]
+    with pytest.raises(ExperimentError, match="unknown mode 'dom'"):  # no abbreviations
+        parse_modes("sgd,dom")
     with pytest.raises(ValueError, match="choose from"):
         parse_modes("sgd,nope")
     with pytest.raises(ValueError, match="empty"):
@@ -197,7 +194,9 @@ def test_results_table_handles_missing_values():
     table = format_results_table(
         {"recipe": "r", "k": 2, "switch_step": 5, "runs": {"sgd": {"loss_at_switch": 1.0, "final_loss": 0.5}}}
     )
-    assert "0.500" in table and "-" in table
+    row = next(line for line in table.splitlines() if line.startswith("sgd"))
+    # branch, loss at switch, final loss, final/switch, mean chi_k (missing: "-")
+    assert row.split() == ["sgd", "1", "0.5", "0.500", "-"]
 
 
 def test_tensor_dataset_roundtrip():

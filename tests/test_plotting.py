@@ -1,4 +1,4 @@
-"""Tests for hf_subspace.plotting: every function writes a readable PNG, also for degenerate inputs."""
+"""Tests for hf_subspace.experiments.plotting: every function writes a readable PNG, also for degenerate inputs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_subspace import plotting
+from hf_subspace.experiments import plotting
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

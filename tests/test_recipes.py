@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_subspace.experiment import ExperimentError
-from hf_subspace.recipes import (
+from hf_subspace.experiments.recipes import (
     RECIPES,
     WHOLE_TRAINING_SET,
     get_recipe,
@@ -20,6 +19,7 @@ from hf_subspace.recipes import (
     prepare_recipe,
     run_recipe,
 )
+from hf_subspace.experiments.settings import ExperimentError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "recipes" / "configs"
@@ -151,7 +151,7 @@ def test_finetune_local_checkpoints(tmp_path):
         ViTImageProcessor,
     )
 
-    from hf_subspace.data import build_tokenizer
+    from hf_subspace.experiments.data import build_tokenizer
 
     texts = ["a good movie", "a bad film", "great acting", "terrible plot", "fine", "awful"] * 4
     (tmp_path / "train.csv").write_text("sentence,label\n" + "\n".join(f"{t},{i % 2}" for i, t in enumerate(texts)))
@@ -241,9 +241,10 @@ def test_two_processes_with_torchrun(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2  # measured inside the workers
+    assert summary["global_train_batch_size"] == 2  # the toy's batch of 1 cannot be split: one per process
     assert summary["runs"]["gd"]["loss_curve"][-1][0] == 40
     assert proc.stdout.count("final/switch") == 1  # the table is printed by rank 0 only
     for run_dir in ["prefix", "gd", "dominant"]:
-        events = list((out / run_dir / "runs").rglob("events.out.tfevents.*"))
+        events = list((out / run_dir).glob("events.out.tfevents.*"))  # the TensorBoard run is named by its branch
         assert events, run_dir
         assert len({e.name.split(".")[-2] for e in events}) == 1, events  # written by one process only

@@ -90,7 +90,10 @@ def test_gradient_target_projects_the_gradient(tmp_path, dataset):
     checker = UpdateChecker(trainer)
     trainer.add_callback(checker)
     trainer.train()
-    assert all(chi <= 1e-5 for projecting, chi, _ in checker.records if projecting)  # plain SGD: update ∝ gradient
+    projected = [chi for projecting, chi, _ in checker.records if projecting]
+    unprojected = [chi for projecting, chi, _ in checker.records if not projecting]
+    assert len(projected) == 6 and unprojected and all(chi > 1e-2 for chi in unprojected), checker.records
+    assert all(chi <= 1e-5 for chi in projected)  # plain SGD: update ∝ gradient
 
 
 def test_none_mode_trains_exactly_like_trainer(tmp_path, dataset):
@@ -195,17 +198,52 @@ def test_tensorboard_events_hold_subspace_scalars_and_layout(tmp_path, dataset):
         "chi_k_minibatch_grad",
         "chi_k_update",
         "full_train_loss",
-        "eigenvalue_top_1",
-        "eigenvalue_next_6",
+        "eigenvalue_top_01",
+        "eigenvalue_top_05",
+        "eigenvalue_next_06",
+        "eigenvalue_next_08",
+        "eigengap",
         "effective_lr_dominant",
         "effective_lr_bulk",
         "solver_hvps",
         "basis_overlap",
     ):
         assert f"train/subspace/{name}" in tags, sorted(tags)
-    assert "custom_scalars" in acc.PluginTagToContent("custom_scalars") or acc.PluginTagToContent("custom_scalars")
+    eigen_tags = sorted(t for t in tags if "eigenvalue_" in t)
+    assert len(eigen_tags) == 8 and not any(t.endswith("_1") for t in eigen_tags)  # zero-padded, sortable
+    # The gap is λ_k − λ_{k+1} of the same refresh (k = 5, three extra eigenvalues computed).
+    top5, next6 = acc.Scalars("train/subspace/eigenvalue_top_05"), acc.Scalars("train/subspace/eigenvalue_next_06")
+    gaps = acc.Scalars("train/subspace/eigengap")
+    assert len(gaps) == len(top5) >= 2
+    for gap, a, b in zip(gaps, top5, next6):
+        assert gap.value == pytest.approx(a.value - b.value, rel=1e-5, abs=1e-6)
     chi = [e.value for e in acc.Scalars("train/subspace/chi_k_full_grad")]
     assert all(0.0 <= c <= 1.0 for c in chi)
+    charts = _custom_scalar_charts(acc)
+    assert {"top-k eigenvalues", "eigenvalues k+1..2k", "dominant vs bulk", "gradients and update"} <= charts
+    texts = acc.Tensors("subspace/metric_definitions/text_summary")
+    assert "effective_lr_bulk" in texts[0].tensor_proto.string_val[0].decode()
+
+
+def _custom_scalar_charts(acc: Any) -> set[str]:
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    content = acc.PluginTagToContent("custom_scalars")
+    assert content, "no custom-scalars layout was written"
+    layout = layout_pb2.Layout.FromString(acc.Tensors(next(iter(content)))[0].tensor_proto.string_val[0])
+    return {chart.title for category in layout.category for chart in category.chart}
+
+
+def test_tensorboard_layout_has_no_empty_extra_eigenvalue_chart(tmp_path, dataset):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = _trainer(tmp_path, dataset, subspace_mode="none", report_to="tensorboard", max_steps=2)
+    trainer.train()
+    acc = EventAccumulator(str({p.parent for p in tmp_path.rglob("events.out.tfevents.*")}.pop()))
+    acc.Reload()
+    charts = _custom_scalar_charts(acc)
+    assert "top-k eigenvalues" in charts and "eigenvalues k+1..2k" not in charts
+    assert not any("eigenvalue_next" in t for t in acc.Tags()["scalars"])
 
 
 def test_model_card_records_subspace_settings(tmp_path, dataset):
@@ -266,7 +304,9 @@ def test_bf16_mixed_precision_projects_with_fp32_hessian(tmp_path, dataset):
     trainer.add_callback(checker)
     trainer.train()
     assert trainer.hessian_operator.dtype == torch.float32
-    assert all(chi <= 1e-5 for projecting, chi, _ in checker.records if projecting)
+    projected = [chi for projecting, chi, _ in checker.records if projecting]
+    assert len(projected) == 3 and all(chi <= 1e-5 for chi in projected), checker.records
+    assert all(chi > 1e-2 for projecting, chi, _ in checker.records if not projecting)
     assert torch.isfinite(trainer.subspace_state.basis.eigenvalues).all()
 
 
@@ -319,9 +359,10 @@ def test_transformers_sequence_classifier_with_sdpa_and_label_column(tmp_path):
     trainer.add_callback(checker)
     trainer.train()
     assert trainer.hessian_operator.num_samples == 60
-    assert all(bulk <= 1e-5 for projecting, _, bulk in checker.records if projecting), checker.records
-    assert all(bulk <= 1e-5 for projecting, _, bulk in checker.records if projecting)
-    assert len([r for r in checker.records if r[0]]) == 3
+    projected = [r for r in checker.records if r[0]]
+    assert len(projected) == 3 and len(checker.records) == 4, checker.records
+    assert all(bulk <= 1e-5 and chi > 0.99 for _, chi, bulk in projected), checker.records
+    assert checker.records[0][2] > 1e-2, checker.records  # step 0, unprojected: the update has a bulk part
 
 
 @pytest.mark.parametrize("mode", ["none", "dominant", "bulk"])
@@ -351,3 +392,107 @@ def test_logged_update_alignment_matches_the_applied_updates(tmp_path, dataset, 
         assert measured == pytest.approx([exact] * 6, abs=1e-4)
     minibatch = [r["subspace/chi_k_minibatch_grad"] for r in trainer.state.log_history if "subspace/chi_k_update" in r]
     assert all(0.0 < chi < 1.0 for chi in minibatch)
+
+
+def test_subspace_callback_beside_a_plain_trainer_matches_subspace_trainer(tmp_path, dataset):
+    """The callback needs only its collaborators: a plain Trainer with it trains exactly like SubspaceTrainer."""
+    from transformers import default_data_collator
+
+    from hf_subspace import HessianOperator
+    from hf_subspace.callback import SubspaceCallback
+    from hf_subspace.trainer import hessian_subset_indices
+
+    overrides = {"subspace_mode": "bulk", "subspace_start_step": 3, "subspace_alignment_steps": 2, "max_steps": 6}
+    reference = _trainer(tmp_path / "sub", dataset, **overrides)
+    reference.train()
+
+    torch.manual_seed(0)
+    model = DigitsMLP()
+    args = SubspaceTrainingArguments(**base_args(str(tmp_path / "plain"), **overrides))
+    params = [p for p in model.parameters() if p.requires_grad]
+    indices = hessian_subset_indices(len(dataset), args)
+    batches = [
+        default_data_collator([dataset[int(i)] for i in indices[s : s + args.hessian_batch_size]])
+        for s in range(0, len(indices), args.hessian_batch_size)
+    ]
+    logged: list[dict[str, float]] = []
+    callback = SubspaceCallback(HessianOperator(model, batches, params=params), params, args, log=logged.append)
+    plain = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback])
+    checker = UpdateChecker(reference)  # reads only subspace_params / subspace_state, which the callback also has
+    checker.trainer = type("View", (), {"subspace_params": params, "subspace_state": callback.state})()
+    plain.add_callback(checker)
+    plain.train()
+
+    assert losses(plain.state.log_history) == pytest.approx(losses(reference.state.log_history), rel=1e-6)
+    assert callback.state.switch_step == 3 and len([r for r in checker.records if r[0]]) == 3
+    assert all(chi <= 1e-5 for projecting, chi, _ in checker.records if projecting)
+    expected = [h for h in reference.state.log_history if "subspace/full_train_loss" in h]
+    got = [h for h in logged if "subspace/full_train_loss" in h]
+    assert len(got) == len(expected) == 5  # steps 0, 2, the switch at 3, 4 and the final measurement at 6
+    for a, b in zip(got, expected):
+        assert a["subspace/full_train_loss"] == pytest.approx(b["subspace/full_train_loss"], rel=1e-6)
+        assert a["subspace/chi_k_full_grad"] == pytest.approx(b["subspace/chi_k_full_grad"], rel=1e-5)
+
+
+def _tiny_bert_data() -> Any:
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 30, (40, 8), generator=g)
+    return Dataset.from_dict({"input_ids": ids.tolist(), "label": (ids[:, 0] % 2).tolist()})
+
+
+@pytest.mark.parametrize("cache_layout", [False, True])
+def test_model_card_of_a_model_loaded_from_a_local_folder_names_it(tmp_path, cache_layout):
+    from huggingface_hub import ModelCard
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=30,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=8,
+        max_position_embeddings=8,
+        num_labels=2,
+    )
+    # A Hub cache snapshot folder carries the Hub id in its path; a plain folder has none.
+    folder = tmp_path / ("hub/models--acme--tiny-bert/snapshots/0123abc" if cache_layout else "my-base-model")
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    model = BertForSequenceClassification.from_pretrained(str(folder))
+    args = SubspaceTrainingArguments(
+        **base_args(
+            str(tmp_path / "out"),
+            max_steps=1,
+            per_device_train_batch_size=20,
+            subspace_k=2,
+            hessian_num_samples=20,
+            hessian_batch_size=20,
+            subspace_alignment_steps=0,
+        )
+    )
+    trainer = SubspaceTrainer(model=model, args=args, train_dataset=_tiny_bert_data())
+    trainer.train()
+    trainer.create_model_card(model_name="tiny")
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert f"local folder `{folder.resolve()}`" in card.text and "scratch" not in card.text
+    if cache_layout:
+        assert card.data.base_model == "acme/tiny-bert" and "(Hub: acme/tiny-bert)" in card.text
+    else:
+        assert card.data.base_model is None
+
+
+def test_resolve_base_model_hub_ids_and_folders(tmp_path):
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from hf_subspace.modelcard import resolve_base_model
+
+    assert resolve_base_model("google-bert/bert-base-uncased") == ("google-bert/bert-base-uncased", None)
+    assert resolve_base_model(None) == (None, None)
+    folder = tmp_path / "finetuned"
+    folder.mkdir()
+    assert resolve_base_model(str(folder)) == (None, str(folder.resolve()))
+    # A folder whose own card names its Hub base model (as the cards written by SubspaceTrainer do).
+    ModelCard.from_template(ModelCardData(base_model="google-bert/bert-base-uncased")).save(folder / "README.md")
+    assert resolve_base_model(str(folder)) == ("google-bert/bert-base-uncased", str(folder.resolve()))

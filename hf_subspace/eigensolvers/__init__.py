@@ -3,8 +3,13 @@ r"""Matrix-free eigensolvers for the top of the spectrum of a symmetric operator
 Every solver touches the operator only through ``matmat([d, m]) -> [d, m]``, which for a Hessian is a pass over
 a dataset; they are judged by how many operator columns they need (``EigenResult.num_matvecs``).
 
+Memory is bounded by ``k``, never by the iteration count: Lanczos keeps at most ``max_basis_vectors`` d-sized vectors
+(default ``max(2k + 1, 20)``, ARPACK's ``ncv``), LOBPCG its blocks :math:`X, W, P` and their products (about
+``2(k + buffer) + 4k`` vectors with a warm start), all in the operator's dtype; only the small projected problems are
+solved in float64. See ``benchmarks/memory.py`` and the "Memory" section of ``docs/performance.md``.
+
 ==============  =========================================================================================
-``"lanczos"``   Lanczos with full reorthogonalisation; one column per step; the default for a cold start.
+``"lanczos"``   Thick-restart Lanczos, full reorthogonalisation, bounded basis; the default for a cold start.
 ``"lobpcg"``    Block LOBPCG with soft locking; few batched calls; the default when ``init`` is given.
 ``"eigsh"``     SciPy/ARPACK implicitly restarted Lanczos; the paper's baseline (``which="LA"`` or ``"LM"``).
 ==============  =========================================================================================
@@ -40,6 +45,7 @@ def top_eigenpairs(
     max_iters: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    max_basis_vectors: int | None = None,
     **method_options: Any,
 ) -> EigenResult:
     r"""The ``k`` largest (algebraic) eigenvalues of a symmetric operator and their eigenvectors.
@@ -57,12 +63,19 @@ def top_eigenpairs(
         max_iters: iteration cap of the method (its own default when ``None``).
         seed: seed of the CPU ``torch.Generator`` for every random start vector.
         progress: show a tqdm progress bar on the main process.
-        **method_options: options of the method (``buffer`` for lobpcg, ``check_every`` for lanczos, ``which`` and
-            ``ncv`` for eigsh).
+        max_basis_vectors: the most d-sized Krylov vectors a Lanczos method keeps (``lanczos``' restart size,
+            ``eigsh``'s ``ncv``); default ``max(2k + 1, 20)``, at least ``k + 2``. A larger basis restarts less often
+            (fewer products on a flat spectrum) at ``4 d`` bytes per vector in float32. LOBPCG's memory is set by
+            ``k`` and its ``buffer``; the option does not apply to it and is ignored there.
+        **method_options: options of the method (``buffer``, ``history``, ``buffer_residuals`` for lobpcg,
+            ``check_every`` and ``keep`` for lanczos, ``which`` and ``ncv`` for eigsh).
 
     Returns:
         :class:`EigenResult` with eigenvalues descending. If the tolerance is not reached within ``max_iters`` the
-        best estimate is returned with ``converged=False`` and a ``RuntimeWarning``.
+        best estimate is returned with ``converged=False`` and a ``RuntimeWarning``. ``eigengap`` is
+        :math:`\theta_k - \theta_{k+1}` where the method has a next Ritz value; when it is no larger than the
+        residuals (or ``1e-6 |λ_1|``) a ``UserWarning`` says that the top-``k`` eigenspace is not separated (once per
+        call; see :func:`~hf_subspace.eigensolvers._common.boundary_warning`).
 
     Raises:
         ValueError: on an unknown method, ``k`` outside ``[1, d)``, or an ``init`` of the wrong shape.
@@ -72,6 +85,11 @@ def top_eigenpairs(
         method = "lobpcg" if init is not None else "lanczos"
     if method not in METHODS:
         raise ValueError(f"Unknown eigensolver method {method!r}; valid methods: {', '.join(sorted(METHODS))}")
+    if max_basis_vectors is not None:
+        if method == "lanczos":
+            method_options["max_basis_vectors"] = max_basis_vectors
+        elif method == "eigsh":
+            method_options.setdefault("ncv", max_basis_vectors)
     return METHODS[method](
         operator, k, init=init, tol=tol, max_iters=max_iters, seed=seed, progress=progress, **method_options
     )

@@ -16,20 +16,46 @@ from ._result import EigenResult
 __all__ = [
     "CountingOperator",
     "Problem",
+    "all_finite",
+    "boundary_warning",
+    "combine_columns_",
     "default_tol",
+    "fill_random_",
     "finalize",
+    "new_block",
     "normalize_signs",
     "prepare",
     "progress_bar",
     "random_block",
+    "residual_norms",
     "stop",
     "svqb",
+    "svqb_",
     "sync_block",
 ]
 
 
 REORTHOGONALIZE_BELOW = 0.01
 """SVQB repeats its round when the scaled Gram matrix has ``σ_min < REORTHOGONALIZE_BELOW · σ_max``."""
+
+CHUNK_ELEMENTS = 1 << 22
+"""Row chunks of the in-place block updates hold about this many entries (16 MiB in float32), never d-sized."""
+
+GAP_FLOOR = 1e-6
+r"""Relative floor of the degenerate-boundary warning: a gap below ``GAP_FLOOR · |λ_1|`` is always reported."""
+
+
+def all_finite(block: torch.Tensor) -> bool:
+    """Whether ``block`` holds no NaN or Inf, without a temporary of its size.
+
+    ``aminmax`` propagates NaN and returns ±Inf if present; on a contiguous (or column-major) block it allocates
+    nothing, where ``isfinite(block).all()`` or a float64 ``sum`` would allocate one to two copies of the block.
+    """
+    if block.numel() == 0:
+        return True
+    flat = block if block.is_contiguous() else block.T if block.T.is_contiguous() else block.contiguous()
+    low, high = torch.aminmax(flat)
+    return math.isfinite(float(low)) and math.isfinite(float(high))
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -56,10 +82,13 @@ class CountingOperator:
         Raises:
             FloatingPointError: if the product holds NaN or Inf.
         """
-        out = self.operator.matmat(block.contiguous())
+        if not (block.is_contiguous() or block.T.is_contiguous()):
+            block = block.contiguous()
+        # A column-major block (each vector contiguous) is passed as is: a Hessian operator transposes it anyway.
+        out = self.operator.matmat(block)
         self.num_matvecs += int(block.shape[1])
         self.num_calls += 1
-        if not math.isfinite(float(out.sum(dtype=torch.float64))):  # NaN/inf anywhere propagate into the sum
+        if not all_finite(out):
             raise FloatingPointError(
                 f"Hessian-vector product returned non-finite values (NaN or Inf) for a block of {block.shape[1]} "
                 "vector(s); check the loss for overflow (lower the learning rate or use float32/float64) or the "
@@ -122,7 +151,7 @@ def prepare(operator: Any, k: int, init: torch.Tensor | None, tol: float | None)
         if init.dim() != 2 or init.shape[0] != dim or init.shape[1] < 1:
             raise ValueError(f"init must have shape [d, m] = [{dim}, m] with m >= 1, got shape {tuple(init.shape)}")
         init = init.detach().to(device=device, dtype=dtype)
-        if not bool(torch.isfinite(init).all()):
+        if not all_finite(init):
             raise ValueError("init contains non-finite values (NaN or Inf)")
     distributed = bool(getattr(operator, "is_distributed", False))
     return Problem(
@@ -135,6 +164,117 @@ def random_block(
 ) -> torch.Tensor:
     """Standard-normal ``[dim, m]`` block drawn on the CPU from ``generator`` (identical on every rank)."""
     return torch.randn(dim, m, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def new_block(dim: int, m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Uninitialised ``[dim, m]`` block stored column by column (a transposed ``[m, dim]``): each vector contiguous."""
+    return torch.empty(m, dim, dtype=dtype, device=device).T
+
+
+def _row_chunks(dim: int, width: int) -> list[slice]:
+    """Row slices of about ``CHUNK_ELEMENTS / width`` rows covering ``range(dim)``."""
+    step = max(1, CHUNK_ELEMENTS // max(width, 1))
+    return [slice(start, min(dim, start + step)) for start in range(0, dim, step)]
+
+
+def combine_columns_(
+    sources: list[torch.Tensor], coef: torch.Tensor, targets: list[torch.Tensor], splits: list[int]
+) -> None:
+    r"""``[T_1, T_2, ...] = [S_1, S_2, ...] @ coef`` computed row chunk by row chunk, in place.
+
+    With :math:`S = [S_1, \dots, S_b]` (``[d, n]`` in total) and ``coef`` ``[n, q]`` (any dtype; cast to the blocks'
+    dtype), the ``q`` result columns are split into ``splits`` (summing to ``q``) and written into ``targets`` (each
+    ``[d, splits[i]]``). A target may be (a column range of) a source: every chunk of rows is multiplied before any of
+    its rows is written, and rows depend only on themselves, so no ``[d, q]`` temporary is ever allocated; the extra
+    memory is one ``[rows, q]`` chunk.
+
+    Raises:
+        ValueError: if the shapes do not agree.
+    """
+    n = sum(int(s.shape[1]) for s in sources)
+    if coef.shape[0] != n or sum(splits) != coef.shape[1] or len(splits) != len(targets):
+        raise ValueError(f"coef {tuple(coef.shape)} does not match {n} source columns and splits {splits}")
+    if not sources or coef.shape[1] == 0:
+        return
+    dim = int(sources[0].shape[0])
+    dtype = sources[0].dtype
+    parts, offset = [], 0
+    for src in sources:
+        parts.append(coef[offset : offset + src.shape[1]].to(device=src.device, dtype=dtype))
+        offset += src.shape[1]
+    for rows in _row_chunks(dim, max(n, int(coef.shape[1]))):
+        acc = None
+        for src, part in zip(sources, parts):
+            if src.shape[1] == 0:
+                continue
+            acc = src[rows] @ part if acc is None else acc.addmm_(src[rows], part)
+        col = 0
+        for target, width in zip(targets, splits):
+            if width:
+                target[rows].copy_(acc[:, col : col + width])  # type: ignore[index]
+            col += width
+
+
+def residual_norms(x: torch.Tensor, hx: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    r"""Column norms :math:`\lVert Hx_i - \theta_i x_i \rVert_2` (float64 ``[m]``), by row chunks (no ``[d, m]`` copy)."""
+    m = int(x.shape[1])
+    total = torch.zeros(m, dtype=torch.float64, device=x.device)
+    lam = theta.to(device=x.device, dtype=x.dtype)
+    for rows in _row_chunks(int(x.shape[0]), m):
+        r = torch.addcmul(hx[rows], x[rows], lam, value=-1)
+        total += torch.linalg.vector_norm(r, dim=0).to(torch.float64) ** 2
+    return total.sqrt()
+
+
+def fill_random_(target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Fill ``target`` ([d, m]) with standard-normal columns drawn on the CPU from ``generator``, one at a time.
+
+    Column ``j`` is ``torch.randn(d, dtype=float64)`` (identical on every rank for the same generator state); only
+    one float64 column exists at a time. Returns ``target``.
+    """
+    for j in range(int(target.shape[1])):
+        column = torch.randn(int(target.shape[0]), generator=generator, dtype=torch.float64)
+        target[:, j].copy_(column)
+        del column
+    return target
+
+
+def svqb_(block: torch.Tensor, drop: float | None = None) -> torch.Tensor:
+    r"""In-place :func:`svqb`: orthonormalise the columns of ``block`` into its first ``r`` columns.
+
+    Same mathematics as :func:`svqb` (zero and near-dependent directions dropped, a second round when the first was
+    badly conditioned), but the new columns overwrite the old ones row chunk by row chunk
+    (:func:`combine_columns_`), so no d-sized temporary is allocated.
+
+    Returns:
+        the view ``block[:, :r]`` with orthonormal columns (``r = 0`` when the block is numerically zero).
+    """
+    eps = torch.finfo(block.dtype).eps
+    drop = 100 * eps if drop is None else drop
+    for _ in range(2):
+        m = int(block.shape[1])
+        if m == 0:
+            return block
+        gram = (block.T @ block).to(torch.float64)
+        gram = (gram + gram.T) / 2
+        norms = gram.diagonal().clamp_min(0).sqrt()
+        keep = norms > 0
+        if not bool(keep.any()):
+            return block[:, :0]
+        safe = torch.where(keep, norms, torch.ones_like(norms))
+        gram = gram / safe[:, None] / safe[None, :]
+        gram[~keep] = 0
+        gram[:, ~keep] = 0
+        sigma, vecs = torch.linalg.eigh(gram)
+        ok = sigma > drop * sigma[-1]
+        coef = vecs[:, ok] / sigma[ok].sqrt() / safe[:, None]
+        coef[~keep] = 0
+        r = int(ok.sum())
+        combine_columns_([block], coef, [block[:, :r]], [r])
+        block = block[:, :r]
+        if float(sigma[ok][0]) >= REORTHOGONALIZE_BELOW * float(sigma[-1]):
+            break
+    return block
 
 
 def svqb(block: torch.Tensor, drop: float | None = None) -> torch.Tensor:
@@ -176,13 +316,23 @@ def svqb(block: torch.Tensor, drop: float | None = None) -> torch.Tensor:
 
 
 def normalize_signs(vectors: torch.Tensor) -> torch.Tensor:
-    """Flip columns so that the entry of largest magnitude of each column is positive."""
-    if vectors.shape[1] == 0:
+    """Flip columns, in place, so that the entry of largest magnitude of each column is positive; returns ``vectors``.
+
+    The search runs over row chunks, so no ``[d, k]`` temporary is allocated.
+    """
+    k = int(vectors.shape[1])
+    if k == 0:
         return vectors
-    idx = vectors.abs().argmax(dim=0)
-    signs = torch.sign(vectors.gather(0, idx.unsqueeze(0))).squeeze(0)
-    signs[signs == 0] = 1
-    return vectors * signs
+    best = torch.full((k,), -1.0, dtype=vectors.dtype, device=vectors.device)
+    signs = torch.ones(k, dtype=vectors.dtype, device=vectors.device)
+    for rows in _row_chunks(int(vectors.shape[0]), k):
+        chunk = vectors[rows]
+        values, idx = chunk.abs().max(dim=0)
+        better = values > best
+        best = torch.where(better, values, best)
+        entry = chunk.gather(0, idx.unsqueeze(0)).squeeze(0)
+        signs = torch.where(better, torch.where(entry < 0, -1.0, 1.0).to(vectors.dtype), signs)
+    return vectors.mul_(signs)
 
 
 def stop(flag: bool, problem: Problem) -> bool:
@@ -194,7 +344,8 @@ def sync_block(block: torch.Tensor, problem: Problem) -> torch.Tensor:
     """Replace ``block`` ([d, m]) by rank 0's block, shape included, when the operator is distributed.
 
     A block about to enter the operator decides how many columns every rank's collective carries; taking rank 0's
-    keeps the collectives matched even if rounding made the ranks' iterates drift apart.
+    keeps the collectives matched even if rounding made the ranks' iterates drift apart. A block stored column by
+    column (see :func:`new_block`) is overwritten in place.
     """
     if not problem.distributed:
         return block
@@ -202,7 +353,10 @@ def sync_block(block: torch.Tensor, problem: Problem) -> torch.Tensor:
     distributed.broadcast(size)
     m = int(size.item())
     if m != block.shape[1]:
-        block = torch.empty(problem.dim, m, dtype=block.dtype, device=block.device)
+        block = new_block(problem.dim, m, block.dtype, block.device)
+    if block.T.is_contiguous():
+        distributed.broadcast(block.T)
+        return block
     return distributed.broadcast(block.contiguous())
 
 
@@ -226,20 +380,41 @@ def finalize(
     iterations: int,
     method: str,
     bar: Any = None,
+    next_value: float | None = None,
 ) -> EigenResult:
-    """Sort descending, fix signs, broadcast from rank 0, warn when not converged, and build the result."""
+    r"""Sort descending, fix signs, broadcast from rank 0, warn, and build the result.
+
+    Args:
+        problem: the validated problem.
+        eigenvalues: ``[n]`` estimates (``n >= k``; only the top ``k`` are kept).
+        eigenvectors: ``[d, n]``; the result is a new row-major ``[d, k]`` tensor (the only d-sized allocation here).
+        residuals: ``[n]`` residual norms.
+        counter: the operator wrapper (its counts go into the result).
+        converged: the method's verdict.
+        iterations: the method's iteration count.
+        method: the method's name.
+        bar: the progress bar to close.
+        next_value: the method's estimate of :math:`\lambda_{k+1}` (its next Ritz value), if it has one; gives
+            ``EigenResult.eigengap`` and the degenerate-boundary warning (see :func:`boundary_warning`).
+    """
     if bar is not None:
         bar.close()
     key = torch.nan_to_num(eigenvalues.to(torch.float64), nan=-float("inf"))
     order = torch.argsort(key, descending=True, stable=True)[: problem.k]
     values = eigenvalues[order].to(device=problem.device, dtype=problem.dtype).contiguous()
     vectors = eigenvectors[:, order.to(eigenvectors.device)].to(device=problem.device, dtype=problem.dtype)
-    vectors = normalize_signs(vectors).contiguous()
+    vectors = normalize_signs(vectors.contiguous())
     res = residuals[order.to(residuals.device)].to(device=problem.device, dtype=problem.dtype).contiguous()
+    gap = None
+    if next_value is not None and values.numel() and math.isfinite(float(next_value)):
+        gap = torch.tensor([float(values[-1]) - float(next_value)], dtype=torch.float64)
     if problem.distributed:
         distributed.broadcast(values)
         distributed.broadcast(vectors)
         distributed.broadcast(res)
+        if gap is not None:
+            distributed.broadcast(gap)
+    eigengap = None if gap is None else float(gap[0])
     if not converged:
         scale = float(torch.nan_to_num(values.abs(), nan=0.0).max())
         warnings.warn(
@@ -249,6 +424,9 @@ def finalize(
             RuntimeWarning,
             stacklevel=3,
         )
+    message = boundary_warning(values, res, eigengap) if converged else None  # else the residuals say nothing
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=3)
     return EigenResult(
         eigenvalues=values,
         eigenvectors=vectors,
@@ -259,4 +437,30 @@ def finalize(
         method=method,
         seconds=time.perf_counter() - problem.start,
         num_calls=counter.num_calls,
+        eigengap=eigengap,
+    )
+
+
+def boundary_warning(values: torch.Tensor, residuals: torch.Tensor, eigengap: float | None) -> str | None:
+    r"""The degenerate-boundary message, or ``None`` when the top ``k`` are separated from the rest.
+
+    The gap :math:`\delta = \theta_k - \theta_{k+1}` is compared with
+    :math:`\max(\max_{i \le k} \lVert r_i \rVert,\ \mathrm{GAP\_FLOOR} \cdot |\theta_1|)`. Davis–Kahan bounds the
+    angle between the computed top-:math:`k` subspace and the true one by :math:`\lVert R \rVert / \delta`: once the
+    gap is no larger than the residuals the bound says nothing (the :math:`k`-th direction is an arbitrary pick from
+    a cluster as far as the computed accuracy can tell), and below ``GAP_FLOOR`` relative the two eigenvalues are equal
+    to the working precision of a float32 Hessian product.
+    """
+    if eigengap is None or values.numel() == 0:
+        return None
+    scale = float(values.abs().max())
+    threshold = max(float(residuals.max()), GAP_FLOOR * scale)
+    if eigengap > threshold:
+        return None
+    k = int(values.numel())
+    return (
+        f"The top-{k} eigenspace is not separated: the gap to the next eigenvalue, "
+        f"lambda_{k} - lambda_{k + 1} = {eigengap:.3g}, is within the accuracy of the estimates ({threshold:.3g}), so "
+        f"the {k}-th eigenvector is an arbitrary pick from a cluster and the dominant subspace is not defined; "
+        f"choose a k at a gap in the spectrum (or tighten tol)."
     )

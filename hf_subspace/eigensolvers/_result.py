@@ -28,6 +28,14 @@ class EigenResult:
         seconds: wall-clock time of the solve.
         num_calls: number of ``matmat`` calls (a block counts once): the number of passes over the data, which is
             what a block method saves.
+        eigengap: :math:`\theta_k - \theta_{k+1}`, the gap between the ``k``-th eigenvalue and the method's estimate
+            of the next one (its ``(k+1)``-th Ritz value: Lanczos' tridiagonal, LOBPCG's first buffer column), or
+            ``None`` where the method has no such estimate (``"eigsh"``, LOBPCG with ``buffer=0``). A Ritz value
+            never exceeds the eigenvalue of the same rank, so this is an optimistic (upper) estimate of
+            :math:`\lambda_k - \lambda_{k+1}`, exact up to the residuals as the next pair converges. Lanczos, a
+            single-vector Krylov method, sees only one vector of a multiple eigenvalue, so an exact tie
+            :math:`\lambda_k = \lambda_{k+1}` can go unseen by it (LOBPCG's block sees it). When the gap is within
+            the residuals, :func:`~hf_subspace.eigensolvers.top_eigenpairs` warns (``UserWarning``).
     """
 
     eigenvalues: torch.Tensor
@@ -39,6 +47,7 @@ class EigenResult:
     method: str
     seconds: float
     num_calls: int = 0
+    eigengap: float | None = None
 
     @property
     def k(self) -> int:
@@ -51,6 +60,6 @@ class EigenResult:
         return (
             f"EigenResult(method={self.method!r}, k={self.k}, eigenvalues=[{values}{more}], "
             f"max_residual={float(self.residuals.max()) if self.k else 0.0:.3g}, num_matvecs={self.num_matvecs}, "
-            f"num_calls={self.num_calls}, "
+            f"num_calls={self.num_calls}, eigengap={self.eigengap if self.eigengap is None else f'{self.eigengap:.3g}'}, "
             f"iterations={self.iterations}, converged={self.converged}, seconds={self.seconds:.3g})"
         )

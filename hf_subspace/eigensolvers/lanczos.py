@@ -1,18 +1,28 @@
-r"""Lanczos with full reorthogonalisation for the largest algebraic eigenvalues.
+r"""Thick-restart Lanczos (Wu & Simon, 2000) with full reorthogonalisation, for the largest algebraic eigenvalues.
 
-After :math:`j+1` steps the Lanczos relation reads
+With the basis :math:`Q_n = [q_0, \dots, q_{n-1}]` (orthonormal, at most ``max_basis_vectors`` columns) the method
+keeps the relation
 
 .. math::
-    H Q_j = Q_j T_j + \beta_j q_{j+1} e_j^\top,
+    H Q_n = Q_n T_n + \beta_n q_n e_n^\top,
 
-with :math:`Q_j = [q_0, \dots, q_j]` orthonormal and :math:`T_j` tridiagonal (diagonal :math:`\alpha`,
-off-diagonal :math:`\beta`). If :math:`T_j s_i = \theta_i s_i`, the Ritz pair :math:`(\theta_i, Q_j s_i)` has residual
-norm exactly :math:`|\beta_j s_{j,i}|` (the last entry of :math:`s_i`), so convergence is tested without applying
-:math:`H`. Each new vector is orthogonalised against the whole basis twice (classical Gram-Schmidt), which keeps
-:math:`Q_j` orthonormal to working precision and rules out the spurious copies of plain Lanczos.
+where the projected matrix :math:`T_n = Q_n^\top H Q_n` is tridiagonal during a plain Lanczos run and, after a
+restart, diagonal in its first :math:`\ell` rows with one "arrow" row coupling them to the next vector. If
+:math:`T_n s_i = \theta_i s_i`, the Ritz pair :math:`(\theta_i, Q_n s_i)` has residual norm exactly
+:math:`|\beta_n s_{n,i}|` (the last entry of :math:`s_i`), so convergence is tested without applying :math:`H`.
+Each new vector is orthogonalised against the whole (bounded) basis twice (classical Gram-Schmidt), which keeps
+:math:`Q_n` orthonormal to working precision and rules out the spurious copies of plain Lanczos.
 
-One step costs one operator application of one column, so this is the cheapest cold-start method in matvecs when
-the top of the spectrum is separated; the basis costs :math:`d \times (\text{steps})` memory.
+**Restart.** When the basis is full (``n = max_basis_vectors``) and the top ``k`` have not converged, the basis is
+replaced by the :math:`\ell` leading Ritz vectors :math:`Q_n S_\ell` (computed in place, row chunk by row chunk)
+followed by the residual direction :math:`q_n`; then :math:`T = \mathrm{diag}(\theta_1..\theta_\ell)` plus the arrow
+:math:`T_{\ell, i} = \beta_n s_{n,i}`, and Lanczos continues from :math:`q_n`. The kept Ritz vectors and
+:math:`q_n` span a Krylov subspace again, so no information about the wanted pairs is lost (``\ell = k + (n - k)/2``
+by default, at least ``k + 1``).
+
+**Memory.** One ``[d, max_basis_vectors]`` block (stored column by column) plus the operator's product and the
+``[d, k]`` result; the default ``max_basis_vectors = max(2k + 1, 20)`` is ARPACK's ``ncv``. Whatever the number of
+steps, the method never holds more d-sized vectors. One step costs one operator application of one column.
 """
 
 from __future__ import annotations
@@ -20,33 +30,44 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 import torch
 
-from ._common import CountingOperator, finalize, prepare, progress_bar, random_block, stop
+from ._common import (
+    CountingOperator,
+    combine_columns_,
+    finalize,
+    new_block,
+    prepare,
+    progress_bar,
+    random_block,
+    stop,
+)
 from ._result import EigenResult
 
-__all__ = ["lanczos"]
+__all__ = ["default_basis_size", "lanczos"]
 
 
-def _top_ritz(alpha: list[float], beta: list[float], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` eigenpairs of the tridiagonal matrix (float64), eigenvalues descending."""
-    n = len(alpha)
-    k = min(k, n)
-    a = np.asarray(alpha, dtype=np.float64)
-    if n == 1:
-        return a.copy(), np.ones((1, 1))
-    e = np.asarray(beta[: n - 1], dtype=np.float64)
-    values, vectors = scipy.linalg.eigh_tridiagonal(a, e, select="i", select_range=(n - k, n - 1))
+def default_basis_size(k: int) -> int:
+    """ARPACK's default ``ncv``: ``max(2k + 1, 20)`` Lanczos vectors (capped at ``d`` by the caller)."""
+    return max(2 * k + 1, 20)
+
+
+def _ritz(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All eigenpairs of the symmetric projected matrix ``t`` ([n, n], float64), eigenvalues descending."""
+    values, vectors = np.linalg.eigh(t)
     return values[::-1].copy(), vectors[:, ::-1].copy()
 
 
-def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Remove the components of ``w`` ([d]) along the orthonormal columns of ``basis`` twice; return (w, coefs)."""
+def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Remove from ``w`` ([d]) its components along the orthonormal columns of ``basis``, twice, in place.
+
+    Returns the coefficients of both passes, summed (float64 ``[n]``).
+    """
     coef = basis.T @ w
-    w = w - basis @ coef
+    w.addmv_(basis, coef, alpha=-1)
     coef2 = basis.T @ w
-    return w - basis @ coef2, coef + coef2
+    w.addmv_(basis, coef2, alpha=-1)
+    return (coef + coef2).to(torch.float64)
 
 
 def lanczos(
@@ -59,24 +80,34 @@ def lanczos(
     seed: int = 0,
     progress: bool = False,
     check_every: int = 1,
+    max_basis_vectors: int | None = None,
+    keep: int | None = None,
 ) -> EigenResult:
-    r"""Top-``k`` eigenpairs (largest algebraic) by Lanczos with full reorthogonalisation.
+    r"""Top-``k`` eigenpairs (largest algebraic) by thick-restart Lanczos with full reorthogonalisation.
 
     Args:
         operator: symmetric operator (``dim``, ``dtype``, ``device``, ``matmat``; ``is_distributed`` optional).
         k: number of eigenpairs, ``1 <= k < d``.
         init: optional ``[d, m]`` block; the normalised sum of its columns is the start vector (a warm start
             towards the span of a previous basis). Default: a seeded Gaussian vector.
-        tol: stop when :math:`\max_{i \le k} |\beta_j s_{j,i}| \le \mathrm{tol} \cdot \max_{i \le k} |\theta_i|`;
+        tol: stop when :math:`\max_{i \le k} |\beta_n s_{n,i}| \le \mathrm{tol} \cdot \max_{i \le k} |\theta_i|`;
             default ``1e-6`` (float64) or ``1e-3`` (float32).
-        max_iters: maximal number of Lanczos steps (= matvecs), capped at ``d``; default ``max(300, 20 k)``.
+        max_iters: maximal number of Lanczos steps (= matvecs); default ``max(300, 20 k)``.
         seed: seed of the CPU generator for the start vector and for restarts after a breakdown.
         progress: show a tqdm bar (main process only).
         check_every: test convergence every this many steps once ``k`` steps are done (the test solves a small
-            tridiagonal eigenproblem, negligible next to an operator application).
+            eigenproblem of the basis size, negligible next to an operator application).
+        max_basis_vectors: the most d-sized Lanczos vectors kept (ARPACK's ``ncv``); memory is this many vectors
+            of length ``d`` in the operator dtype. Default ``max(2k + 1, 20)``, capped at ``d``; at least ``k + 2``.
+        keep: Ritz vectors kept at a restart, ``k <= keep <= max_basis_vectors - 2``; default
+            ``k + (max_basis_vectors - k) // 2`` (at least ``k + 1`` where the basis allows).
 
     Returns:
-        :class:`EigenResult` with the Ritz vectors :math:`Q_j s_i` and the Lanczos residual estimates.
+        :class:`EigenResult` with the Ritz vectors :math:`Q_n s_i`, the Lanczos residual estimates and
+        ``eigengap`` :math:`\theta_k - \theta_{k+1}` from the projected matrix.
+
+    Raises:
+        ValueError: on ``check_every < 1``, ``max_iters < 1``, or ``max_basis_vectors`` / ``keep`` out of range.
     """
     problem = prepare(operator, k, init, tol)
     if check_every < 1:
@@ -84,7 +115,19 @@ def lanczos(
     if max_iters is not None and max_iters < 1:
         raise ValueError(f"max_iters={max_iters} must be >= 1")
     dim, dtype, device = problem.dim, problem.dtype, problem.device
-    steps_cap = min(dim, max_iters if max_iters is not None else max(300, 20 * k))
+    ncv = default_basis_size(k) if max_basis_vectors is None else int(max_basis_vectors)
+    if ncv < k + 2 and ncv < dim:
+        raise ValueError(
+            f"max_basis_vectors={max_basis_vectors} must be at least k + 2 = {k + 2} (a restart keeps k Ritz vectors "
+            "plus the next Lanczos vector); raise it or leave it unset for the default max(2k + 1, 20)"
+        )
+    ncv = min(ncv, dim)
+    if keep is None:
+        keep = max(k + 1, k + (ncv - k) // 2)
+        keep = min(keep, ncv - 2)
+    elif not k <= keep <= ncv - 2:
+        raise ValueError(f"keep={keep} must satisfy k={k} <= keep <= max_basis_vectors - 2 = {ncv - 2}")
+    steps_cap = max_iters if max_iters is not None else max(300, 20 * k)
     steps_cap = max(steps_cap, min(k + 1, dim))
     counter = CountingOperator(operator)
     generator = torch.Generator().manual_seed(seed)
@@ -93,66 +136,82 @@ def lanczos(
     q = problem.init.sum(dim=1) if problem.init is not None else random_block(generator, dim, 1, dtype, device)[:, 0]
     if float(q.norm()) == 0.0:
         q = random_block(generator, dim, 1, dtype, device)[:, 0]
-    # The basis grows by doubling, so a run that converges early never holds ``steps_cap`` vectors.
-    basis = torch.empty(dim, min(steps_cap, max(2 * k + 20, 40)), dtype=dtype, device=device)
+    basis = new_block(dim, ncv, dtype, device)  # the only d-sized storage of the method
     basis[:, 0] = q / q.norm()
-    alpha: list[float] = []
-    beta: list[float] = []
+    del q
+    t = np.zeros((ncv, ncv))  # projected matrix of the current basis
+    n = 0  # columns of the basis whose products are in t
     theta = np.zeros(0)
     s = np.zeros((0, 0))
+    b = 0.0
     converged = False
     norm_estimate = 0.0
+    restarts = 0
     bar = progress_bar(progress, steps_cap, f"lanczos k={k}")
 
-    for j in range(steps_cap):
-        w = counter(basis[:, j : j + 1])[:, 0]
-        w, coef = _orthogonalize(w, basis[:, : j + 1])
-        alpha.append(float(coef[j]))
+    for step in range(steps_cap):
+        w = counter(basis[:, n : n + 1])[:, 0]
+        coef = _orthogonalize(w, basis[:, : n + 1])
+        t[n, n] = float(coef[n])
         b = float(w.norm())
-        beta.append(b)
-        norm_estimate = max(norm_estimate, abs(alpha[-1]) + b + (beta[-2] if j > 0 else 0.0))
-        n = j + 1
-        last = n == steps_cap
+        n += 1
+        row = np.abs(t[n - 1, : n - 1]).sum() if n > 1 else 0.0
+        norm_estimate = max(norm_estimate, abs(t[n - 1, n - 1]) + b + row)
+        last = step + 1 == steps_cap
         breakdown = b <= 10 * eps * max(norm_estimate, 1e-300) * np.sqrt(n)
-        check = n >= k and ((n - k) % check_every == 0 or last or breakdown)
+        full = n == ncv
+        check = n >= k and ((step + 1 - k) % check_every == 0 or last or breakdown or full)
         if check:
-            theta, s = _top_ritz(alpha, beta, k)
-            scale = max(float(np.abs(theta).max()), 1e-300)
-            est = np.abs(b * s[-1, :])
-            converged = stop(bool(est.max() <= problem.tol * scale) or (breakdown and n == dim), problem)
+            theta, s = _ritz(t[:n, :n])
+            scale = max(float(np.abs(theta[:k]).max()), 1e-300)
+            est = np.abs(b * s[-1, :k])
+            # With n = d the basis is complete and the Ritz values are the eigenvalues.
+            converged = stop(bool(est.max() <= problem.tol * scale) or n == dim, problem)
             if bar is not None:
-                bar.set_postfix(rel_residual=f"{est.max() / scale:.2e}", lam1=f"{theta[0]:.4g}")
+                bar.set_postfix(rel_residual=f"{est.max() / scale:.2e}", lam1=f"{theta[0]:.4g}", restarts=restarts)
         if bar is not None:
             bar.update(1)
         if converged or last:
             break
+        coupling = b
         if stop(breakdown, problem):
             # Invariant subspace found before the top k converged: continue from a fresh random direction.
-            beta[-1] = 0.0
+            coupling = 0.0
             w = random_block(generator, dim, 1, dtype, device)[:, 0]
-            w, _ = _orthogonalize(w, basis[:, : j + 1])
-            b = float(w.norm())
-        if j + 1 == basis.shape[1]:
-            grown = torch.empty(dim, min(steps_cap, 2 * basis.shape[1]), dtype=dtype, device=device)
-            grown[:, : j + 1] = basis[:, : j + 1]
-            basis = grown
-        basis[:, j + 1] = w / b
+            _orthogonalize(w, basis[:, :n])
+            w_norm = float(w.norm())
+        else:
+            w_norm = b
+        if full:
+            # Thick restart: the `keep` leading Ritz vectors, then the residual direction.
+            combine_columns_([basis[:, :n]], torch.as_tensor(s[:, :keep]), [basis[:, :keep]], [keep])
+            arrow = coupling * s[-1, :keep]
+            t[:] = 0.0
+            t[np.arange(keep), np.arange(keep)] = theta[:keep]
+            t[keep, :keep] = arrow
+            t[:keep, keep] = arrow
+            n = keep
+            restarts += 1
+        else:
+            t[n, n - 1] = t[n - 1, n] = coupling
+        basis[:, n].copy_(w).div_(w_norm)
+        del w
 
-    n = len(alpha)
     if s.shape[0] != n:  # the last step was not a check step (only when n < k, i.e. d tiny): solve now
-        theta, s = _top_ritz(alpha, beta, k)
-    s_t = torch.as_tensor(s, dtype=torch.float64, device=device)
-    vectors = basis[:, :n] @ s_t.to(dtype)
-    residuals = torch.as_tensor(np.abs(beta[-1] * s[-1, :]), dtype=torch.float64)
-    values = torch.as_tensor(theta, dtype=torch.float64)
+        theta, s = _ritz(t[:n, :n])
+    kk = min(k, n)
+    combine_columns_([basis[:, :n]], torch.as_tensor(s[:, :kk]), [basis[:, :kk]], [kk])
+    residuals = torch.as_tensor(np.abs(b * s[-1, :kk]), dtype=torch.float64)
+    values = torch.as_tensor(theta[:kk], dtype=torch.float64)
     return finalize(
         problem,
         values,
-        vectors,
+        basis[:, :kk],
         residuals,
         counter=counter,
         converged=converged,
-        iterations=n,
+        iterations=step + 1,
         method="lanczos",
         bar=bar,
+        next_value=float(theta[k]) if n > k else None,
     )

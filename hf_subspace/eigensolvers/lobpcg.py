@@ -15,10 +15,18 @@ Ritz values :math:`\Lambda`. Each iteration
 
    by whitening the Gram matrix :math:`S^\top S` (its eigenvectors, dropping near-null directions), and takes the
    top :math:`m` Ritz pairs as the new :math:`X = SC`, :math:`HX = (HS)C`;
-4. builds the new search direction :math:`P` from the :math:`[W, P]` components of :math:`C`, orthonormalised
+4. builds the new search direction :math:`P` from the :math:`[W, P]` components of the columns of :math:`C` that were
+   active (Knyazev's soft locking: converged and buffer columns get no direction), orthonormalised
    against :math:`C` in the small space (Hetmaniuk & Lehoucq 2006; Duersch et al. 2018), with
    :math:`HP = (HS) Z` reused instead of recomputed. Optionally (``history``) the next Ritz vectors below the block
    are kept as well, a thick restart that enlarges the search space without operator calls.
+
+**Memory.** The blocks :math:`X, HX` (``m`` columns), :math:`W, HW` and :math:`P, HP` (at most as many columns as
+active residuals, plus ``history``) are stored in the operator dtype and updated in place, row chunk by row chunk:
+:math:`S = [X, W, P]` is never concatenated, the Rayleigh–Ritz problem is formed from the small Gram blocks in float64,
+the new :math:`X` overwrites the old one and the new :math:`P` is written into the storage of :math:`W` (or of the old
+:math:`P`). So a refresh holds at most :math:`2(m + a + p)` d-sized vectors (:math:`a, p \le k` with the warm default),
+plus the operator's own work and the ``[d, k]`` result.
 
 So an iteration costs one operator call of as many columns as unconverged residuals. Started from a good guess
 (the previous basis of a slowly changing Hessian) it converges in a handful of iterations. The ``buffer`` columns are
@@ -32,7 +40,19 @@ from typing import Any
 
 import torch
 
-from ._common import CountingOperator, finalize, prepare, progress_bar, random_block, stop, svqb, sync_block
+from ._common import (
+    CountingOperator,
+    combine_columns_,
+    fill_random_,
+    finalize,
+    new_block,
+    prepare,
+    progress_bar,
+    residual_norms,
+    stop,
+    svqb_,
+    sync_block,
+)
 from ._result import EigenResult
 
 __all__ = ["lobpcg"]
@@ -45,28 +65,48 @@ def _whiten(gram: torch.Tensor, drop: float) -> torch.Tensor:
     return vecs[:, keep] / sigma[keep].sqrt()
 
 
-def _rayleigh_ritz(s: torch.Tensor, hs: torch.Tensor, drop: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All Ritz values (descending), their coefficients ``C`` ([n, r], float64) and the Gram matrix of ``s``."""
-    a = (s.T @ hs).to(torch.float64)
-    a = (a + a.T) / 2
-    gram = (s.T @ s).to(torch.float64)
-    gram = (gram + gram.T) / 2
+def _gram_blocks(left: list[torch.Tensor], right: list[torch.Tensor], symmetric_pairs: bool) -> torch.Tensor:
+    r"""The float64 matrix :math:`[L_1, \dots]^\top [R_1, \dots]` from the small products :math:`L_i^\top R_j`.
+
+    With ``symmetric_pairs`` the result is known to be symmetric, so only the blocks ``i <= j`` are computed (the
+    products with :math:`H` use :math:`L_i^\top H L_j = (H L_i)^\top L_j`).
+    """
+    sizes = [int(b.shape[1]) for b in left]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    out = torch.zeros(offsets[-1], offsets[-1], dtype=torch.float64)
+    for i, li in enumerate(left):
+        for j, rj in enumerate(right):
+            if symmetric_pairs and j < i:
+                continue
+            block = (li.T @ rj).to(device="cpu", dtype=torch.float64)
+            out[offsets[i] : offsets[i + 1], offsets[j] : offsets[j + 1]] = block
+            if symmetric_pairs and j > i:
+                out[offsets[j] : offsets[j + 1], offsets[i] : offsets[i + 1]] = block.T
+    return (out + out.T) / 2
+
+
+def _rayleigh_ritz(
+    s: list[torch.Tensor], hs: list[torch.Tensor], drop: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All Ritz values (descending), their coefficients ``C`` ([n, r], float64) and the Gram matrix of ``[S_1, ...]``."""
+    a = _gram_blocks(s, hs, symmetric_pairs=True)
+    gram = _gram_blocks(s, s, symmetric_pairs=True)
     t = _whiten(gram, drop)
     b = t.T @ a @ t
     theta, y = torch.linalg.eigh((b + b.T) / 2)
     return theta.flip(0), t @ y.flip(1), gram
 
 
-def _next_directions(
-    c: torch.Tensor, rest: torch.Tensor, gram: torch.Tensor, num_x: int, history: int, drop: float
+def _directions(
+    c: torch.Tensor, picked: torch.Tensor, rest: torch.Tensor, gram: torch.Tensor, num_x: int, history: int, drop: float
 ) -> torch.Tensor:
     r"""Coefficients ``Z`` of the next :math:`P = SZ`, ``gram``-orthonormal and ``gram``-orthogonal to ``C``.
 
-    ``Z`` spans the :math:`[W, P]` part of the new Ritz coefficients ``C`` (the LOBPCG direction) and the first
-    ``history`` of the remaining Ritz coefficients ``rest`` (the Ritz vectors just below the block: a thick restart
-    that keeps more of the search space at no operator cost).
+    ``Z`` spans the :math:`[W, P]` part (rows from ``num_x`` on) of the columns ``picked`` of the new Ritz coefficients
+    ``c`` (the LOBPCG directions) and the first ``history`` of the remaining Ritz coefficients ``rest`` (the Ritz
+    vectors just below the block: a thick restart that keeps more of the search space at no operator cost).
     """
-    z = c.clone()
+    z = c[:, picked].clone()
     z[:num_x] = 0
     if history > 0:
         z = torch.cat([z, rest[:, :history]], dim=1)
@@ -80,6 +120,14 @@ def _next_directions(
         return z
     g = g / norms[:, None] / norms[None, :]
     return (z / norms) @ _whiten((g + g.T) / 2, drop)
+
+
+def _storage_for(width: int, candidates: list[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
+    """The first candidate block with at least ``width`` columns (its first ``width`` columns), else a new block."""
+    for block in candidates:
+        if block is not None and block.shape[1] >= width:
+            return block[:, :width]
+    return new_block(int(like.shape[0]), width, like.dtype, like.device)
 
 
 def lobpcg(
@@ -108,10 +156,11 @@ def lobpcg(
         seed: seed of the CPU generator for the random columns.
         progress: show a tqdm bar (main process only).
         buffer: extra block columns beyond ``k``; default ``max(2, k // 2)`` for a cold start and ``1`` with
-            ``init`` (a random buffer column costs matvecs while a warm block is already accurate).
+            ``init`` (a random buffer column costs matvecs while a warm block is already accurate). The first buffer
+            column's Ritz value gives ``EigenResult.eigengap``.
         buffer_residuals: also spend operator applications on the residuals of the buffer columns (faster
             convergence per iteration, more matvecs per iteration).
-        history: besides the LOBPCG direction :math:`P`, keep this many further Ritz vectors (the next ones below
+        history: besides the LOBPCG directions :math:`P`, keep this many further Ritz vectors (the next ones below
             the block) in the search space; they cost no operator application, only ``2 * history`` stored vectors of
             length ``d``. ``0`` is plain LOBPCG; default: the block size ``m`` for a cold start and ``0`` with
             ``init`` (a warm block converges in one or two iterations, where the wider Rayleigh–Ritz problem costs
@@ -119,6 +168,9 @@ def lobpcg(
 
     Returns:
         :class:`EigenResult`; ``residuals`` are computed from the tracked :math:`HX` (no extra operator call).
+
+    Raises:
+        ValueError: on a negative ``max_iters``, ``buffer`` or ``history``.
     """
     problem = prepare(operator, k, init, tol)
     max_iters = 100 if max_iters is None else max_iters
@@ -135,34 +187,41 @@ def lobpcg(
     generator = torch.Generator().manual_seed(seed)
     eps = torch.finfo(dtype).eps
     drop = 100 * eps
-    m = min(dim, k + buffer)
 
-    # Start block: init columns (all of them), padded with random ones, orthonormalised.
-    x = problem.init if problem.init is not None else torch.empty(dim, 0, dtype=dtype, device=device)
-    m = min(dim, max(m, x.shape[1]))
-    x = svqb(x, drop)
-    while x.shape[1] < m:
-        extra = random_block(generator, dim, m - x.shape[1], dtype, device)
-        if x.shape[1]:
+    # Start block: init columns (all of them), padded with random ones, orthonormalised in place.
+    m0 = 0 if problem.init is None else int(problem.init.shape[1])
+    m = min(dim, max(k + buffer, m0))
+    storage = new_block(dim, m, dtype, device)
+    filled = 0
+    if m0:
+        storage[:, :m0].copy_(problem.init)
+        filled = int(svqb_(storage[:, :m0], drop).shape[1])
+    problem.init = None  # the caller's block is not needed any more (nor kept alive by the problem)
+    while filled < m:
+        extra = fill_random_(storage[:, filled:m], generator)
+        if filled:
+            done = storage[:, :filled]
             for _ in range(2):
-                extra = extra - x @ (x.T @ extra)
-        x = torch.cat([x, svqb(extra, drop)], dim=1)
-    x = sync_block(x, problem)
+                extra.addmm_(done, done.T @ extra, alpha=-1)
+        filled += int(svqb_(extra, drop).shape[1])
+    x = sync_block(storage[:, :m], problem)
+    del storage
     if history is None:
-        history = 0 if problem.init is not None else m
+        history = 0 if m0 else m
     hx = counter(x)
-    theta, c, _ = _rayleigh_ritz(x, hx, drop)
-    m = theta.shape[0]
-    x, hx = x @ c.to(dtype), hx @ c.to(dtype)
-    p = hp = None
+    theta, c, _ = _rayleigh_ritz([x], [hx], drop)
+    m = int(theta.shape[0])
+    combine_columns_([x], c, [x[:, :m]], [m])
+    combine_columns_([hx], c, [hx[:, :m]], [m])
+    x, hx = x[:, :m], hx[:, :m]
+    p: torch.Tensor | None = None
+    hp: torch.Tensor | None = None
     bar = progress_bar(progress, max_iters, f"lobpcg k={k}")
     iterations = 0
     converged = False
 
     while True:
-        lam = theta.to(dtype)
-        r = hx - x * lam
-        res = r.norm(dim=0).to(torch.float64)
+        res = residual_norms(x, hx, theta)
         scale = max(float(theta[:k].abs().max()), 1e-300)
         threshold = problem.tol * scale
         converged = stop(bool(res[:k].max() <= threshold), problem)
@@ -174,27 +233,41 @@ def lobpcg(
         active = res > threshold
         if not buffer_residuals:
             active[k:] = False
-        w = r[:, active.to(r.device)]
-        before = w.norm(dim=0)
-        basis = x if p is None else torch.cat([x, p], dim=1)
+        picked = torch.nonzero(active).flatten()
+        # W: the active residuals, orthogonalised against [X, P] and among themselves, in their own storage.
+        w = new_block(dim, int(picked.numel()), dtype, device)
+        for j, i in enumerate(picked.tolist()):
+            w[:, j].copy_(hx[:, i]).add_(x[:, i], alpha=-float(theta[i]))
+        before = res[picked].to(device=device, dtype=dtype)
         for _ in range(2):
-            w = w - basis @ (basis.T @ w)
-        w = w[:, w.norm(dim=0) > 1e3 * eps * before]  # a residual inside span[X, P] is rounding noise: skip it
-        w = sync_block(svqb(w, drop), problem)
+            for basis in (x, p):
+                if basis is not None and basis.shape[1]:
+                    w.addmm_(basis, basis.T @ w, alpha=-1)
+        after = torch.linalg.vector_norm(w, dim=0)
+        w[:, after <= 1e3 * eps * before] = 0  # a residual inside span[X, P] is rounding noise: drop it
+        w = sync_block(svqb_(w, drop), problem)
         if stop(w.shape[1] == 0, problem):  # residuals lie in span[X, P] to working precision: stagnation
             break
         hw = counter(w)
-        s = torch.cat([x, w] if p is None else [x, w, p], dim=1)
-        hs = torch.cat([hx, hw] if hp is None else [hx, hw, hp], dim=1)
+        s = [x, w] if p is None else [x, w, p]
+        hs = [hx, hw] if hp is None else [hx, hw, hp]
         theta, c, gram = _rayleigh_ritz(s, hs, drop)
         theta, c, rest = theta[:m], c[:, :m], c[:, m:]
-        z = _next_directions(c, rest, gram, x.shape[1], history, drop)
-        x, hx = s @ c.to(dtype), hs @ c.to(dtype)
-        p, hp = (s @ z.to(dtype), hs @ z.to(dtype)) if z.shape[1] else (None, None)
+        z = _directions(c, picked.to(c.device), rest, gram, m, history, drop)
+        q = int(z.shape[1])
+        # New P and HP go into W's (or the old P's) storage; the new X overwrites X. All in place, by row chunks.
+        new_p = _storage_for(q, [w, p], x) if q else None
+        new_hp = _storage_for(q, [hw, hp], hx) if q else None
+        both = torch.cat([c, z], dim=1)
+        combine_columns_(s, both, [x] + ([new_p] if q else []), [m] + ([q] if q else []))
+        combine_columns_(hs, both, [hx] + ([new_hp] if q else []), [m] + ([q] if q else []))
+        p, hp = new_p, new_hp
+        del w, hw, s, hs
         if bar is not None:
             bar.update(1)
 
-    residuals = (hx[:, :k] - x[:, :k] * theta[:k].to(dtype)).norm(dim=0)
+    residuals = residual_norms(x[:, :k], hx[:, :k], theta[:k])
+    del hx, p, hp
     return finalize(
         problem,
         theta[:k],
@@ -205,4 +278,5 @@ def lobpcg(
         iterations=iterations,
         method="lobpcg",
         bar=bar,
+        next_value=float(theta[k]) if theta.shape[0] > k else None,
     )

@@ -7,15 +7,27 @@ The paper trains with the mean-squared-error loss on one-hot targets,
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-__all__ = ["LOSS_TYPES", "check_loss_type", "classification_loss", "init_module_weights"]
+__all__ = ["LOSS_TYPES", "check_loss_type", "classification_loss", "init_module_weights", "num_labels_of"]
 
 LOSS_TYPES: tuple[str, ...] = ("mse", "cross_entropy")
+
+
+def num_labels_of(config: Any) -> int:
+    """``config.num_labels`` as an ``int`` (the width of the classifier).
+
+    Raises:
+        ValueError: when the config has no label count.
+    """
+    if config.num_labels is None:
+        raise ValueError(f"{type(config).__name__} has no num_labels; pass num_labels=... or id2label=...")
+    return int(config.num_labels)
 
 
 def check_loss_type(loss_type: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from itertools import pairwise
+from typing import Any
 
 import torch
 from torch import nn
@@ -10,7 +11,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from ._loss import check_loss_type, classification_loss, init_module_weights
+from ._loss import check_loss_type, classification_loss, init_module_weights, num_labels_of
 
 __all__ = ["CNNConfig", "CNNForImageClassification", "CNNPreTrainedModel"]
 
@@ -53,6 +54,11 @@ class CNNConfig(PretrainedConfig):
         if self.activation not in ACT2FN:
             raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACT2FN)}")
         super().__post_init__(**kwargs)
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """The saved config; always records ``num_labels``: transformers omits a 2-label ``id2label`` (its own
+        default), which would reload as this config's default of 10."""
+        return {**super().to_diff_dict(), "num_labels": self.num_labels}
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -105,7 +111,7 @@ class CNNForImageClassification(CNNPreTrainedModel):
         self.act = ACT2FN[config.activation]
         self.pool = nn.MaxPool2d(config.pool_size)
         c, h, w = config.feature_shape()
-        self.classifier = nn.Linear(c * h * w, config.num_labels)
+        self.classifier = nn.Linear(c * h * w, num_labels_of(config))
         self.post_init()
 
     def forward(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from itertools import pairwise
+from typing import Any
 
 import torch
 from torch import nn
@@ -10,7 +11,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from ._loss import check_loss_type, classification_loss, init_module_weights
+from ._loss import check_loss_type, classification_loss, init_module_weights, num_labels_of
 
 __all__ = ["MLPConfig", "MLPForImageClassification", "MLPPreTrainedModel"]
 
@@ -44,6 +45,11 @@ class MLPConfig(PretrainedConfig):
             raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACT2FN)}")
         super().__post_init__(**kwargs)
 
+    def to_diff_dict(self) -> dict[str, Any]:
+        """The saved config; always records ``num_labels``: transformers omits a 2-label ``id2label`` (its own
+        default), which would reload as this config's default of 10."""
+        return {**super().to_diff_dict(), "num_labels": self.num_labels}
+
 
 class MLPPreTrainedModel(PreTrainedModel):
     """Base class: config class, weight initialisation and input name for the MLP."""
@@ -70,7 +76,7 @@ class MLPForImageClassification(MLPPreTrainedModel):
         sizes = [config.input_size, *config.hidden_sizes]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(sizes))
         self.act = ACT2FN[config.activation]
-        self.classifier = nn.Linear(sizes[-1], config.num_labels)
+        self.classifier = nn.Linear(sizes[-1], num_labels_of(config))
         self.post_init()
 
     def forward(

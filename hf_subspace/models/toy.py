@@ -72,8 +72,8 @@ class ToyQuadraticConfig(PretrainedConfig):
 class ToyQuadraticOutput(ModelOutput):
     """Output of :class:`ToyQuadraticModel`: the batch-mean ``loss`` and the per-sample losses as ``logits``."""
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
 
 
 class ToyQuadraticModel(PreTrainedModel):
@@ -136,7 +136,7 @@ def toy_quadratic_dataset(num_pairs: int = 50) -> torch.utils.data.Dataset:
     """
     if num_pairs < 1:
         raise ValueError(f"num_pairs must be at least 1, got {num_pairs}")
-    from .._tensor_data import TensorDataset
+    from ..tensor_dataset import TensorDataset
 
     signs = torch.tensor([1.0, -1.0]).repeat(num_pairs)
     return TensorDataset({"sign": signs, "labels": signs.clone()})

@@ -14,7 +14,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from ._loss import check_loss_type, classification_loss, init_module_weights
+from ._loss import check_loss_type, classification_loss, init_module_weights, num_labels_of
 
 __all__ = [
     "SST2TransformerConfig",
@@ -160,15 +160,21 @@ class SST2TransformerForSequenceClassification(SST2TransformerPreTrainedModel):
         padding_idx = pad if pad is not None and 0 <= pad < config.vocab_size else None
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=padding_idx)
         self.layers = nn.ModuleList(_EncoderLayer(config) for _ in range(config.num_hidden_layers))
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(config.hidden_size, num_labels_of(config))
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The token embedding."""
         return self.embeddings
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        """Replace the token embedding."""
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the token embedding.
+
+        Raises:
+            TypeError: for anything but an ``nn.Embedding``.
+        """
+        if not isinstance(value, nn.Embedding):
+            raise TypeError(f"the token embedding must be an nn.Embedding, got {type(value).__name__}")
         self.embeddings = value
 
     def forward(

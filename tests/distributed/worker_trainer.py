@@ -24,16 +24,23 @@ RUN = {
 }
 
 
-def run(output_dir: str, per_device_batch: int) -> SubspaceTrainer:
+#: The unused-parameter run (issue 15 item 3): a parameter that never gets a gradient, DDP told to find it.
+UNUSED_RUN = {**RUN, "max_steps": 4, "ddp_find_unused_parameters": True}
+
+
+def run(output_dir: str, per_device_batch: int, unused: bool = False) -> SubspaceTrainer:
     torch.manual_seed(0)
-    args = SubspaceTrainingArguments(**base_args(output_dir, per_device_train_batch_size=per_device_batch, **RUN))
-    trainer = SubspaceTrainer(model=DigitsMLP(), args=args, train_dataset=digits_dataset(500))
+    settings = UNUSED_RUN if unused else RUN
+    args = SubspaceTrainingArguments(**base_args(output_dir, per_device_train_batch_size=per_device_batch, **settings))
+    trainer = SubspaceTrainer(model=DigitsMLP(unused=unused), args=args, train_dataset=digits_dataset(500))
     trainer.train()
     return trainer
 
 
-def main(out_dir: str) -> None:
-    trainer = run(out_dir, 25)
+def main(out_dir: str, variant: str = "plain") -> None:
+    unused = variant == "unused"
+    model_before = None
+    trainer = run(out_dir, 25, unused=unused)
     world = dist.get_world_size()
     assert world == 2, f"expected 2 processes, got {world}"
     history = trainer.state.log_history
@@ -41,10 +48,15 @@ def main(out_dir: str) -> None:
         "world": world,
         "losses": losses(history),
         "full_loss": {h["step"]: h["subspace/full_train_loss"] for h in history if "subspace/full_train_loss" in h},
+        "minibatch_chi": [h["subspace/chi_k_minibatch_grad"] for h in history if "subspace/chi_k_minibatch_grad" in h],
         "eigenvalues": trainer.subspace_state.basis.eigenvalues.tolist(),
     }
+    if unused:
+        torch.manual_seed(0)
+        model_before = DigitsMLP(unused=True)
+        record["unused_fixed"] = bool(torch.equal(trainer.model.unused.detach().cpu(), model_before.unused.detach()))
     Path(out_dir, f"rank{dist.get_rank()}.json").write_text(json.dumps(record))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -1,7 +1,7 @@
-"""Model and data builders of the recipes (see :mod:`hf_subspace.recipes`).
+"""Model and data builders of the recipes (see :mod:`hf_subspace.experiments.recipes`).
 
 Each ``prepare_*`` function takes ``(RecipeArguments, SubspaceTrainingArguments)`` and returns a
-:class:`~hf_subspace.recipes.PreparedRecipe`; data loading (and so every missing-file error) happens here, before
+:class:`~hf_subspace.experiments.arguments.PreparedRecipe`; data loading (and so every missing-file error) happens here, before
 any training.
 """
 
@@ -15,31 +15,81 @@ import numpy as np
 import torch
 from transformers import set_seed
 
+from ..models import (
+    CNNConfig,
+    CNNForImageClassification,
+    MLPConfig,
+    MLPForImageClassification,
+    SST2TransformerConfig,
+    SST2TransformerForSequenceClassification,
+    classification_loss,
+)
+from ..models.toy import ToyQuadraticConfig, ToyQuadraticModel, toy_quadratic_dataset, toy_quadratic_loss
+from ..tensor_dataset import TensorDataset
+from ._data_io import IMAGE_HUB_NAMES, TEXT_HUB_NAMES
+from .arguments import PreparedRecipe, RecipeArguments
 from .data import build_tokenizer, load_image_classification, load_text_classification, tokenize_dataset
 
 if TYPE_CHECKING:
+    from ..training_args import SubspaceTrainingArguments
     from .experiment import ExperimentResult
-    from .recipes import PreparedRecipe, RecipeArguments
-    from .training_args import SubspaceTrainingArguments
 
 __all__ = [
+    "LOSSES",
     "mse_loss_func",
     "prepare_cnn",
     "prepare_finetune",
     "prepare_mlp",
     "prepare_toy_quadratic",
     "prepare_transformer",
+    "prepare_vit",
 ]
 
 
-def _prepared(**kwargs: Any) -> PreparedRecipe:
-    from .recipes import PreparedRecipe
+LOSSES: dict[str, str] = {
+    "mse": "MSE, as in the paper: ½·Σ over classes of (logit − one-hot target)², averaged over the examples",
+    "cross_entropy": "cross-entropy of the logits, averaged over the examples",
+    "model": "the checkpoint's own loss (cross-entropy for classification heads)",
+    "toy": "the toy valley's per-sample loss ½(a·θ₁² + b·θ₂²) ± c·θ₁·θ₂",
+}
+"""The losses the recipes train with, in words (``summary.json``'s ``loss``, the model cards)."""
 
-    return PreparedRecipe(**kwargs)
+_HUB_DATASETS = {**IMAGE_HUB_NAMES, **TEXT_HUB_NAMES}
+
+
+def _short_path(path: str) -> str:
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
 def _dataset_label(ra: RecipeArguments, default: str) -> str:
-    return Path(ra.train_file).name if ra.train_file else (ra.dataset_name or default)
+    """A short name of the data (prefer :func:`_describe_data`, which also describes it for the cards)."""
+    return _short_path(ra.train_file) if ra.train_file else (ra.dataset_name or default)
+
+
+def _describe_data(ra: RecipeArguments, default: str, data: Any) -> dict[str, Any]:
+    """``dataset_name`` (short, for titles), ``dataset_description`` (for the cards) and ``dataset_tags`` (Hub ids)
+    of the data a recipe loaded: where it came from and which examples were used."""
+    n_train, n_val = len(data["train"]), len(data["validation"]) if data.get("validation") is not None else 0
+    name = ra.dataset_name or default
+    tags: list[str] = []
+    if ra.train_file:
+        short = _short_path(ra.train_file)
+        source = f"local file `{Path(ra.train_file).expanduser().resolve()}`"
+    elif name == "digits":
+        short, source = "digits", "scikit-learn's bundled 8×8 handwritten digits (`sklearn.datasets.load_digits`)"
+    elif Path(name).expanduser().exists():
+        short, source = _short_path(name), f"local data `{Path(name).expanduser().resolve()}`"
+    else:
+        hub_id, config = _HUB_DATASETS.get(name.lower(), (name, None))
+        short, tags = name, [hub_id]
+        source = f"`{hub_id}`{f' ({config})' if config else ''} from the Hugging Face Hub"
+    text = f"{source}: the first {n_train:,} training examples"
+    if ra.validation_file:
+        text += f"; validation: the first {n_val:,} examples of `{Path(ra.validation_file).expanduser().resolve()}`"
+    elif n_val:
+        text += f"; validation: {n_val:,} held-out examples"
+    return {"dataset_name": short, "dataset_description": text, "dataset_tags": tags}
 
 
 def _load_images(ra: RecipeArguments, default: str, standardize: str | None) -> tuple[Any, dict[str, Any]]:
@@ -66,8 +116,6 @@ def _extras(data: Any, info: dict[str, Any] | None = None) -> dict[str, Any]:
 
 def prepare_toy_quadratic(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedRecipe:
     """The 2-D valley of :mod:`hf_subspace.models.toy` (two per-sample losses, batch size 1)."""
-    from .models.toy import ToyQuadraticConfig, ToyQuadraticModel, toy_quadratic_dataset, toy_quadratic_loss
-
     config = ToyQuadraticConfig()
     if ra.model_name_or_path:
         config = ToyQuadraticConfig.from_pretrained(ra.model_name_or_path)
@@ -78,28 +126,36 @@ def prepare_toy_quadratic(ra: RecipeArguments, ta: SubspaceTrainingArguments) ->
         from .plotting import plot_trajectory_2d
 
         prefix = str(result.summary.get("prefix_optimizer", "sgd")).upper()
-        paths = {mode: np.asarray(traj, dtype=float)[:, 1:3] for mode, traj in result.trajectories.items() if traj}
+        # (step, θ₁, θ₂) rows: the figure also draws each coordinate against the step.
+        paths = {mode: np.asarray(traj, dtype=float)[:, :3] for mode, traj in result.trajectories.items() if traj}
         if not paths:
             return []
-        points = np.concatenate(list(paths.values()))
-        x_span = float(np.abs(points[:, 0]).max()) * 1.3 or 1e-3
+        points = np.concatenate([p[:, 1:] for p in paths.values()])
+        x_span = float(np.abs(points[:, 0]).max()) * 1.15 or 1e-3
         y_lo, y_hi = float(points[:, 1].min()), float(points[:, 1].max())
-        pad = 0.08 * max(y_hi - y_lo, 1e-3)
+        pad = 0.06 * max(y_hi - y_lo, 1e-3)
         out = plot_trajectory_2d(
             lambda x, y: toy_quadratic_loss(config, x, y),
             paths,
             result.output_dir / "trajectory.png",
             xlim=(-x_span, x_span),
             ylim=(min(y_lo - pad, -pad), y_hi + pad),
-            title=f"toy valley: trajectories after the shared {prefix} prefix",
+            title=f"toy valley ½(a·θ₁² + b·θ₂²): paths after the shared {prefix} prefix",
+            xlabel=rf"$\theta_1$ (sharp direction, curvature a = {config.sharpness:g})",
+            ylabel=rf"$\theta_2$ (flat direction, curvature b = {config.flatness:g})",
         )
         return [out]
 
     extras = {"toy": {"sharpness": config.sharpness, "flatness": config.flatness, "noise": config.noise}}
-    return _prepared(
+    return PreparedRecipe(
         model=model,
         train_dataset=dataset,
         dataset_name="toy two-sample valley",
+        dataset_description=(
+            f"no data set: the toy valley's two per-sample losses (a = {config.sharpness:g}, b = {config.flatness:g}, "
+            f"c = {config.noise:g}) alternate, {len(dataset)} examples per epoch"
+        ),
+        loss=LOSSES["toy"],
         extras=extras,
         record_trajectory=True,
         after=plot_trajectories,
@@ -111,8 +167,6 @@ def prepare_toy_quadratic(ra: RecipeArguments, ta: SubspaceTrainingArguments) ->
 
 def prepare_mlp(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedRecipe:
     """The paper's MLP (784-200-200-10, tanh, MSE by default) on MNIST or any image data (input size inferred)."""
-    from .models import MLPConfig, MLPForImageClassification
-
     data, info = _load_images(ra, "mnist", ra.standardize)
     hidden = [int(h) for h in (ra.hidden_sizes or "200,200").split(",") if h.strip()]
     set_seed(ta.seed)
@@ -124,19 +178,18 @@ def prepare_mlp(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedR
         loss_type=ra.loss_type or "mse",
     )
     model = MLPForImageClassification(config)
-    return _prepared(
+    return PreparedRecipe(
         model=model,
         train_dataset=data["train"],
         eval_dataset=data["validation"],
-        dataset_name=_dataset_label(ra, "mnist"),
+        **_describe_data(ra, "mnist", data),
+        loss=LOSSES[config.loss_type],
         extras=_extras(data, info),
     )
 
 
 def prepare_cnn(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedRecipe:
     """The paper's CNN ([conv 3×3 (32) → ReLU → max-pool] × 2 → linear, MSE by default) on CIFAR-10 or any images."""
-    from .models import CNNConfig, CNNForImageClassification
-
     data, info = _load_images(ra, "cifar10", ra.standardize)
     channels, height, width = info["image_shape"]
     set_seed(ta.seed)
@@ -147,11 +200,12 @@ def prepare_cnn(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedR
         loss_type=ra.loss_type or "mse",
     )
     model = CNNForImageClassification(config)
-    return _prepared(
+    return PreparedRecipe(
         model=model,
         train_dataset=data["train"],
         eval_dataset=data["validation"],
-        dataset_name=_dataset_label(ra, "cifar10"),
+        **_describe_data(ra, "cifar10", data),
+        loss=LOSSES[config.loss_type],
         extras=_extras(data, info),
     )
 
@@ -178,8 +232,6 @@ def _num_labels(data: Any) -> int:
 
 def prepare_transformer(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedRecipe:
     """The paper's Transformer encoder trained from scratch on SST-2 (or any two-column text data)."""
-    from .models import SST2TransformerConfig, SST2TransformerForSequenceClassification
-
     data = _load_text(ra)
     tokenizer = build_tokenizer(data["train"]["sentence"], name_or_path=ra.tokenizer_name, max_length=ra.max_seq_length)
     encoded = tokenize_dataset(data, tokenizer, max_length=ra.max_seq_length)
@@ -193,12 +245,13 @@ def prepare_transformer(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> P
     )
     model = SST2TransformerForSequenceClassification(config)
     extras = {"num_validation": len(encoded["validation"]), "vocab_size": len(tokenizer)}
-    return _prepared(
+    return PreparedRecipe(
         model=model,
         train_dataset=encoded["train"],
         eval_dataset=encoded["validation"],
         processing_class=tokenizer,
-        dataset_name=_dataset_label(ra, "sst2"),
+        **_describe_data(ra, "sst2", data),
+        loss=LOSSES[config.loss_type],
         extras=extras,
     )
 
@@ -208,8 +261,6 @@ def prepare_transformer(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> P
 
 def mse_loss_func(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
     """The paper's MSE loss on a Hub model's logits (``Trainer(compute_loss_func=...)``)."""
-    from .models import classification_loss
-
     logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
     return classification_loss(logits, labels, "mse")
 
@@ -255,13 +306,14 @@ def _finetune_text(ra: RecipeArguments, loss_func: Any) -> PreparedRecipe:
     model = _from_pretrained(AutoModelForSequenceClassification, ra.model_name_or_path, _num_labels(data))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return _prepared(
+    return PreparedRecipe(
         model=model,
         train_dataset=encoded["train"],
         eval_dataset=encoded["validation"],
         processing_class=tokenizer,
         compute_loss_func=loss_func,
-        dataset_name=_dataset_label(ra, "sst2"),
+        **_describe_data(ra, "sst2", data),
+        loss=LOSSES["mse" if loss_func is not None else "model"],
         extras={"model_name_or_path": ra.model_name_or_path, "task": "text"},
     )
 
@@ -273,28 +325,90 @@ def _finetune_image(ra: RecipeArguments, config: Any, loss_func: Any) -> Prepare
     processor = AutoImageProcessor.from_pretrained(ra.model_name_or_path)
     channels = int(getattr(config, "num_channels", 3))
 
-    def process(split: Any) -> dict[str, torch.Tensor]:
-        arrays = split.with_format("numpy")[:]
-        x = np.asarray(arrays["pixel_values"], dtype=np.float32)
-        if x.shape[1] != channels:
-            x = np.repeat(x[:, :1], channels, axis=1)
-        if len(x) == 0:
-            return {"pixel_values": torch.empty(0), "labels": torch.empty(0, dtype=torch.long)}
-        pixels = processor(images=list(x), do_rescale=False, return_tensors="pt", input_data_format="channels_first")
-        return {"pixel_values": pixels["pixel_values"], "labels": torch.as_tensor(arrays["labels"])}
-
-    from ._tensor_data import TensorDataset
-
-    train = TensorDataset(process(data["train"]))
-    val_cols = process(data["validation"])
+    train = TensorDataset(_process_images(data["train"], processor, channels))
+    val_cols = _process_images(data["validation"], processor, channels)
     val = TensorDataset(val_cols) if len(val_cols["labels"]) else None
     model = _from_pretrained(AutoModelForImageClassification, ra.model_name_or_path, max(int(info["num_labels"]), 2))
-    return _prepared(
+    return PreparedRecipe(
         model=model,
         train_dataset=train,
         eval_dataset=val,
         processing_class=processor,
         compute_loss_func=loss_func,
-        dataset_name=_dataset_label(ra, "cifar10"),
+        **_describe_data(ra, "cifar10", data),
+        loss=LOSSES["mse" if loss_func is not None else "model"],
         extras={"model_name_or_path": ra.model_name_or_path, "task": "image"},
     )
+
+
+def _process_images(split: Any, processor: Any, channels: int) -> dict[str, torch.Tensor]:
+    """``{"pixel_values": [N, C, H, W], "labels": [N]}`` of a split of float pixels in [0, 1] through an image
+    processor (``do_rescale=False``: the loader already scaled them; grey images repeated to ``channels``)."""
+    arrays = split.with_format("numpy")[:]
+    x = np.asarray(arrays["pixel_values"], dtype=np.float32)
+    if len(x) == 0:
+        return {"pixel_values": torch.empty(0), "labels": torch.empty(0, dtype=torch.long)}
+    if x.shape[1] != channels:
+        x = np.repeat(x[:, :1], channels, axis=1)
+    pixels = processor(images=list(x), do_rescale=False, return_tensors="pt", input_data_format="channels_first")
+    return {"pixel_values": pixels["pixel_values"], "labels": torch.as_tensor(arrays["labels"])}
+
+
+# ----------------------------------------------------------------------------------------------- vision transformer
+
+
+def prepare_vit(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedRecipe:
+    """A ``transformers`` ViT built from a config (``AutoModelForImageClassification.from_config``) on CIFAR-10.
+
+    ``ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+    intermediate_size=128)`` (~75k parameters; ``--hidden_sizes H,L`` sets hidden size and layers), eager attention
+    (SDPA has no double backward on CPU). Images go through ``ViTImageProcessor(do_resize=False, image_mean, image_std)``
+    with the training subset's per-channel statistics (``--standardize none``: ViT's 0.5/0.5); the processor is saved
+    with every branch model, so ``AutoImageProcessor.from_pretrained(branch_dir)`` works on uint8 images. Loss: the
+    model's own cross-entropy (the recipe's default; ``--loss_type mse``: the paper's MSE, which trains this model
+    much more slowly at a stable SGD learning rate).
+    """
+    from transformers import AutoModelForImageClassification, ViTConfig, ViTImageProcessor
+
+    data, info = _load_images(ra, "cifar10", None)  # pixels in [0, 1]; the processor normalises
+    channels, height, width = (int(v) for v in info["image_shape"])
+    if height != width or height % 8:
+        raise ValueError(f"vit_cifar10 needs square images with a side divisible by 8, got {height}×{width}.")
+    mean, std = [0.5] * channels, [0.5] * channels
+    if ra.standardize is not None:
+        x = np.asarray(data["train"].with_format("numpy")[:]["pixel_values"], dtype=np.float64)
+        axes = (0, 2, 3) if ra.standardize == "per_channel" else None
+        mean = np.broadcast_to(x.mean(axis=axes), (channels,)).tolist()
+        std = np.broadcast_to(np.maximum(x.std(axis=axes), 1e-8), (channels,)).tolist()
+    processor = ViTImageProcessor(do_resize=False, image_mean=mean, image_std=std)
+    hidden, layers = ([int(v) for v in ra.hidden_sizes.split(",")] + [2])[:2] if ra.hidden_sizes else (64, 2)
+    labels = max(int(info["num_labels"]), 2)
+    set_seed(ta.seed)
+    config = ViTConfig(
+        image_size=height,
+        patch_size=8,
+        num_channels=channels,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4 if hidden % 4 == 0 else 1,
+        intermediate_size=2 * hidden,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=labels,
+        id2label={i: str(i) for i in range(labels)},
+        label2id={str(i): i for i in range(labels)},
+    )
+    model = AutoModelForImageClassification.from_config(config, attn_implementation="eager")
+    train = TensorDataset(_process_images(data["train"], processor, channels))
+    val_cols = _process_images(data["validation"], processor, channels)
+    return PreparedRecipe(
+        model=model,
+        train_dataset=train,
+        eval_dataset=TensorDataset(val_cols) if len(val_cols["labels"]) else None,
+        processing_class=processor,
+        compute_loss_func=mse_loss_func if ra.loss_type == "mse" else None,
+        **_describe_data(ra, "cifar10", data),
+        loss=LOSSES["mse" if ra.loss_type == "mse" else "cross_entropy"],
+        extras={"image_shape": info["image_shape"], "num_validation": len(val_cols["labels"]),
+                "vit": {"hidden_size": hidden, "num_hidden_layers": layers, "patch_size": 8}},
+    )  # fmt: skip

@@ -12,7 +12,7 @@ with :class:`~hf_subspace.trainer.SubspaceTrainer`:
 2. every branch is a new ``SubspaceTrainer`` with ``subspace_start_step=switch_step`` that resumes from that
    checkpoint (so it continues from the same parameters, optimizer state and data order) and writes its own
    TensorBoard run, model and model card in ``output_dir/<mode>/``;
-3. rank 0 writes ``output_dir/summary.json`` and ``output_dir/figure.png`` (:func:`hf_subspace.plotting.plot_summary`).
+3. rank 0 writes ``output_dir/summary.json`` and ``output_dir/figure.png`` (:func:`hf_subspace.experiments.plotting.plot_summary`).
 
 The Hessian dataset (on which the Hessian, the "full-batch" gradient of χ_k and the logged loss are computed) is
 chosen once and shared by the prefix and every branch: the ``hessian_dataset`` given, else the training set when
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -51,44 +52,42 @@ import torch
 from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from . import distributed
-from ._branches import (
-    BRANCHES,
-    DEFAULT_MODES,
-    FIGURE_NAME,
-    PREFIX_DIR,
-    SUMMARY_NAME,
-    BranchSpec,
+from .. import distributed
+from ..tensor_dataset import to_tensor_dataset
+from ..trainer import SubspaceTrainer, hessian_subset_indices
+from ..training_args import SubspaceTrainingArguments
+from .branches import (
     CompactProgress,
     StopAtStep,
     TrajectoryRecorder,
     branch_curves,
+    branch_name,
     clean_outputs,
     default_alignment_steps,
     format_results_table,
-    parse_modes,
+    optimizer_label,
+    quiet_runs,
     value_at,
 )
-from ._params import select_parameters
-from ._tensor_data import TensorDataset, to_tensor_dataset
-from .trainer import SubspaceTrainer, hessian_subset_indices
-from .training_args import SubspaceTrainingArguments
+from .diagnostics import metric_curves
+from .settings import (
+    BRANCHES,
+    DEFAULT_MODES,
+    FIGURE_NAME,
+    PREFIX_DIR,
+    PREFIXES,
+    SUMMARY_NAME,
+    BranchSpec,
+    ExperimentError,
+    check_output_dir,
+    parse_modes,
+    parse_prefix,
+)
 
 __all__ = [
-    "BRANCHES",
-    "DEFAULT_MODES",
-    "PREFIXES",
-    "BranchSpec",
-    "ExperimentError",
     "ExperimentResult",
-    "TensorDataset",
-    "check_output_dir",
-    "format_results_table",
     "hessian_subset",
-    "parse_modes",
-    "parse_prefix",
     "run_experiment",
-    "to_tensor_dataset",
     "validate_experiment",
 ]
 
@@ -96,16 +95,6 @@ logger = logging.getLogger(__name__)
 
 ModelSource = PreTrainedModel | Callable[[], PreTrainedModel]
 CallbackFactory = Callable[[str], Iterable[TrainerCallback]]
-
-PREFIXES: dict[str, str] = {
-    "sgd": "minibatch SGD (the optimizer on minibatches of per_device_train_batch_size)",
-    "gd": "full-batch GD (the optimizer on the gradient of the whole training set)",
-}
-"""The optimizers of the shared prefix (``run_experiment(prefix=...)``, ``--prefix``)."""
-
-
-class ExperimentError(ValueError):
-    """Invalid experiment settings, detected before anything is trained or written."""
 
 
 @dataclass
@@ -137,37 +126,6 @@ class ExperimentResult:
 
 
 # ----------------------------------------------------------------------------------------------- validation
-
-
-def check_output_dir(output_dir: str | Path, overwrite_output_dir: bool) -> None:
-    """Refuse an existing, non-empty ``output_dir`` unless ``overwrite_output_dir``; never touches anything.
-
-    Raises:
-        ExperimentError: naming ``--overwrite_output_dir``.
-    """
-    path = Path(output_dir)
-    if path.exists() and not path.is_dir():
-        raise ExperimentError(f"output_dir {str(path)!r} exists and is not a folder; choose another --output_dir.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite_output_dir:
-        raise ExperimentError(
-            f"output_dir {str(path)!r} already exists and is not empty; pass --overwrite_output_dir to replace the "
-            "results of an earlier experiment there, or choose another --output_dir."
-        )
-
-
-def parse_prefix(prefix: str) -> str:
-    """Normalise ``prefix`` (``"sgd"`` or ``"gd"``, any case).
-
-    Raises:
-        ExperimentError: for any other value, naming ``--prefix`` and the valid values.
-    """
-    name = str(prefix).strip().lower()
-    if name not in PREFIXES:
-        raise ExperimentError(
-            f"--prefix={prefix!r} is not a prefix optimizer; choose from {', '.join(PREFIXES)} (sgd: minibatch SGD, "
-            "gd: full-batch GD up to --switch_step)."
-        )
-    return name
 
 
 def hessian_subset(train_dataset: Any, args: SubspaceTrainingArguments) -> Any:
@@ -210,22 +168,23 @@ def validate_experiment(
     overwrite_output_dir: bool = False,
     hessian_dataset: Any = None,
     prefix: str = "sgd",
-) -> list[str]:
-    """Check every setting of :func:`run_experiment` before anything is trained or written.
+    output_dir_checked: bool = False,
+) -> tuple[list[str], str]:
+    """Check the settings of :func:`run_experiment` before anything is trained or written (its one gate).
+
+    The rules on the model itself (``subspace_k`` + extra eigenvalues below the number of covered parameters, a
+    Hessian dataset with labels, ...) are :class:`~hf_subspace.SubspaceTrainer`'s: :func:`run_experiment` builds the
+    prefix's trainer before it writes anything and reports the trainer's refusal as an :class:`ExperimentError`.
 
     Returns:
-        The parsed mode names.
+        ``(mode names, prefix)``, both normalised.
 
     Raises:
         ExperimentError: with a message naming the offending option.
     """
     if not isinstance(args, SubspaceTrainingArguments):
         raise ExperimentError(f"args must be SubspaceTrainingArguments, got {type(args).__name__}.")
-    try:
-        names = parse_modes(modes)
-    except ValueError as err:
-        raise ExperimentError(str(err)) from None
-    parse_prefix(prefix)
+    names = parse_modes(modes)
     if args.max_steps is None or args.max_steps <= 0:
         raise ExperimentError("the experiment needs --max_steps > 0 (the total number of steps of every branch).")
     if not 1 <= switch_step < args.max_steps:
@@ -259,16 +218,9 @@ def validate_experiment(
         raise ExperimentError("the training dataset is empty.")
     if hessian_dataset is not None and len(hessian_dataset) == 0:
         raise ExperimentError("the Hessian dataset is empty.")
-    probe = model if isinstance(model, torch.nn.Module) else _make_model(model)
-    dim = sum(p.numel() for _, p in select_parameters(probe, args.subspace_parameter_filter))
-    num = args.subspace_k + args.subspace_extra_eigenvalues
-    if num >= dim:
-        raise ExperimentError(
-            f"--subspace_k={args.subspace_k} (+ --subspace_extra_eigenvalues={args.subspace_extra_eigenvalues}) must "
-            f"be smaller than the number of parameters the subspace covers ({dim}); lower --subspace_k."
-        )
-    check_output_dir(args.output_dir, overwrite_output_dir)
-    return names
+    if not output_dir_checked:
+        check_output_dir(args.output_dir, overwrite_output_dir)
+    return names, parse_prefix(prefix)
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -295,7 +247,32 @@ def _make_trainer(
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(CompactProgress(name, enabled=not args.disable_tqdm))
+    # TensorBoard: one run per branch, named by it (the run's own folder, or $TENSORBOARD_LOGGING_DIR/<name>),
+    # instead of the Trainer's output_dir/runs/<date>_<host>.
+    from transformers.integrations import TensorBoardCallback
+
+    root = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.tb_writer is None:
+            callback.logging_dir = str(Path(root).expanduser() / name) if root else str(args.output_dir)
     return trainer
+
+
+def _first_trainer(
+    model: ModelSource, args: SubspaceTrainingArguments, common: Mapping[str, Any], callbacks: list[TrainerCallback]
+) -> SubspaceTrainer:
+    """The prefix's trainer, built before anything is written: its refusal (e.g. ``subspace_k`` too large for the
+    model; the rule lives in :class:`~hf_subspace.SubspaceTrainer`) becomes an :class:`ExperimentError`, and the
+    folders its construction created are removed again, so a refused experiment leaves no trace."""
+    created = [p for p in (Path(args.output_dir).parent, Path(args.output_dir)) if not p.exists()]
+    try:
+        return _make_trainer(model, args, PREFIX_DIR, common, callbacks)
+    except ValueError as err:
+        if distributed.is_main_process():
+            for path in reversed(created):
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+        raise ExperimentError(str(err)) from None
 
 
 def _accuracy_metrics() -> Callable[[Any], dict[str, float]]:
@@ -319,6 +296,18 @@ def _accuracy_metrics() -> Callable[[Any], dict[str, float]]:
     return compute
 
 
+def _quietly(function: Callable[..., ExperimentResult]) -> Callable[..., ExperimentResult]:
+    """Run ``function`` inside :func:`~hf_subspace.experiments.branches.quiet_runs`."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> ExperimentResult:
+        with quiet_runs():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_quietly
 def run_experiment(
     model: ModelSource,
     args: SubspaceTrainingArguments,
@@ -341,6 +330,10 @@ def run_experiment(
     extras: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
     plot: bool = True,
+    output_dir_checked: bool = False,
+    name: str | None = None,
+    card_description: str = "",
+    dataset_tags: Iterable[str] | None = None,
 ) -> ExperimentResult:
     """Run the shared prefix and every branch, then write ``summary.json`` and the figure (rank 0).
 
@@ -353,8 +346,9 @@ def run_experiment(
         train_dataset: the training set. A ``datasets.Dataset`` of numeric columns is converted to an in-memory
             :class:`TensorDataset` (same items, much faster batching).
         switch_step: the step at which the branches leave the shared prefix (``1 <= switch_step < max_steps``).
-        modes: branch names (``"sgd,dominant,bulk"``; see :data:`BRANCHES`: also ``gd``, ``dominant-gd``,
-            ``bulk-gd``).
+        modes: branch kinds (``"sgd,dominant,bulk"``; see :data:`BRANCHES`: also ``gd``, ``dominant-gd``,
+            ``bulk-gd``). Each branch is named by what it ran (:func:`~.branches.branch_name`): the unprojected
+            minibatch branch takes the optimizer's name (``sgd``, ``momentum``, ``adamw``, ``sam-sgd``, ...).
         prefix: the optimizer of the shared prefix: ``"sgd"`` (minibatches of ``per_device_train_batch_size``) or
             ``"gd"`` (full batch: ``per_device_train_batch_size = ceil(len(train_dataset) / world_size)``, no
             gradient accumulation); recorded as ``summary["prefix_optimizer"]``. Minibatch branches resume a GD
@@ -380,6 +374,12 @@ def run_experiment(
         metadata: written as ``hf_subspace_experiment.json`` in every branch folder (e.g. the recipe arguments, so
             ``hf-subspace spectrum`` can rebuild the dataset).
         plot: write the figure.
+        output_dir_checked: the caller has already refused an occupied ``output_dir`` (``validate_recipe`` does,
+            before loading data), so the check is not repeated.
+        name: the experiment's title in the summary, the table, the figure and the model cards (``<name>-<branch>``);
+            default ``recipe``.
+        card_description: a paragraph at the top of every branch's model card (e.g. the data and the loss).
+        dataset_tags: Hub dataset ids for the cards' metadata (only for data that came from the Hub).
 
     Returns:
         An :class:`ExperimentResult` (the same summary on every rank).
@@ -388,7 +388,7 @@ def run_experiment(
         ExperimentError: for invalid settings, before anything is trained or written.
     """
     _ = args.device  # sets up the process group under torchrun / accelerate before anything else
-    names = validate_experiment(
+    names, prefix = validate_experiment(
         model,
         args,
         train_dataset,
@@ -397,15 +397,10 @@ def run_experiment(
         overwrite_output_dir=overwrite_output_dir,
         hessian_dataset=hessian_dataset,
         prefix=prefix,
+        output_dir_checked=output_dir_checked,
     )
-    prefix = parse_prefix(prefix)
     _barrier()  # every rank has validated before rank 0 creates anything
     out = Path(args.output_dir)
-    if distributed.is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
-        if overwrite_output_dir:
-            clean_outputs(out)
-    _barrier()
 
     train_dataset = to_tensor_dataset(train_dataset)
     # One Hessian set for the prefix and every branch (the trainer's own default subset, chosen once here).
@@ -455,7 +450,12 @@ def run_experiment(
     recorder = TrajectoryRecorder() if record_trajectory else None
     prefix_cbs = [StopAtStep(switch_step), *([recorder] if recorder else []), *run_callbacks(PREFIX_DIR)]
     start = time.perf_counter()
-    prefix_trainer = _make_trainer(model, prefix_args, PREFIX_DIR, common, prefix_cbs)
+    prefix_trainer = _first_trainer(model, prefix_args, common, prefix_cbs)
+    if distributed.is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite_output_dir:
+            clean_outputs(out)
+    _barrier()
     prefix_trainer.train()
     prefix_history = list(prefix_trainer.state.log_history)
     prefix_seconds = time.perf_counter() - start
@@ -466,48 +466,56 @@ def run_experiment(
     if not checkpoint.is_dir():
         raise RuntimeError(f"the prefix did not save its checkpoint {checkpoint}; was training stopped early?")
 
-    # 2. the branches
+    # 2. the branches, each named by what it ran (the unprojected one after its optimizer)
+    title = name or recipe
+    optimizer = optimizer_label(args.optim, args.optim_args, args.sam_rho, getattr(args, "sam_adaptive", False))
     runs: dict[str, dict[str, Any]] = {}
     branch_dirs: dict[str, Path] = {}
     trajectories: dict[str, list[list[float]]] = {PREFIX_DIR: prefix_traj} if record_trajectory else {}
-    for name in names:
-        spec = BRANCHES[name]
-        logger.info("hf-subspace %s: branch %s (%s) from step %d", recipe, name, spec.description, switch_step)
+    for mode in names:
+        spec = BRANCHES[mode]
+        label = branch_name(mode, optimizer)
+        logger.info("hf-subspace %s: branch %s (%s) from step %d", title, label, spec.description, switch_step)
         changes: dict[str, Any] = {"subspace_mode": spec.subspace_mode, "subspace_start_step": switch_step, **base}
         if spec.full_batch:
             changes.update(_full_batch(len(train_dataset), args))
-        branch_args = _branch_args(args, out / name, **changes)
+        branch_args = _branch_args(args, out / label, **changes)
         recorder = TrajectoryRecorder() if record_trajectory else None
         start = time.perf_counter()
         trainer = _make_trainer(
-            model, branch_args, name, common, [*([recorder] if recorder else []), *run_callbacks(name)]
+            model, branch_args, label, common, [*([recorder] if recorder else []), *run_callbacks(label)]
         )
+        _load_converted_weights(trainer.model, checkpoint)
         trainer.train(resume_from_checkpoint=str(checkpoint))
         seconds = time.perf_counter() - start
         run = _run_record(prefix_history, trainer.state.log_history, switch_step, spec, seconds)
+        run["mode"] = mode
         if eval_dataset is not None:
             metrics = trainer.evaluate()
             run.update({k: float(v) for k, v in metrics.items() if k in ("eval_accuracy", "eval_loss")})
         trainer.save_model()
         if trainer.is_world_process_zero():
             trainer.create_model_card(
-                model_name=f"{recipe}-{name}",
-                dataset=dataset_name,
-                tags=[recipe, f"subspace-{name}"],
+                model_name=f"{title}-{label}",
+                dataset_tags=list(dataset_tags or []) or None,
+                tags=[recipe, f"subspace-{mode}"],
+                description=card_description,
             )
             if metadata is not None:
-                info = {"recipe": recipe, "mode": name, "switch_step": switch_step, **dict(metadata)}
-                (out / name / "hf_subspace_experiment.json").write_text(json.dumps(info, indent=2, default=str))
-        runs[name] = run
-        branch_dirs[name] = out / name
+                info = {"recipe": recipe, "name": title, "mode": mode, "branch": label, "switch_step": switch_step}
+                info.update(dict(metadata))
+                (out / label / "hf_subspace_experiment.json").write_text(json.dumps(info, indent=2, default=str))
+        runs[label] = run
+        branch_dirs[label] = out / label
         if recorder is not None:
-            trajectories[name] = [[s, *p] for s, p in zip(recorder.steps, recorder.points) if s >= switch_step]
+            trajectories[label] = [[s, *p] for s, p in zip(recorder.steps, recorder.points) if s >= switch_step]
         del trainer
         _barrier()
 
     # 3. the summary and the figure
     summary: dict[str, Any] = {
         "recipe": recipe,
+        "name": title,
         "k": args.subspace_k,
         "switch_step": switch_step,
         "prefix_optimizer": prefix,
@@ -522,7 +530,12 @@ def run_experiment(
         "optimizer": str(getattr(args.optim, "value", args.optim)),
         "optim_args": args.optim_args,
         "sam_rho": args.sam_rho,
+        "optimizer_label": optimizer,
         "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "global_train_batch_size": args.per_device_train_batch_size
+        * args.world_size
+        * args.gradient_accumulation_steps,
         "prefix_per_device_train_batch_size": prefix_args.per_device_train_batch_size,
         "num_train": len(train_dataset),
         "hessian_num_samples": len(hessian_dataset),
@@ -537,9 +550,33 @@ def run_experiment(
             from .plotting import plot_summary
 
             figure_path = plot_summary(summary, out / FIGURE_NAME)
+            from .diagnostics import extra_figures
+
+            extra_figures(summary, out)  # sharpness.png (GD), spectrum.png (extra eigenvalues) when supported
         logger.info("hf-subspace %s: wrote %s", recipe, summary_path)
     _barrier()
     return ExperimentResult(out, summary, summary_path, figure_path, branch_dirs, checkpoint, trajectories)
+
+
+def _load_converted_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Load the prefix checkpoint's weights into ``model`` through ``from_pretrained``.
+
+    ``Trainer._load_from_checkpoint`` (transformers 5.24) reads the checkpoint with a plain ``load_state_dict``,
+    without the checkpoint-conversion mapping that ``save_pretrained`` reverses: for models whose module names were
+    renamed in transformers 5 (ViT: ``vit.encoder.layer.N.attention.attention.query`` on disk, ``vit.layers.N.
+    attention.q_proj`` in memory) no key matches and the branches would silently restart from the initial weights.
+    ``from_pretrained`` applies the mapping; the Trainer's own load then matches nothing and changes nothing (it
+    logs "missing keys"), and optimizer, scheduler, RNG and subspace state are resumed by the Trainer as usual.
+    """
+    if not isinstance(model, PreTrainedModel):
+        return
+    loaded = type(model).from_pretrained(str(checkpoint), config=model.config)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"the prefix checkpoint {checkpoint} does not match the model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
 
 
 def _run_record(
@@ -563,4 +600,6 @@ def _run_record(
         "subspace_mode": spec.subspace_mode,
         "full_batch": spec.full_batch,
         "wall_time_s": seconds,
+        # eigenvalues, eigengap, effective learning rates (prefix, then branch): :mod:`.diagnostics`
+        "curves": metric_curves(prefix_history, branch_history, switch_step),
     }

@@ -1,4 +1,4 @@
-"""Locating and reading data sources for :mod:`hf_subspace.data`: Hub names, local files and folders."""
+"""Locating and reading data sources for :mod:`hf_subspace.experiments.data`: Hub names, local files and folders."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ __all__ = [
     "DatasetLoadError",
     "check_file",
     "load_hub",
+    "missing_columns_message",
     "read_idx",
     "read_table",
     "read_tsv",
@@ -70,6 +71,9 @@ def load_hub(name: str, config: str | None, kind: str, *, alias: str | None = No
         kind: ``"image"`` or ``"text"`` (selects the example in the message).
         alias: the name the user gave, when it was mapped to ``name``.
     """
+    from ._hub import ensure_hub_or_offline
+
+    ensure_hub_or_offline()  # no network: offline mode (the local cache only) instead of minutes of retries
     try:
         loaded = datasets.load_dataset(name, config)
     except Exception as err:
@@ -137,6 +141,21 @@ def resolve_sources(
     return train_ds, val if val is not None else val_ds
 
 
+def missing_columns_message(
+    columns: Iterable[str], text_found: str | None, label_found: str | None, text_column: str, label_column: str
+) -> str:
+    """What a text dataset lacks, naming only the missing column(s) and the option that picks another column
+    (``""`` when nothing is missing)."""
+    parts = []
+    if text_found is None:
+        parts.append(f"no text column: neither {text_column!r} nor 'sentence'/'text' (pass --text_column NAME)")
+    if label_found is None:
+        parts.append(f"no label column: neither {label_column!r} nor 'label'/'labels' (pass --label_column NAME)")
+    if not parts:
+        return ""
+    return f"{'; '.join(parts)}; its columns are {list(columns)}"
+
+
 def read_table(path: Path) -> datasets.Dataset:
     """Read a CSV/JSON(L)/parquet file (or a saved data set folder) into one ``Dataset``."""
     builder = _TABLE_BUILDERS.get(path.suffix)
@@ -185,7 +204,8 @@ def read_tsv(path: Path, text_column: str, label_column: str) -> datasets.Datase
     elif len(header) == 2 and header[1].strip().lstrip("-").isdigit():
         ti, li, body = 0, 1, rows
     else:
-        raise DatasetLoadError(f"{path}: header {header} lacks columns {text_column!r} and {label_column!r}")
+        missing = missing_columns_message(header, text_name, label_name, text_column, label_column)
+        raise DatasetLoadError(f"{path}: {missing}")
     try:
         data = {text_column: [r[ti].strip() for r in body if r], label_column: [int(r[li]) for r in body if r]}
     except (IndexError, ValueError) as err:

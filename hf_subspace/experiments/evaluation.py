@@ -28,7 +28,8 @@ def hub_offline() -> bool:
 def load_accuracy_metric(prefer_hub: bool = True) -> Any:
     """An ``evaluate`` accuracy metric.
 
-    Tries the Hub's ``evaluate.load("accuracy")`` when ``prefer_hub`` and not offline, and falls back to the script
+    Tries the Hub's ``evaluate.load("accuracy")`` when ``prefer_hub``, not offline and the Hub answers one quick
+    connection (:func:`~hf_subspace.experiments._hub.ensure_hub_or_offline`), and falls back to the script
     shipped with this package (:data:`ACCURACY_METRIC_PATH`), which needs no network.
 
     Args:
@@ -39,7 +40,9 @@ def load_accuracy_metric(prefer_hub: bool = True) -> Any:
     """
     import evaluate
 
-    if prefer_hub and not hub_offline():
+    from ._hub import ensure_hub_or_offline
+
+    if prefer_hub and not hub_offline() and ensure_hub_or_offline():
         try:
             return evaluate.load("accuracy")
         except Exception as err:

@@ -1,95 +1,39 @@
-"""Helpers of :mod:`hf_subspace.experiment`: branch specifications, callbacks, curves and the results table."""
+"""Helpers of :mod:`hf_subspace.experiments.experiment`: callbacks of the runs, curves and the results table."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import math
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .metrics import METRIC_PREFIX
+from ..metrics import METRIC_PREFIX
+from .settings import OUTPUT_NAMES
 
 __all__ = [
-    "BRANCHES",
-    "DEFAULT_MODES",
-    "OUTPUT_NAMES",
-    "BranchSpec",
     "CompactProgress",
     "StopAtStep",
     "TrajectoryRecorder",
     "branch_curves",
+    "branch_name",
     "clean_outputs",
     "default_alignment_steps",
     "format_results_table",
-    "parse_modes",
+    "optimizer_label",
+    "quiet_runs",
+    "value_at",
 ]
 
 LOSS_KEY = METRIC_PREFIX + "full_train_loss"
 CHI_KEY = METRIC_PREFIX + "chi_k_full_grad"
-
-
-@dataclass(frozen=True)
-class BranchSpec:
-    """One branch of the protocol.
-
-    Attributes:
-        name: the mode name used on the command line, in ``summary.json`` and as the branch folder.
-        subspace_mode: ``SubspaceTrainingArguments.subspace_mode`` of the branch (``none``/``dominant``/``bulk``).
-        full_batch: the branch steps on the full-batch gradient (GD) instead of minibatches.
-        description: a human name (the paper's).
-    """
-
-    name: str
-    subspace_mode: str
-    full_batch: bool
-    description: str
-
-
-BRANCHES: dict[str, BranchSpec] = {
-    spec.name: spec
-    for spec in (
-        BranchSpec("sgd", "none", False, "SGD (the optimizer, unprojected)"),
-        BranchSpec("dominant", "dominant", False, "Dom-SGD (updates projected onto the top-k eigenspace)"),
-        BranchSpec("bulk", "bulk", False, "Bulk-SGD (top-k eigenspace projected out)"),
-        BranchSpec("gd", "none", True, "full-batch GD"),
-        BranchSpec("dominant-gd", "dominant", True, "Dom-GD (full batch, projected onto the top-k eigenspace)"),
-        BranchSpec("bulk-gd", "bulk", True, "Bulk-GD (full batch, top-k eigenspace projected out)"),
-    )
-}
-_ALIASES = {"dom": "dominant", "dom-sgd": "dominant", "bulk-sgd": "bulk", "dom-gd": "dominant-gd", "none": "sgd"}
-DEFAULT_MODES: tuple[str, ...] = ("sgd", "dominant", "bulk")
-PREFIX_DIR = "prefix"
-SUMMARY_NAME = "summary.json"
-FIGURE_NAME = "figure.png"
-OUTPUT_NAMES: tuple[str, ...] = (PREFIX_DIR, SUMMARY_NAME, FIGURE_NAME, "trajectory.png", *BRANCHES)
-"""Everything the experiment writes directly under its ``output_dir`` (what ``overwrite_output_dir`` replaces)."""
-
-
-def parse_modes(modes: str | Iterable[str]) -> list[str]:
-    """Normalise ``"sgd,dominant,bulk"`` (or a list) to known branch names, in order, without duplicates.
-
-    Raises:
-        ValueError: for an empty list or an unknown mode, naming the valid ones.
-    """
-    items = modes.split(",") if isinstance(modes, str) else list(modes)
-    names: list[str] = []
-    for item in items:
-        name = str(item).strip().lower().replace("_", "-")
-        if not name:
-            continue
-        name = _ALIASES.get(name, name)
-        if name not in BRANCHES:
-            raise ValueError(f"unknown mode {str(item).strip()!r} in --modes; choose from {', '.join(BRANCHES)}")
-        if name not in names:
-            names.append(name)
-    if not names:
-        raise ValueError(f"--modes is empty; choose from {', '.join(BRANCHES)}")
-    return names
 
 
 def default_alignment_steps(max_steps: int, switch_step: int, points: int = 40) -> int:
@@ -101,14 +45,108 @@ def default_alignment_steps(max_steps: int, switch_step: int, points: int = 40) 
     return target
 
 
+def optimizer_label(optim: Any, optim_args: str | None = None, sam_rho: float = 0.0, sam_adaptive: bool = False) -> str:
+    """A short name of what an optimizer setting runs: ``sgd``, ``momentum`` / ``nesterov`` (SGD with
+    ``--optim_args momentum=...``), ``adamw`` (every ``adamw_*``), ``adam``, ``adafactor``, ...; with SAM
+    (``sam_rho > 0``) prefixed ``sam-`` (``asam-`` when adaptive).
+
+    Args:
+        optim: ``TrainingArguments.optim`` (an ``OptimizerNames`` member or its string).
+        optim_args: ``TrainingArguments.optim_args`` (``"momentum=0.9,nesterov=True"``).
+        sam_rho: the SAM radius (0: no SAM).
+        sam_adaptive: adaptive SAM.
+    """
+    name = str(getattr(optim, "value", optim)).strip().lower()
+    options = dict(item.split("=", 1) for item in (optim_args or "").replace(" ", "").split(",") if "=" in item)
+    if name == "sgd":
+        momentum = float(options.get("momentum", 0) or 0)
+        nesterov = str(options.get("nesterov", "false")).lower() in ("1", "true", "yes")
+        label = ("nesterov" if nesterov else "momentum") if momentum > 0 else "sgd"
+    elif name.startswith("adamw"):
+        label = "adamw"
+    else:
+        label = name.split("_")[0] or name
+    if sam_rho and sam_rho > 0:
+        label = ("asam-" if sam_adaptive else "sam-") + label
+    return label
+
+
+def branch_name(mode: str, optimizer: str) -> str:
+    """The folder and ``summary.json`` name of a branch: named by what it ran.
+
+    The unprojected minibatch branch (mode ``sgd``) takes the optimizer's name (:func:`optimizer_label`: ``sgd``,
+    ``momentum``, ``adamw``, ``sam-sgd``, ...), the unprojected full-batch branch (mode ``gd``) is ``gd`` for plain SGD
+    and ``<optimizer>-gd`` otherwise (``adamw-gd``: full-batch AdamW); the projected branches keep their mode names
+    (``dominant``, ``bulk``, ``dominant-gd``, ``bulk-gd``: the projection of that optimizer's updates).
+    """
+    if mode == "sgd":
+        return optimizer
+    if mode == "gd" and optimizer != "sgd":
+        return f"{optimizer}-gd"
+    return mode
+
+
 def clean_outputs(output_dir: Path) -> None:
-    """Remove what an earlier experiment wrote in ``output_dir`` (only the names in :data:`OUTPUT_NAMES`)."""
-    for name in OUTPUT_NAMES:
+    """Remove what an earlier experiment wrote in ``output_dir``: the names in :data:`OUTPUT_NAMES` and the branch
+    folders its ``summary.json`` lists (branches named after their optimizer, e.g. ``adamw``)."""
+    names = list(OUTPUT_NAMES)
+    try:
+        earlier = json.loads((output_dir / "summary.json").read_text())
+        names += [
+            str(n) for n in earlier.get("runs", {}) if str(n) and "/" not in str(n) and not str(n).startswith(".")
+        ]
+    except (OSError, ValueError, AttributeError):
+        pass
+    for name in dict.fromkeys(names):
         path = output_dir / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+
+
+_EXPECTED_MESSAGES: dict[str, tuple[str, ...]] = {
+    # A branch resumes the prefix checkpoint with its own batch size (GD) and subspace mode, on purpose.
+    "transformers.trainer_utils": ("do not match the ones in the `trainer_state.json`",),
+    "hf_subspace.callback": ("they apply from the resumed step",),
+}
+
+
+class _DropExpected(logging.Filter):
+    def __init__(self, fragments: tuple[str, ...]) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+@contextlib.contextmanager
+def quiet_runs() -> Iterator[None]:
+    """Silence what the runner's own choices make the libraries print, for the duration of an experiment.
+
+    Drops the Trainer's warning that a resumed branch's batch size differs from the prefix checkpoint's and the
+    notice that the subspace mode changed on resume (both deliberate), the ``transformers`` progress bars of model
+    saving ("Writing model shards", one per branch), and PyTorch's ``pin_memory`` warning on machines without an
+    accelerator. Restores everything afterwards.
+    """
+    from transformers.utils import logging as hf_logging
+
+    filters = [(logging.getLogger(name), _DropExpected(fragments)) for name, fragments in _EXPECTED_MESSAGES.items()]
+    for log, flt in filters:
+        log.addFilter(flt)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pin_memory.*")
+            yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+        for log, flt in filters:
+            log.removeFilter(flt)
 
 
 # ----------------------------------------------------------------------------------------------- callbacks
@@ -247,10 +285,19 @@ def format_results_table(summary: Mapping[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    name = str(summary.get("recipe", ""))
+    name = str(summary.get("name") or summary.get("recipe", ""))
     if summary.get("dataset"):
         name += f" ({summary['dataset']})"
     title = f"{name}: k = {summary.get('k')}, switch at step {summary.get('switch_step')} of {summary.get('max_steps')}"
+    batch, world = summary.get("global_train_batch_size"), summary.get("world_size")
+    if batch:
+        per = summary.get("per_device_train_batch_size")
+        accumulation = summary.get("gradient_accumulation_steps") or 1
+        title += f", global batch {batch}" + (
+            f" ({world} processes × {per}" + (f" × {accumulation} accumulation steps" if accumulation > 1 else "") + ")"
+            if (world or 1) > 1 or accumulation > 1
+            else ""
+        )
     return title + "\n" + "\n".join(lines)
 
 

@@ -22,11 +22,13 @@ from ._data_io import (
     TEXT_HUB_NAMES,
     DatasetLoadError,
     check_file,
+    missing_columns_message,
     read_idx,
     read_table,
     read_tsv,
     resolve_sources,
 )
+from ._hub import ensure_hub_or_offline
 
 __all__ = [
     "DatasetLoadError",
@@ -51,7 +53,10 @@ def _dataset_arrays(ds: datasets.Dataset, limit: int | None) -> tuple[np.ndarray
     cols = ds.column_names
     label_col = next((c for c in _LABEL_COLUMNS if c in cols), None)
     if label_col is None:
-        raise DatasetLoadError(f"no label column ({', '.join(_LABEL_COLUMNS)}) among {cols}")
+        raise DatasetLoadError(
+            f"the data has no labels: none of the label columns {', '.join(_LABEL_COLUMNS)} is among its columns "
+            f"{cols}; rename its label column to 'label', or pass labelled data (--train_file / --validation_file)"
+        )
     image_col = next((c for c in _IMAGE_COLUMNS if c in cols), None)
     if image_col is not None:
         x = np.stack([np.asarray(v) for v in ds.with_format(None)[image_col]])
@@ -213,6 +218,7 @@ def load_image_classification(
 
 
 def _text_dataset(source: Any, text_column: str, label_column: str, limit: int | None) -> datasets.Dataset:
+    where = str(source) if isinstance(source, Path) else "the dataset"
     if isinstance(source, Path):
         if source.suffix in (".tsv", ".txt"):
             source = read_tsv(source, text_column, label_column)
@@ -222,8 +228,9 @@ def _text_dataset(source: Any, text_column: str, label_column: str, limit: int |
     cols = ds.column_names
     text_col = next((c for c in (text_column, "sentence", "text") if c in cols), None)
     label_col = next((c for c in (label_column, "label", "labels") if c in cols), None)
-    if text_col is None or label_col is None:
-        raise DatasetLoadError(f"need a text column {text_column!r} and a label column {label_column!r}; got {cols}")
+    missing = missing_columns_message(cols, text_col, label_col, text_column, label_column)
+    if missing:
+        raise DatasetLoadError(f"{where}: {missing}")
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     ds = ds.select_columns([text_col, label_col])
@@ -296,10 +303,20 @@ def build_tokenizer(
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if name_or_path:
+        local = Path(name_or_path).expanduser().is_dir()
+        online = local or ensure_hub_or_offline()  # no network: one quick check instead of ~50 s of Hub retries
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path, model_max_length=max_length)
+            tokenizer = AutoTokenizer.from_pretrained(
+                name_or_path, model_max_length=max_length, local_files_only=not online
+            )
         except Exception as err:
-            logger.warning("could not load tokenizer %r (%s); training a word-level one offline", name_or_path, err)
+            where = "" if online else " (offline, and not in the local Hugging Face cache)"
+            logger.warning(
+                "tokenizer %r not available%s: training a word-level tokenizer on the training texts instead [%s]",
+                name_or_path,
+                where,
+                " ".join(str(err).split())[:200],
+            )
         else:
             if tokenizer.pad_token is None:
                 tokenizer.add_special_tokens({"pad_token": "[PAD]"})

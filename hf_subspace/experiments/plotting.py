@@ -1,0 +1,523 @@
+"""Figures for the paper's experiments: loss / χ_k curves per branch, Hessian spectra, and toy 2-D trajectories.
+
+Every ``plot_*`` function writes one PNG and returns its path; the matching ``*_figure`` function returns the
+:class:`matplotlib.figure.Figure` itself (for notebooks and for tests that check what is drawn). Matplotlib is
+imported lazily, and each figure is a bare ``Figure`` rendered by its own ``Agg`` canvas: pyplot is never imported
+and the global backend is never changed, so these functions work on headless servers and leave a notebook's backend
+alone.
+
+Every branch has a fixed colour, line style and marker, so lines stay distinguishable where they overlap (Bulk-SGD
+drawn on top of SGD): the unprojected minibatch branch (``sgd``, or the optimizer's name such as ``adamw``) black,
+solid, circles; ``gd`` green, dotted, diamonds; ``dominant`` red, dashed, triangles; ``bulk`` blue, dash-dotted,
+squares; other names the next entry of a fixed cycle. The shared prefix before the switch is drawn once, in grey.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "PREFIX_COLOR",
+    "BranchStyle",
+    "branch_color",
+    "branch_style",
+    "plot_eigenvalue_curves",
+    "plot_spectrum",
+    "plot_summary",
+    "plot_trajectory_2d",
+    "spectrum_figure",
+    "summary_figure",
+    "trajectory_figure",
+]
+
+DPI = 120
+PREFIX_COLOR = "0.6"
+"""Colour of the shared prefix (drawn once, before the switch)."""
+
+
+@dataclass(frozen=True)
+class BranchStyle:
+    """How a branch is drawn: matplotlib colour, line style and marker."""
+
+    color: str
+    linestyle: Any
+    marker: str
+
+
+_FIXED_STYLES: dict[str, BranchStyle] = {
+    "sgd": BranchStyle("black", "-", "o"),
+    "gd": BranchStyle("tab:green", ":", "D"),
+    "dominant": BranchStyle("tab:red", "--", "^"),
+    "bulk": BranchStyle("tab:blue", "-.", "s"),
+    "prefix": BranchStyle(PREFIX_COLOR, "-", ""),
+}
+_ALIASES = {"dom": "dominant", "none": "sgd"}
+_CYCLE = (
+    BranchStyle("tab:orange", (0, (5, 1, 1, 1, 1, 1)), "v"),
+    BranchStyle("tab:purple", (0, (1, 1)), "P"),
+    BranchStyle("tab:brown", (0, (6, 2)), "X"),
+    BranchStyle("tab:pink", (0, (3, 1, 1, 1)), "<"),
+    BranchStyle("tab:olive", "-", ">"),
+    BranchStyle("tab:cyan", "--", "h"),
+)
+_LOSS_FLOOR = 1e-12
+_MARKERS_PER_LINE = 8
+
+
+def _canonical(mode: str, run: Mapping[str, Any] | None = None) -> str:
+    """The style key of a branch: from the run's ``subspace_mode``/``full_batch`` record when given, else its name
+    (case-insensitive, the part before the first ``-``/``_``/space, so ``"Dom-SGD"`` is ``dominant``)."""
+    if run:
+        sub, full = run.get("subspace_mode"), bool(run.get("full_batch"))
+        if sub == "none":
+            return "gd" if full else "sgd"
+        if sub in ("dominant", "bulk") and not full:
+            return str(sub)
+    name = mode.strip().lower()
+    if name in _FIXED_STYLES:
+        return name
+    for sep in ("-", "_", " "):
+        name = name.split(sep)[0]
+    return _ALIASES.get(name, name)
+
+
+def branch_style(mode: str, others: Sequence[str] = (), run: Mapping[str, Any] | None = None) -> BranchStyle:
+    """The colour, line style and marker of a branch.
+
+    Args:
+        mode: the branch name (``sgd``, ``dominant``, ``bulk``, ``gd``, ``prefix`` or any other).
+        others: all branch names of the figure in order; an unknown name gets the cycle entry of its rank among the
+            unknown ones, so styles are stable within a figure.
+        run: the branch's record in ``summary.json``; its ``subspace_mode`` and ``full_batch`` decide the style when
+            the name does not (e.g. an unprojected ``adamw`` branch is drawn like ``sgd``).
+    """
+    key = _canonical(mode, run)
+    if key in _FIXED_STYLES:
+        return _FIXED_STYLES[key]
+    unknown = [m for m in dict.fromkeys(others) if _canonical(m) not in _FIXED_STYLES]
+    index = unknown.index(mode) if mode in unknown else len(unknown)
+    return _CYCLE[index % len(_CYCLE)]
+
+
+def branch_color(mode: str, others: Sequence[str] = ()) -> str:
+    """The colour of a branch (:func:`branch_style`)."""
+    return branch_style(mode, others).color
+
+
+def _new_figure(ncols: int = 1, size: tuple[float, float] = (6.0, 4.5)) -> tuple[Figure, Any]:
+    """A pyplot-free figure with an Agg canvas (no global backend switch, nothing to close)."""
+    # A fresh matplotlib cache directory logs "building the font cache" at import: not a user's concern.
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] * ncols, size[1]), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
+
+
+def _blank_figure(size: tuple[float, float]) -> Figure:
+    """A pyplot-free figure without axes (:func:`_new_figure`)."""
+    fig, _ = _new_figure(size=size)
+    fig.clear()
+    return fig
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+def _curve(points: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``[[step, value], ...]`` → (steps, values) as float arrays, dropping malformed and non-finite rows."""
+    if points is None:
+        return np.empty(0), np.empty(0)
+    rows = []
+    for item in points:
+        try:
+            step, value = float(item[0]), float(item[1])
+        except (TypeError, ValueError, IndexError):
+            continue
+        if math.isfinite(step) and math.isfinite(value):
+            rows.append((step, value))
+    if not rows:
+        return np.empty(0), np.empty(0)
+    arr = np.asarray(sorted(rows, key=lambda r: r[0]), dtype=float)
+    return arr[:, 0], arr[:, 1]
+
+
+def _to_numpy(values: Any) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().double().numpy()
+    return np.asarray(values, dtype=float)
+
+
+def _markevery(n: int, index: int, count: int) -> tuple[int, int]:
+    """About :data:`_MARKERS_PER_LINE` markers on a line of ``n`` points, shifted per branch so they do not overlap."""
+    every = max(1, n // _MARKERS_PER_LINE)
+    return (min(n - 1, (index * every) // max(count, 1)) if n else 0, every)
+
+
+def summary_figure(summary: Mapping[str, Any]) -> Figure:
+    """The paper's Figure 1 as a :class:`~matplotlib.figure.Figure` (see :func:`plot_summary`)."""
+    runs: Mapping[str, Any] = summary.get("runs") or {}
+    modes = list(runs)
+    fig, (ax_loss, ax_chi) = _new_figure(ncols=2)
+    switch = summary.get("switch_step")
+
+    loss_curves = {mode: _curve((runs[mode] or {}).get("loss_curve")) for mode in modes}
+    chi_curves = {mode: _curve((runs[mode] or {}).get("chi_k_curve")) for mode in modes}
+    # Non-positive losses are clipped to a floor a decade below the smallest positive one (log scale).
+    positive = [loss[loss > 0] for _, loss in loss_curves.values()]
+    positive = [p for p in positive if p.size]
+    floor = min(float(p.min()) for p in positive) / 10 if positive else _LOSS_FLOOR
+    prefix_name = "GD" if summary.get("prefix_optimizer") == "gd" else "SGD"
+
+    for ax, curves in ((ax_loss, loss_curves), (ax_chi, chi_curves)):
+        clip = (lambda v: np.maximum(v, floor)) if ax is ax_loss else (lambda v: np.clip(v, 0.0, 1.0))
+        # The shared prefix (identical in every branch): once, neutral, from the first branch that has it.
+        if switch is not None:
+            for steps, values in curves.values():
+                before = steps <= float(switch)
+                if before.sum() >= 2:
+                    ax.plot(steps[before], clip(values[before]), color=PREFIX_COLOR, ls="-", lw=3.0,
+                            label=f"shared {prefix_name} prefix", zorder=1)  # fmt: skip
+                    break
+        for index, mode in enumerate(modes):
+            steps, values = curves[mode]
+            if switch is not None:
+                keep = steps >= float(switch)
+                steps, values = steps[keep], values[keep]
+            if not steps.size:
+                continue
+            style = branch_style(mode, modes, runs[mode] or None)
+            unprojected = _canonical(mode, runs[mode] or None) == "sgd"
+            ax.plot(
+                steps,
+                clip(values),
+                color=style.color,
+                ls=style.linestyle,
+                marker=style.marker,
+                markevery=_markevery(steps.size, index, len(modes)),
+                ms=5,
+                mfc="white" if not unprojected else style.color,
+                lw=2.2 if unprojected else 1.5,
+                label=mode,
+                zorder=2 if unprojected else 3,
+            )
+
+    if any(steps.size for steps, _ in loss_curves.values()):
+        ax_loss.set_yscale("log")
+    else:
+        _empty_note(ax_loss, "no loss curves")
+    if not any(steps.size for steps, _ in chi_curves.values()):
+        _empty_note(ax_chi, "no χ_k curves")
+    ax_chi.set_ylim(-0.02, 1.02)
+
+    k = summary.get("k")
+    for ax in (ax_loss, ax_chi):
+        if switch is not None:
+            ax.axvline(float(switch), color="0.4", ls=(0, (2, 3)), lw=1.0, label=f"switch (step {switch})")
+        ax.set_xlabel("step")
+        ax.grid(True, which="major", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    # The loss is over the Hessian set: the full training loss unless hessian_num_samples took a subset.
+    n_hessian, n_train = summary.get("hessian_num_samples"), summary.get("num_train")
+    subset = isinstance(n_hessian, int) and isinstance(n_train, int) and n_hessian < n_train
+    ax_loss.set_ylabel(f"training loss ({n_hessian}-example Hessian subset)" if subset else "full training loss")
+    ax_chi.set_ylabel(rf"$\chi_{{{k if k is not None else 'k'}}}$ of the full-batch gradient")
+    ax_loss.set_title("training loss")
+    ax_chi.set_title("fraction of the gradient in the top-k eigenspace")
+    title = str(summary.get("name") or summary.get("recipe") or "")
+    details = [f"k = {k}"] if k is not None else []
+    if summary.get("dataset"):
+        details.insert(0, str(summary["dataset"]))
+    if summary.get("prefix_optimizer") == "gd":
+        details.append("GD prefix")
+    fig.suptitle(f"{title}  ({', '.join(details)})" if details else title)
+    return fig
+
+
+def plot_summary(summary: Mapping[str, Any], path: str | Path) -> Path:
+    """The paper's Figure 1: training loss and χ_k of the full-batch gradient per branch.
+
+    Left panel: full training loss vs. step on a log scale; right panel: χ_k vs. step in [0, 1]. The shared prefix
+    (steps up to ``summary["switch_step"]``, the same in every branch) is drawn once in grey; from the switch on,
+    each branch has its own colour, line style and marker (:func:`branch_style`), so a branch drawn exactly on top
+    of another stays visible. Both panels mark the switch with a vertical line. Non-positive losses are clipped to
+    a small floor for the log scale; branches without a χ_k curve are left out of the right panel (a note says so
+    if none has one).
+
+    Args:
+        summary: ``{"recipe": str, "k": int, "switch_step": int, "runs": {mode: {"loss_curve": [[step, loss], ...],
+            "chi_k_curve": [[step, chi], ...], "subspace_mode": str, "full_batch": bool}}}`` and optionally
+            ``"name"`` (the title, default the recipe), ``"prefix_optimizer"``; missing keys are tolerated.
+        path: where to write the PNG (parent folders are created).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    return _save(summary_figure(summary), path)
+
+
+def _empty_note(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.5")
+
+
+def spectrum_figure(
+    eigenvalues: Sequence[float] | np.ndarray | torch.Tensor, k: int | None = None, title: str | None = None
+) -> Figure:
+    """The stem plot of :func:`plot_spectrum` as a :class:`~matplotlib.figure.Figure`."""
+    from matplotlib.ticker import MaxNLocator
+
+    values = np.sort(_to_numpy(eigenvalues).ravel())[::-1]
+    values = values[np.isfinite(values)]
+    fig, (ax,) = _new_figure(size=(7.0, 4.5))
+    n = values.size
+    k_eff = n if k is None else max(0, min(int(k), n))
+    idx = np.arange(1, n + 1)
+    if n:
+        for sl, color, label in (
+            (slice(0, k_eff), "tab:red", f"top {k_eff} (dominant)" if k is not None else "eigenvalues"),
+            (slice(k_eff, n), "tab:blue", "rest (bulk)"),
+        ):
+            if idx[sl].size:
+                ax.vlines(idx[sl], 0, values[sl], color=color, lw=1.5)
+                ax.plot(idx[sl], values[sl], "o", color=color, ms=4, label=label)
+        if k is not None and 0 < k_eff < n:
+            ax.axvline(k_eff + 0.5, color="0.4", ls="--", lw=1.0)
+        ax.axhline(0.0, color="0.6", lw=0.8)
+        ax.legend(fontsize="small")
+        ax.set_xlim(0.4, n + 0.6)
+    else:
+        _empty_note(ax, "no eigenvalues")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.set_xlabel("index i (eigenvalues in descending order)")
+    ax.set_ylabel(r"eigenvalue $\lambda_i$ of the training-loss Hessian")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title or "Hessian spectrum")
+    return fig
+
+
+def plot_spectrum(
+    eigenvalues: Sequence[float] | np.ndarray | torch.Tensor,
+    path: str | Path,
+    k: int | None = None,
+    title: str | None = None,
+) -> Path:
+    """Stem plot of the top Hessian eigenvalues by (integer) index, the first ``k`` highlighted.
+
+    A few large outliers followed by a bulk near zero is the low-rank structure the dominant subspace captures.
+
+    Args:
+        eigenvalues: eigenvalues (any order; they are sorted descending).
+        path: where to write the PNG.
+        k: size of the dominant subspace; indices ``≤ k`` are drawn in red, the rest in blue, with a separator.
+        title: figure title (default: ``"Hessian spectrum"``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    return _save(spectrum_figure(eigenvalues, k, title), path)
+
+
+def plot_eigenvalue_curves(
+    steps: Sequence[float] | np.ndarray | torch.Tensor,
+    eigenvalues: Sequence[Sequence[float]] | np.ndarray | torch.Tensor,
+    path: str | Path,
+    title: str | None = None,
+    stability_threshold: float | None = None,
+) -> Path:
+    """The top eigenvalues over training: one line per eigenvalue index.
+
+    Args:
+        steps: ``[T]`` training steps.
+        eigenvalues: ``[T, k]`` eigenvalues at those steps (a ``[T]`` array is one eigenvalue).
+        path: where to write the PNG.
+        title: figure title (default: ``"top Hessian eigenvalues"``).
+        stability_threshold: optional horizontal reference line, e.g. ``2/η`` for the edge of stability.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: if ``steps`` and ``eigenvalues`` disagree in length.
+    """
+    x = _to_numpy(steps).ravel()
+    y = _to_numpy(eigenvalues)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.size == 0:
+        y = y.reshape(x.size, 0)
+    if y.shape[0] != x.size:
+        raise ValueError(f"steps has {x.size} entries but eigenvalues has {y.shape[0]} rows (expected [T, k]).")
+    fig, (ax,) = _new_figure(size=(7.0, 4.5))
+    k = y.shape[1]
+    if k and x.size:
+        import matplotlib
+
+        cmap = matplotlib.colormaps["viridis"]
+        for i in range(k):
+            ax.plot(
+                x, y[:, i], color=cmap(i / max(k - 1, 1)), lw=1.4, label=rf"$\lambda_{{{i + 1}}}$" if k <= 10 else None
+            )
+        if k <= 10:
+            ax.legend(fontsize="small", ncol=2)
+    else:
+        _empty_note(ax, "no eigenvalues")
+    if stability_threshold is not None:
+        ax.axhline(stability_threshold, color="0.3", ls="--", lw=1.0)
+    ax.set_xlabel("step")
+    ax.set_ylabel("eigenvalue")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title or "top Hessian eigenvalues")
+    return _save(fig, path)
+
+
+def _split_steps(traj: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """``[T, 2]`` (θ₁, θ₂) or ``[T, 3]`` (step, θ₁, θ₂) → (steps or None, ``[T, 2]`` points)."""
+    if traj.ndim == 2 and traj.shape[1] == 3:
+        return traj[:, 0], traj[:, 1:]
+    return None, traj.reshape(-1, 2)
+
+
+def trajectory_figure(
+    loss_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    trajectories: Mapping[str, np.ndarray | Sequence[Sequence[float]]],
+    xlim: tuple[float, float],
+    ylim: tuple[float, float],
+    title: str | None = None,
+    resolution: int = 200,
+    *,
+    xlabel: str = r"$\theta_1$",
+    ylabel: str = r"$\theta_2$",
+) -> Figure:
+    """The figure of :func:`plot_trajectory_2d`."""
+    fig = _blank_figure((11.0, 5.0))
+    grid = fig.add_gridspec(2, 2, width_ratios=(1.15, 1.0))
+    ax = fig.add_subplot(grid[:, 0])
+    xs = np.linspace(float(xlim[0]), float(xlim[1]), resolution)
+    ys = np.linspace(float(ylim[0]), float(ylim[1]), resolution)
+    X, Y = np.meshgrid(xs, ys)
+    Z = np.broadcast_to(np.asarray(loss_fn(X, Y), dtype=float), X.shape)
+    finite = Z[np.isfinite(Z)]
+    positive = finite[finite > 0]
+    if positive.size and positive.max() > positive.min():
+        levels = np.geomspace(positive.min(), positive.max(), 20)
+        ax.contour(X, Y, np.where(Z > 0, Z, positive.min()), levels=levels, cmap="Greys_r", linewidths=0.6,
+                   alpha=0.6)  # fmt: skip
+    elif finite.size and finite.max() > finite.min():
+        ax.contour(X, Y, Z, levels=20, cmap="Greys_r", linewidths=0.6, alpha=0.6)
+
+    modes = list(trajectories)
+    timed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for mode in modes:
+        traj = _to_numpy(trajectories[mode])
+        if traj.size == 0:
+            continue
+        steps, points = _split_steps(traj)
+        style = branch_style(mode, modes)
+        # One dot per step, no connecting line: minibatch SGD crosses the valley at every step, and lines between
+        # its iterates would paint a solid wedge.
+        ax.plot(points[:, 0], points[:, 1], color=style.color, ls="none", marker=".", ms=2.0, alpha=0.6)
+        ax.plot(*points[0], marker="o", color=style.color, ms=7, mfc="white", mew=1.5, clip_on=False, zorder=4)
+        ax.plot(*points[-1], marker="*", color=style.color, ms=13, mec="black", mew=0.5, clip_on=False, zorder=5,
+                ls="none", label=mode)  # fmt: skip
+        if steps is not None:
+            timed[mode] = (steps, points)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    x_span, y_span = float(xlim[1]) - float(xlim[0]), float(ylim[1]) - float(ylim[0])
+    if x_span > 0 and y_span > 0 and not 0.5 <= x_span / y_span <= 2:
+        ax.text(
+            0.02, 0.02, f"axes not to scale: the horizontal range ({x_span:.3g}) is {y_span / x_span:.3g}× smaller\n"
+            f"than the vertical one ({y_span:.3g})" if x_span < y_span else
+            f"axes not to scale: the vertical range ({y_span:.3g}) is {x_span / y_span:.3g}× smaller\n"
+            f"than the horizontal one ({x_span:.3g})",
+            transform=ax.transAxes, fontsize="x-small", color="0.3", va="bottom",
+            bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.9},
+        )  # fmt: skip
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", title="○ start, ★ end", title_fontsize="small", loc="upper left")
+    ax.set_title("loss contours and paths")
+
+    ax_y = fig.add_subplot(grid[0, 1])
+    ax_x = fig.add_subplot(grid[1, 1], sharex=ax_y)
+    for index, (mode, (steps, points)) in enumerate(timed.items()):
+        style = branch_style(mode, modes)
+        # Across the valley: the size of the offset, max(|θ₁|) over two consecutive steps (one SGD bounce).
+        offset = np.abs(points[:, 0])
+        offset = np.maximum(offset, np.concatenate([offset[:1], offset[:-1]]))
+        for axis, values in ((ax_y, points[:, 1]), (ax_x, offset)):
+            axis.plot(steps, values, color=style.color, ls=style.linestyle, lw=1.6, label=mode,
+                      marker=style.marker if mode != "prefix" else "", ms=4, mfc="white",
+                      markevery=_markevery(steps.size, index, len(timed)))  # fmt: skip
+    if timed:
+        ax_y.set_ylabel(ylabel, fontsize="small")
+        ax_x.set_ylabel(f"|{xlabel.split(' (')[0]}|, max over 2 steps", fontsize="small")
+        ax_x.set_yscale("symlog", linthresh=1e-4)
+        ax_x.set_xlabel("step")
+        ax_y.set_title("each coordinate over the steps")
+        ax_y.legend(fontsize="x-small", ncol=2)
+        for axis in (ax_x, ax_y):
+            axis.grid(True, alpha=0.3)
+    else:
+        ax_y.set_axis_off()
+        ax_x.set_axis_off()
+    fig.suptitle(title or "loss contours and trajectories")
+    return fig
+
+
+def plot_trajectory_2d(
+    loss_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    trajectories: Mapping[str, np.ndarray | Sequence[Sequence[float]]],
+    path: str | Path,
+    xlim: tuple[float, float],
+    ylim: tuple[float, float],
+    title: str | None = None,
+    resolution: int = 200,
+    *,
+    xlabel: str = r"$\theta_1$",
+    ylabel: str = r"$\theta_2$",
+) -> Path:
+    """Loss contours of a 2-D problem with each branch's parameter path on top, and each coordinate over the steps.
+
+    Left: contour levels log-spaced between the smallest positive and the largest loss on the grid (the narrow
+    valley of the paper's toy quadratic), each path thin and translucent (minibatch SGD crosses the valley at every
+    step), starting at a circle and ending at a star (markers are never clipped). When the two ranges differ by more
+    than 2×, a note says by how much the axes are out of scale. Right (for trajectories with steps): each coordinate
+    against the step, in the branch styles of :func:`branch_style`.
+
+    Args:
+        loss_fn: vectorised loss ``(X, Y) -> Z`` on meshgrid arrays.
+        trajectories: ``{mode: [T, 2] array of (θ₁, θ₂)}`` or ``[T, 3]`` of ``(step, θ₁, θ₂)``.
+        path: where to write the PNG.
+        xlim: ``(x_min, x_max)`` of the contour grid.
+        ylim: ``(y_min, y_max)`` of the contour grid.
+        title: figure title.
+        resolution: grid points per axis.
+        xlabel: label of θ₁ (e.g. its curvature).
+        ylabel: label of θ₂.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    figure = trajectory_figure(loss_fn, trajectories, xlim, ylim, title, resolution, xlabel=xlabel, ylabel=ylabel)
+    return _save(figure, path)

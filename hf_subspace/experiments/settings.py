@@ -1,0 +1,255 @@
+"""The paper runner's settings and validation rules, in one light module (no torch, no transformers).
+
+Everything the ``hf-subspace`` command needs before any heavy import lives here: the branch names and their
+meaning, the prefix optimizers, the recipe registry's data (names, descriptions, the paper's defaults), the quick
+start's options, and the checks run once per entry point (:func:`parse_modes`, :func:`parse_prefix`,
+:func:`check_output_dir`). :mod:`hf_subspace.experiments.recipes` builds the registry from :data:`RECIPE_SPECS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BRANCHES",
+    "DEFAULT_MODES",
+    "FIGURE_NAME",
+    "OUTPUT_NAMES",
+    "PREFIXES",
+    "PREFIX_DIR",
+    "QUICKSTART_MLP",
+    "QUICKSTART_TOY",
+    "RECIPE_NAMES",
+    "RECIPE_SPECS",
+    "SUMMARY_NAME",
+    "WHOLE_TRAINING_SET",
+    "BranchSpec",
+    "ExperimentError",
+    "RecipeSpec",
+    "check_output_dir",
+    "parse_modes",
+    "parse_prefix",
+    "recipe_name",
+]
+
+
+class ExperimentError(ValueError):
+    """Invalid experiment settings, detected before anything is trained or written."""
+
+
+# ----------------------------------------------------------------------------------------------- branches and prefix
+
+
+@dataclass(frozen=True)
+class BranchSpec:
+    """One branch of the protocol.
+
+    Attributes:
+        name: the mode name used on the command line, in ``summary.json`` and as the branch folder.
+        subspace_mode: ``SubspaceTrainingArguments.subspace_mode`` of the branch (``none``/``dominant``/``bulk``).
+        full_batch: the branch steps on the full-batch gradient (GD) instead of minibatches.
+        description: a human name (the paper's).
+    """
+
+    name: str
+    subspace_mode: str
+    full_batch: bool
+    description: str
+
+
+BRANCHES: dict[str, BranchSpec] = {
+    spec.name: spec
+    for spec in (
+        BranchSpec("sgd", "none", False, "SGD (the optimizer, unprojected)"),
+        BranchSpec("dominant", "dominant", False, "Dom-SGD (updates projected onto the top-k eigenspace)"),
+        BranchSpec("bulk", "bulk", False, "Bulk-SGD (top-k eigenspace projected out)"),
+        BranchSpec("gd", "none", True, "full-batch GD"),
+        BranchSpec("dominant-gd", "dominant", True, "Dom-GD (full batch, projected onto the top-k eigenspace)"),
+        BranchSpec("bulk-gd", "bulk", True, "Bulk-GD (full batch, top-k eigenspace projected out)"),
+    )
+}
+# The paper's names of the methods; no abbreviations (``--modes sgd,dom`` is refused, not guessed).
+_ALIASES = {"dom-sgd": "dominant", "bulk-sgd": "bulk", "dom-gd": "dominant-gd"}
+DEFAULT_MODES: tuple[str, ...] = ("sgd", "dominant", "bulk")
+PREFIX_DIR = "prefix"
+SUMMARY_NAME = "summary.json"
+FIGURE_NAME = "figure.png"
+OUTPUT_NAMES: tuple[str, ...] = (
+    PREFIX_DIR,
+    SUMMARY_NAME,
+    FIGURE_NAME,
+    "trajectory.png",
+    "sharpness.png",
+    "spectrum.png",
+    *BRANCHES,
+)
+"""Everything the experiment writes directly under its ``output_dir`` (what ``overwrite_output_dir`` replaces)."""
+
+
+def parse_modes(modes: str | Iterable[str]) -> list[str]:
+    """Normalise ``"sgd,dominant,bulk"`` (or a list) to known branch names, in order, without duplicates.
+
+    Raises:
+        ExperimentError: for an empty list or an unknown mode, naming the valid ones.
+    """
+    items = modes.split(",") if isinstance(modes, str) else list(modes)
+    names: list[str] = []
+    for item in items:
+        name = str(item).strip().lower().replace("_", "-")
+        if not name:
+            continue
+        name = _ALIASES.get(name, name)
+        if name not in BRANCHES:
+            raise ExperimentError(f"unknown mode {str(item).strip()!r} in --modes; choose from {', '.join(BRANCHES)}")
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise ExperimentError(f"--modes is empty; choose from {', '.join(BRANCHES)}")
+    return names
+
+
+PREFIXES: dict[str, str] = {
+    "sgd": "minibatch SGD (the optimizer on minibatches of per_device_train_batch_size)",
+    "gd": "full-batch GD (the optimizer on the gradient of the whole training set)",
+}
+"""The optimizers of the shared prefix (``run_experiment(prefix=...)``, ``--prefix``)."""
+
+
+def parse_prefix(prefix: str) -> str:
+    """Normalise ``prefix`` (``"sgd"`` or ``"gd"``, any case).
+
+    Raises:
+        ExperimentError: for any other value, naming ``--prefix`` and the valid values.
+    """
+    name = str(prefix).strip().lower()
+    if name not in PREFIXES:
+        raise ExperimentError(
+            f"--prefix={prefix!r} is not a prefix optimizer; choose from {', '.join(PREFIXES)} (sgd: minibatch SGD, "
+            "gd: full-batch GD up to --switch_step)."
+        )
+    return name
+
+
+def check_output_dir(output_dir: str | Path, overwrite_output_dir: bool) -> None:
+    """Refuse an existing, non-empty ``output_dir`` unless ``overwrite_output_dir``; never touches anything.
+
+    Raises:
+        ExperimentError: naming ``--overwrite_output_dir``.
+    """
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ExperimentError(f"output_dir {str(path)!r} exists and is not a folder; choose another --output_dir.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite_output_dir:
+        raise ExperimentError(
+            f"output_dir {str(path)!r} already exists and is not empty; pass --overwrite_output_dir to replace the "
+            "results of an earlier experiment there, or choose another --output_dir."
+        )
+
+
+# ----------------------------------------------------------------------------------------------- recipe registry data
+
+WHOLE_TRAINING_SET = 1_000_000_000
+"""The recipes' default ``hessian_num_samples``: larger than any training subset, i.e. the Hessian set is all of it."""
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    """A recipe's data: its name, one-line description, the name of its builder in
+    :mod:`hf_subspace.experiments.builders` and its defaults (the paper's settings, on top of :data:`_COMMON`)."""
+
+    name: str
+    builder: str
+    description: str
+    defaults: Mapping[str, Any]
+
+
+_COMMON: dict[str, Any] = {
+    "optim": "sgd",
+    "lr_scheduler_type": "constant",
+    "max_grad_norm": 0.0,
+    "weight_decay": 0.0,
+    "per_device_train_batch_size": 50,
+    "per_device_eval_batch_size": 500,
+    "logging_steps": 100,
+    "save_strategy": "no",
+    "report_to": ["tensorboard"],
+    "dataloader_pin_memory": False,
+    "seed": 0,
+    # The Hessian set is the whole training subset (the paper's); --hessian_num_samples N takes a subset.
+    "hessian_num_samples": WHOLE_TRAINING_SET,
+}
+
+
+def _spec(name: str, builder: str, description: str, defaults: Mapping[str, Any]) -> RecipeSpec:
+    merged = {**_COMMON, "output_dir": f"runs/{name}", **defaults}
+    if name != "finetune":  # the paper's models use every parameter in every step
+        merged.setdefault("ddp_find_unused_parameters", False)
+    return RecipeSpec(name, builder, description, merged)
+
+
+RECIPE_SPECS: dict[str, RecipeSpec] = {
+    spec.name: spec
+    for spec in (
+        _spec("toy_quadratic", "prepare_toy_quadratic", "2-D ill-conditioned valley, ±xy per-sample noise (k = 1)",
+              {"max_steps": 1000, "switch_step": 100, "learning_rate": 1e-3, "per_device_train_batch_size": 1,
+               "subspace_k": 1, "subspace_refresh_steps": 10, "subspace_alignment_steps": 25, "logging_steps": 50,
+               "modes": "sgd,gd,dominant,bulk"}),
+        _spec("mlp_mnist", "prepare_mlp", "MLP 784-200-200-10 (tanh, MSE) on the first 5,000 MNIST images, k = 10",
+              {"dataset_name": "mnist", "num_train": 5000, "hidden_sizes": "200,200", "activation": "tanh",
+               "learning_rate": 0.01, "subspace_k": 10, "max_steps": 10000, "switch_step": 2000,
+               "subspace_refresh_steps": 10, "subspace_alignment_steps": 200}),
+        _spec("cnn_cifar10", "prepare_cnn",
+              "CNN (2× conv3-ReLU-pool + linear, MSE) on the first 5,000 CIFAR-10 images",
+              {"dataset_name": "cifar10", "num_train": 5000, "learning_rate": 0.001, "subspace_k": 10,
+               "max_steps": 10000, "switch_step": 2000, "subspace_refresh_steps": 10,
+               "subspace_alignment_steps": 200}),
+        _spec("transformer_sst2", "prepare_transformer",
+              "2-layer post-LN Transformer (MSE) on the first 1,000 SST-2 sentences",
+              {"dataset_name": "sst2", "num_train": 1000, "tokenizer_name": "bert-base-uncased",
+               "learning_rate": 0.001, "subspace_k": 2, "max_steps": 10000, "switch_step": 2000,
+               "subspace_refresh_steps": 10, "subspace_alignment_steps": 200}),
+        _spec("vit_cifar10", "prepare_vit",
+              "transformers ViT from ViTConfig (patch 8, hidden 64, 2 layers, cross-entropy) on CIFAR-10",
+              {"dataset_name": "cifar10", "num_train": 5000, "learning_rate": 0.1, "subspace_k": 10,
+               "loss_type": "cross_entropy", "max_steps": 3000, "switch_step": 1000, "subspace_refresh_steps": 20,
+               "subspace_alignment_steps": 100, "hessian_num_samples": 1000}),
+        _spec("finetune", "prepare_finetune", "fine-tune any Hub checkpoint (sequence or image classification)",
+              {"dataset_name": "sst2", "num_train": 1000, "learning_rate": 1e-3, "per_device_train_batch_size": 16,
+               "per_device_eval_batch_size": 64, "subspace_k": 2, "max_steps": 1000, "switch_step": 200,
+               "subspace_refresh_steps": 10, "subspace_alignment_steps": 50, "hessian_batch_size": 64}),
+    )
+}  # fmt: skip
+"""The recipes' data; :data:`hf_subspace.experiments.recipes.RECIPES` adds their builders."""
+
+RECIPE_NAMES: tuple[str, ...] = tuple(RECIPE_SPECS)
+"""The registered recipe names (``--help`` needs no heavy import)."""
+
+
+def recipe_name(name: str) -> str:
+    """Normalise a recipe name (any case, ``-`` for ``_``) to a registered one.
+
+    Raises:
+        ExperimentError: for an unknown name, listing the known ones.
+    """
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in RECIPE_SPECS:
+        raise ExperimentError(f"unknown recipe {name!r}; choose from {', '.join(RECIPE_SPECS)}")
+    return key
+
+
+# ----------------------------------------------------------------------------------------------- quick start
+
+QUICKSTART_TOY: list[str] = ["--logging_steps", "50"]
+"""Options of the toy-quadratic run of the quick start (on top of the recipe's defaults)."""
+
+QUICKSTART_MLP: list[str] = [
+    "--dataset_name", "digits", "--num_train", "1500", "--num_validation", "297", "--hidden_sizes", "32,32",
+    "--learning_rate", "0.05", "--per_device_train_batch_size", "50", "--subspace_k", "10",
+    "--switch_step", "300", "--max_steps", "1500", "--subspace_refresh_steps", "10",
+    "--subspace_alignment_steps", "30", "--logging_steps", "100",
+]  # fmt: skip
+"""Options of the MLP run of the quick start: scikit-learn's 8×8 digits (1,500 train / 297 validation), an
+MLP 64-32-32-10 with tanh and MSE, SGD lr 0.05, batch 50, k = 10, switch at step 300 of 1,500."""

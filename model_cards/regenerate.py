@@ -1,0 +1,385 @@
+"""Regenerate this repository's reference model cards (``model_cards/``): ``hf-subspace cards [--only RUN]``.
+
+This script knows the repository's layout (the cards folder beside it, the offline data in ``../shared/data``) and
+the list of reference runs; the machinery (running, card sections, the index, the claims) is
+:mod:`hf_subspace.experiments.cards`. Run it from a checkout as ``hf-subspace cards`` (which finds this file in the
+current folder, or the one given by ``--repo``) or as ``python model_cards/regenerate.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hf_subspace.experiments.cards import ReferenceRun, regenerate_cards
+from hf_subspace.experiments.settings import QUICKSTART_MLP
+
+__all__ = [
+    "GD_PREFIX_RUN",
+    "REFERENCE_RUNS",
+    "UNAVAILABLE",
+    "default_data_root",
+    "gd_prefix_run",
+    "main",
+    "regenerate",
+]
+
+CARDS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = CARDS_DIR.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+GD_PREFIX_RUN = "toy_quadratic_gd_prefix"
+"""The reference run that answers "GD→SGD restores the alignment" (a GD prefix, then SGD and GD branches)."""
+
+
+_QUICK = ("--max_steps", "12", "--switch_step", "6", "--subspace_alignment_steps", "3", "--subspace_refresh_steps", "3")
+_TB_OFF = ("--report_to", "none")
+
+
+def _without(options: Sequence[str], name: str) -> tuple[str, ...]:
+    """``options`` (flag, value pairs) without the flag ``name`` and its value."""
+    pairs = zip(options[::2], options[1::2])
+    return tuple(item for flag, value in pairs if flag != name for item in (flag, value))
+
+
+_DIGITS = (*_without(QUICKSTART_MLP, "--max_steps"), "--seed", "0")
+"""The quick start's MLP on digits (:data:`hf_subspace.experiments.settings.QUICKSTART_MLP` and its seed) without ``--max_steps``."""
+
+_MNIST_1K = (
+    "--train_file", "{data}/mnist/train.npz", "--validation_file", "{data}/mnist/t10k-images-idx3-ubyte.gz",
+    "--num_train", "1000", "--num_validation", "2000", "--hessian_batch_size", "1000",
+    "--per_device_eval_batch_size", "1000",
+)  # fmt: skip
+_MNIST_NEEDS = ("mnist/train.npz", "mnist/t10k-images-idx3-ubyte.gz")
+_QUICK_MNIST = (*_QUICK, "--num_train", "200", "--num_validation", "100")
+_OPTIMIZER_BRANCHES = (
+    *_MNIST_1K, "--modes", "sgd,dominant,bulk", "--max_steps", "2000", "--switch_step", "1000",
+    "--subspace_alignment_steps", "50", "--subspace_refresh_steps", "20", "--logging_steps", "50",
+)  # fmt: skip
+_OPTIMIZER_DIFFERENCES = (
+    "First 1,000 MNIST training images instead of 5,000 (Hessian set, full gradient and loss); validation on the "
+    "first 2,000 official test images.",
+    "2,000 steps, switch at step 1,000 (paper: longer runs); basis refreshed every 20 steps (paper: every step); "
+    "χ_k, the loss and the effective learning rates measured every 50 steps (Table 1: the 20 measurements of steps "
+    "0–950 of the shared prefix, not every step).",
+)
+
+
+def _optimizer_run(name: str, what: str, options: tuple[str, ...], extra: tuple[str, ...] = ()) -> ReferenceRun:
+    return ReferenceRun(
+        name,
+        "mlp_mnist",
+        (*_OPTIMIZER_BRANCHES, *options, *_TB_OFF),
+        _QUICK_MNIST,
+        f"MLP 784-200-200-10 (tanh, MSE) on MNIST-1k, {what}, batch 50, k = 10: Dom-/Bulk- variants and Table 1",
+        (*_OPTIMIZER_DIFFERENCES, *extra),
+        needs=_MNIST_NEEDS,
+    )
+
+
+PAPER_EXTRA_RUNS: tuple[ReferenceRun, ...] = (
+    ReferenceRun(
+        "mlp_mnist_eos",
+        "mlp_mnist",
+        (
+            *_MNIST_1K, "--prefix", "gd", "--modes", "gd,dominant-gd,bulk-gd", "--learning_rate", "0.05",
+            "--max_steps", "800", "--switch_step", "400", "--subspace_alignment_steps", "20",
+            "--subspace_refresh_steps", "5", "--logging_steps", "20", *_TB_OFF,
+        ),
+        (*_QUICK_MNIST, "--learning_rate", "0.05"),
+        "edge of stability: MLP 784-200-200-10 (tanh, MSE) on MNIST-1k, full-batch GD lr 0.05 (2/η = 40), then GD, "
+        "Dom-GD and Bulk-GD, k = 10",
+        (
+            "The paper's EoS experiments train on larger subsets for longer; here full-batch GD on the first 1,000 "
+            "MNIST training images (the whole Hessian set), lr 0.05: λ₁ starts near 34, sharpens to 2/η = 40 within "
+            "~200 steps and then hovers around it.",
+            "GD prefix of 400 steps, then 400 steps of each branch; basis refreshed every 5 steps (paper: every "
+            "step); λ₁, χ_k and the loss measured every 20 steps. Validation on the first 2,000 official test images.",
+        ),
+        needs=_MNIST_NEEDS,
+    ),  # fmt: skip
+    _optimizer_run(
+        "mlp_mnist_sgd",
+        "SGD lr 0.01, top-10 and next-10 eigenvalues",
+        ("--modes", "sgd,gd,dominant,bulk", "--subspace_extra_eigenvalues", "10"),
+        ("20 eigenpairs per refresh (`--subspace_extra_eigenvalues 10`) for the spectrum-gap figure; a GD branch "
+         "for SGD→GD on real data.",),
+    ),  # fmt: skip
+    _optimizer_run("mlp_mnist_momentum", "SGD with momentum 0.9, lr 0.01", ("--optim_args", "momentum=0.9")),
+    _optimizer_run("mlp_mnist_adam", "Adam (adamw_torch, weight decay 0), lr 0.001",
+                   ("--optim", "adamw_torch", "--learning_rate", "0.001")),  # fmt: skip
+    _optimizer_run("mlp_mnist_sam", "SAM (ρ = 0.05) around SGD, lr 0.01", ("--sam_rho", "0.05")),
+    ReferenceRun(
+        "vit_cifar10",
+        "vit_cifar10",
+        (
+            "--train_file", "{data}/cifar10/train.npz", "--validation_file", "{data}/cifar10/test.npz",
+            "--max_steps", "1000", "--switch_step", "600", "--hessian_num_samples", "256",
+            "--hessian_batch_size", "256", "--subspace_alignment_steps", "100", "--subspace_refresh_steps", "100",
+            "--logging_steps", "100", *_TB_OFF,
+        ),
+        (*_QUICK, "--num_train", "100", "--num_validation", "50", "--hessian_num_samples", "64"),
+        "a transformers ViT from ViTConfig (patch 8, hidden 64, 2 layers, eager attention, 81k parameters) on the "
+        "shipped CIFAR-10 (5,000 train / 1,000 test), cross-entropy, SGD lr 0.1, batch 50, k = 10",
+        (
+            "Not a model of the paper: a small `transformers` ViT (AutoModelForImageClassification.from_config) with "
+            "its own cross-entropy loss (the paper's MSE barely trains it at a stable SGD lr).",
+            "CIFAR-10 subset of ../shared/data (the first 4,000 images of data_batch_1 and 1,000 of data_batch_2; "
+            "the paper's CIFAR10-5k is the first 5,000 of data_batch_1); validation on the first 1,000 test images.",
+            "The Hessian, full gradient and logged loss use a seeded 256-image subset (paper: the whole training "
+            "set); 1,000 steps, switch at step 600; basis refreshed every 100 steps (paper: every step); χ_k and the "
+            "loss measured every 100 steps.",
+        ),
+        needs=("cifar10/train.npz", "cifar10/test.npz"),
+    ),  # fmt: skip
+)
+"""Runs for the paper's other claims (issue 13): edge of stability, momentum/Adam/SAM with Table 1, the spectrum gap,
+and a Hugging Face vision model."""
+
+REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
+    ReferenceRun(
+        "toy_quadratic",
+        "toy_quadratic",
+        ("--modes", "sgd,gd,dominant,bulk", "--max_steps", "500", "--switch_step", "100", *_TB_OFF),
+        _QUICK,
+        "2-D ill-conditioned valley, two per-sample losses (k = 1)",
+        (
+            "500 steps instead of the recipe's 1,000 (switch at step 100, as in the recipe).",
+            "Basis refreshed every 10 steps (the Hessian of a quadratic is constant, so this changes nothing).",
+        ),
+    ),
+    ReferenceRun(
+        "mlp_digits",
+        "mlp_mnist",
+        ("--modes", "sgd,gd,dominant,bulk", *_DIGITS, "--max_steps", "1500", *_TB_OFF),
+        _QUICK,
+        "the quick start's MLP 64-32-32-10 on scikit-learn's 8×8 digits (1,500 train / 297 validation), k = 10",
+        (
+            "scikit-learn's 8×8 digits instead of MNIST; MLP 64-32-32-10 instead of 784-200-200-10; lr 0.05.",
+            "1,500 steps as in the quick start, switch at step 300; basis refreshed every 10 steps (paper: 1).",
+            "A full-batch GD branch besides the quick start's three (for the SGD→GD claim); the others are identical.",
+        ),
+    ),
+    ReferenceRun(
+        "mlp_digits_gd_prefix",
+        "mlp_mnist",
+        ("--prefix", "gd", "--modes", "sgd,gd", *_DIGITS, "--max_steps", "900", *_TB_OFF),
+        _QUICK,
+        "the quick start's MLP on digits with a full-batch GD prefix, then SGD and GD branches (GD→SGD), k = 10",
+        (
+            "The shared prefix is full-batch GD (`--prefix gd`, 300 steps), not SGD: it answers the GD→SGD claim.",
+            "scikit-learn's 8×8 digits instead of MNIST; MLP 64-32-32-10 instead of 784-200-200-10; lr 0.05; 900 "
+            "steps; basis refreshed every 10 steps (paper: 1); χ_k measured every 30 steps.",
+        ),
+    ),
+    ReferenceRun(
+        "mlp_mnist",
+        "mlp_mnist",
+        (
+            "--train_file",
+            "{data}/mnist/train.npz",
+            "--num_train",
+            "1000",
+            "--num_validation",
+            "1000",
+            "--max_steps",
+            "200",
+            "--switch_step",
+            "100",
+            "--subspace_refresh_steps",
+            "50",
+            "--subspace_alignment_steps",
+            "25",
+            "--logging_steps",
+            "25",
+            *_TB_OFF,
+        ),
+        (*_QUICK, "--num_train", "200", "--num_validation", "100"),
+        "MLP 784-200-200-10 (tanh, MSE) on MNIST, SGD lr 0.01, batch 50, k = 10",
+        (
+            "First 1,000 MNIST training images instead of 5,000, so the Hessian, full gradient and full loss use "
+            "1,000 images (paper: 5,000); validation on the next 1,000 images of train.npz.",
+            "200 steps instead of ~10,000, switch at step 100 instead of 2,000: the switch happens early in training.",
+            "Basis refreshed every 50 steps (paper: every step); χ_k and the loss measured every 25 steps.",
+        ),
+        needs=("mnist/train.npz",),
+    ),
+    ReferenceRun(
+        "mlp_mnist_5k",
+        "mlp_mnist",
+        (
+            "--train_file",
+            "{data}/mnist/train.npz",
+            "--validation_file",
+            "{data}/mnist/t10k-images-idx3-ubyte.gz",
+            "--max_steps",
+            "3000",
+            "--switch_step",
+            "1000",
+            "--subspace_refresh_steps",
+            "20",
+            "--subspace_alignment_steps",
+            "100",
+            "--hessian_batch_size",
+            "1000",
+            "--per_device_eval_batch_size",
+            "1000",
+            *_TB_OFF,
+        ),
+        (*_QUICK, "--num_train", "200", "--num_validation", "100"),
+        "the paper's MLP 784-200-200-10 (tanh, MSE) on MNIST-5k, SGD lr 0.01, batch 50, k = 10; 10,000 test images",
+        (
+            "The paper's data and model (first 5,000 MNIST training images = Hessian set, full gradient and loss).",
+            "3,000 steps instead of ~10,000, switch at step 1,000 instead of 2,000.",
+            "Basis refreshed every 20 steps (paper: every step); χ_k and the loss measured every 100 steps.",
+        ),
+        needs=("mnist/train.npz", "mnist/t10k-images-idx3-ubyte.gz"),
+    ),
+    ReferenceRun(
+        "transformer_sst2",
+        "transformer_sst2",
+        (
+            "--train_file",
+            "{data}/sst2/train.tsv",
+            "--validation_file",
+            "{data}/sst2/dev.tsv",
+            "--num_train",
+            "100",
+            "--num_validation",
+            "100",
+            "--max_steps",
+            "40",
+            "--switch_step",
+            "20",
+            "--subspace_refresh_steps",
+            "20",
+            "--subspace_alignment_steps",
+            "10",
+            "--logging_steps",
+            "10",
+            *_TB_OFF,
+        ),
+        (*_QUICK, "--num_train", "100", "--num_validation", "50"),
+        "2-layer post-LN Transformer (MSE) on SST-2 from scratch, SGD lr 0.001, batch 50, k = 2",
+        (
+            "First 100 SST-2 training sentences instead of 1,000 (Hessian, full gradient and loss on those 100); "
+            "100 dev sentences.",
+            "Tokenizer: bert-base-uncased when cached, otherwise a word-level one trained offline on the sentences.",
+            "40 steps instead of ~10,000, switch at step 20: far from the paper's late switch (a 2-core CPU budget).",
+            "Basis refreshed every 20 steps (paper: every step); χ_k and the loss measured every 10 steps.",
+        ),
+        needs=("sst2/train.tsv", "sst2/dev.tsv"),
+    ),
+    ReferenceRun(
+        GD_PREFIX_RUN,
+        "toy_quadratic",
+        ("--prefix", "gd", "--modes", "sgd,gd", "--max_steps", "300", "--switch_step", "100", *_TB_OFF),
+        _QUICK,
+        "the toy valley with a full-batch GD prefix, then SGD and GD branches: the GD→SGD claim, k = 1",
+        (
+            "The shared prefix is full-batch GD (`--prefix gd`), not SGD: it answers the GD→SGD claim; the other "
+            "claims are about branches after an SGD prefix (the `toy_quadratic` run).",
+            "The 2-D toy valley instead of the paper's networks; 300 steps, switch at step 100; χ_k measured every "
+            "25 steps (the recipe's default), so at the switch itself.",
+        ),
+    ),
+    *PAPER_EXTRA_RUNS,
+)
+
+UNAVAILABLE = {
+    "cnn_cifar10": "CIFAR-10 is not in ../shared/data and the Hub is unreachable offline; run "
+    "`hf-subspace run cnn_cifar10 --train_file cifar10_train.npz` where the data can be had.",
+}
+
+
+def gd_prefix_run(name: str) -> str | None:
+    """The reference run with a GD prefix that answers GD→SGD for run ``name``: its ``_gd_prefix`` twin, else a
+    GD-prefix run of the same recipe (``mlp_mnist`` → ``mlp_digits_gd_prefix``), else ``None`` (never another
+    model's run: the toy valley does not answer for an MLP)."""
+    twin = f"{name}_gd_prefix"
+    if any(run.name == twin for run in REFERENCE_RUNS):
+        return twin
+    recipe = next((run.recipe for run in REFERENCE_RUNS if run.name == name), None)
+    same = [
+        r.name
+        for r in REFERENCE_RUNS
+        if r.recipe == recipe
+        and r.name != name
+        and any(a == "--prefix" and b == "gd" for a, b in zip(r.options, r.options[1:]))
+    ]
+    return same[0] if same else None
+
+
+def default_data_root() -> Path:
+    """``$HF_SUBSPACE_DATA``, else ``../shared/data`` beside the repository root."""
+    env = os.environ.get("HF_SUBSPACE_DATA")
+    return Path(env) if env else SHARED_DATA
+
+
+def regenerate(
+    output_root: str | Path = CARDS_DIR,
+    runs: Sequence[ReferenceRun] | None = None,
+    work_dir: str | Path = "runs/cards",
+    data_root: str | Path | None = None,
+    quick: bool = False,
+    index_only: bool = False,
+) -> list[dict[str, Any]]:
+    """:func:`~hf_subspace.experiments.cards.regenerate_cards` with this repository's runs and data paths.
+
+    Args:
+        output_root: the cards folder (default: this script's folder).
+        runs: the runs to do (default :data:`REFERENCE_RUNS`).
+        work_dir: where the experiments write (models, TensorBoard runs).
+        data_root: the offline data (default :func:`default_data_root`).
+        quick: a handful of steps per run (tests).
+        index_only: only rebuild ``README.md`` from the stored summaries.
+
+    Returns:
+        One entry per run done.
+    """
+    data = Path(data_root) if data_root is not None else default_data_root()
+    # The commands written into the cards show ../shared/data relative to the repository root.
+    shown = Path("../shared/data") if data.resolve() == SHARED_DATA.resolve() else data
+    return regenerate_cards(
+        REFERENCE_RUNS,
+        output_root,
+        data,
+        runs=runs,
+        work_dir=work_dir,
+        quick=quick,
+        index_only=index_only,
+        unavailable=UNAVAILABLE,
+        shown_data_root=shown,
+        gd_prefix_run=gd_prefix_run,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``hf-subspace cards``: regenerate ``model_cards/`` from fresh runs; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="hf-subspace cards", description="Regenerate the reference model cards in model_cards/."
+    )
+    parser.add_argument("--output_root", default=str(CARDS_DIR), help="cards folder (default: this script's folder)")
+    parser.add_argument("--work_dir", default="runs/cards", help="where the experiments write (default: runs/cards)")
+    parser.add_argument("--data_root", default=None, help="offline data (default: $HF_SUBSPACE_DATA or ../shared/data)")
+    parser.add_argument("--only", action="append", default=None, help="run only this reference run (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="a few steps per run (smoke test)")
+    parser.add_argument("--index_only", action="store_true", help="only rebuild README.md from stored summaries")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, cores))")
+    ns = parser.parse_args(argv)
+    known = {r.name: r for r in REFERENCE_RUNS}
+    unknown = [n for n in ns.only or [] if n not in known]
+    if unknown:
+        parser.error(f"unknown run(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    import torch
+
+    torch.set_num_threads(ns.threads or max(1, min(2, os.cpu_count() or 1)))
+    runs = [known[n] for n in ns.only] if ns.only else None
+    regenerate(ns.output_root, runs, ns.work_dir, ns.data_root, ns.quick, ns.index_only)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
