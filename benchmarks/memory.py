@@ -40,7 +40,7 @@ import torch
 from hf_subspace import HessianOperator
 from hf_subspace.eigensolvers import top_eigenpairs
 
-METHODS = ("hvp", "eigsh-scipy", "eigsh", "lanczos", "lobpcg-warm")
+METHODS = ("hvp", "eigsh-scipy", "eigsh", "lanczos", "lobpcg-warm", "trainer-bulk")
 TOL = 1e-3
 
 
@@ -102,10 +102,47 @@ def build(model_name: str, samples: int, seed: int) -> tuple[torch.nn.Module, li
     return model, batches, sgd_step
 
 
+def trainer_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """``SubspaceTrainer`` in bulk mode from step 0, refresh every 2 steps, ``--trainer-steps`` SGD steps.
+
+    Extra peak = peak RSS during ``train()`` minus the RSS with the model and data loaded; ``extra_d`` counts the
+    trainer's d-sized state (gradients, basis, warm start, θ_t and Δ buffers) plus the largest refresh.
+    """
+    import tempfile
+
+    from hf_subspace import SubspaceTrainer, SubspaceTrainingArguments
+    from hf_subspace.tensor_dataset import TensorDataset
+
+    width = int(args.model.split("-")[1])
+    x, y = bu.load_image_data("mnist", max(args.samples, 64 * args.trainer_steps))
+    model = bu.make_mlp(x.shape[1], (width, width), seed=args.seed)
+    d = bu.num_params(model)
+    with tempfile.TemporaryDirectory() as out:
+        targs = SubspaceTrainingArguments(
+            output_dir=out, optim="sgd", learning_rate=0.01, per_device_train_batch_size=64,
+            max_steps=args.trainer_steps, subspace_mode="bulk", subspace_k=args.k, subspace_start_step=0,
+            subspace_refresh_steps=2, hessian_num_samples=args.samples, save_strategy="no", report_to="none",
+            logging_steps=1, use_cpu=True, disable_tqdm=True,
+        )  # fmt: skip
+        trainer = SubspaceTrainer(
+            model=model, args=targs, train_dataset=TensorDataset({"pixel_values": x, "labels": y})
+        )
+        t0 = time.perf_counter()
+        with bu.PeakMemory(torch.device("cpu")) as mem:
+            trainer.train()
+        seconds = time.perf_counter() - t0
+    return {"d": d, "seconds": seconds, "hvps": None, "extra_mib": mem.mib, "rss_before_mib": (mem._base or 0) / 1024}
+
+
 def worker(args: argparse.Namespace) -> None:
     """Measure one (model, method, k) configuration and print one JSON line."""
     bu.setup_process(args.threads)
     warnings.simplefilter("ignore")
+    if args.method == "trainer-bulk":
+        record = {"model": args.model, "method": args.method, "k": args.k, **trainer_worker(args)}
+        record["extra_d"] = None if record["extra_mib"] is None else record["extra_mib"] / (4.0 * record["d"] / 2**20)
+        print("RESULT " + json.dumps(record), flush=True)
+        return
     if args.model.startswith("diag-"):
         op: Any = DiagonalOperator(int(float(args.model.split("-")[1])), args.seed)
         sgd_step = None
@@ -147,7 +184,7 @@ def worker(args: argparse.Namespace) -> None:
             result = top_eigenpairs(op, args.k, method=method, init=init, seed=args.seed, tol=TOL)
             record["eigenvalues"] = result.eigenvalues.tolist()
             record["converged"] = result.converged
-            record["eigengap"] = result.eigengap
+            record["eigengap"] = getattr(result, "eigengap", None)
             del result
     record["seconds"] = time.perf_counter() - t0
     record["hvps"] = op.num_matvecs - start_hvps
@@ -159,7 +196,16 @@ def worker(args: argparse.Namespace) -> None:
 
 def run_case(args: argparse.Namespace, model: str, method: str, k: int, samples: int) -> dict[str, Any] | None:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model", model, "--method", method]
-    cmd += ["--k", str(k), "--samples", str(samples), "--seed", str(args.seed)]
+    cmd += [
+        "--k",
+        str(k),
+        "--samples",
+        str(samples),
+        "--seed",
+        str(args.seed),
+        "--trainer-steps",
+        str(args.trainer_steps),
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -178,14 +224,16 @@ def main() -> None:
     parser.add_argument("--method", default="lanczos", choices=METHODS)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--samples", type=int, default=1000, help="Hessian samples of the MLPs")
-    parser.add_argument("--widths", type=int, nargs="+", default=[800, 2000])
+    parser.add_argument("--widths", type=int, nargs="*", default=[800, 2000])
     parser.add_argument("--ks", type=int, nargs="+", default=[2, 10])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--trainer-steps", type=int, default=4, help="steps of the trainer-bulk rows")
+    parser.add_argument("--trainer-widths", type=int, nargs="*", default=[], help="MLP widths of trainer-bulk rows")
     parser.add_argument("--bert", action="store_true", help="add the BERT-base-sized rows (slow)")
     parser.add_argument("--bert-layers", type=int, default=12)
     parser.add_argument("--bert-methods", nargs="+", default=["hvp", "lanczos"], choices=METHODS)
     parser.add_argument(
-        "--diag-sizes", type=float, nargs="+", default=[], help="d of the cheap diagonal stand-in rows (e.g. 1.1e8)"
+        "--diag-sizes", type=float, nargs="*", default=[], help="d of the cheap diagonal stand-in rows (e.g. 1.1e8)"
     )
     args = parser.parse_args()
     if args.worker:
@@ -195,34 +243,48 @@ def main() -> None:
     if args.quick:
         args.widths, args.ks, args.samples = [100], [2], 250
     info = bu.environment_info(torch.device("cpu"))
-    cases = [(f"mlp-{w}", m, k, args.samples) for w in args.widths for k in args.ks for m in args.methods]
-    cases += [(f"diag-{int(n)}", m, k, 0) for n in args.diag_sizes for k in args.ks for m in args.methods if m != "hvp"]
+    solvers = [m for m in args.methods if m != "trainer-bulk"]
+    cases = [(f"diag-{int(n)}", m, k, 0) for n in args.diag_sizes for k in args.ks for m in solvers if m != "hvp"]
+    cases += [(f"mlp-{w}", m, k, args.samples) for w in args.widths for k in args.ks for m in solvers]
+    cases += [(f"mlp-{w}", "trainer-bulk", k, args.samples) for w in args.trainer_widths for k in args.ks]
     if args.bert:
         cases += [(f"bert-{args.bert_layers}", m, k, 64) for k in args.ks for m in args.bert_methods]
-    rows = []
+    rows: list[dict[str, Any]] = []
+    out = bu.output_path(args, "memory.json")
     for model, method, k, samples in cases:
         record = run_case(args, model, method, k, samples)
-        if record is not None:
-            rows.append(record)
-            print(
-                f"{model:9s} d={record['d']:>11,} k={k:<2} {method:12s} extra {bu.fmt_num(record['extra_d'])} d, "
-                f"{record['hvps']} HVPs, {record['seconds']:.1f} s",
-                flush=True,
-            )
+        if record is None:
+            continue
+        rows.append(record)
+        print(
+            f"{model:9s} d={record['d']:>11,} k={k:<2} {method:12s} extra {bu.fmt_num(record['extra_d'])} d, "
+            f"{record['hvps']} HVPs, {record['seconds']:.1f} s",
+            flush=True,
+        )
+        add_ratios(rows)
+        bu.write_json(out, {"environment": bu.finish_environment(dict(info)), "rows": rows})  # after every case
+    print(report(rows))
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """``ratio_to_eigsh_scipy``: extra peak over the baseline's for the same model and k (``None`` without one)."""
     baseline = {(r["model"], r["k"]): r["extra_d"] for r in rows if r["method"] == "eigsh-scipy"}
-    table = []
     for r in rows:
         base = baseline.get((r["model"], r["k"]))
-        ratio = None if base in (None, 0) or r["extra_d"] is None else r["extra_d"] / base
-        r["ratio_to_eigsh_scipy"] = ratio
+        r["ratio_to_eigsh_scipy"] = None if base in (None, 0) or r["extra_d"] is None else r["extra_d"] / base
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    """The markdown table of the measured rows."""
+    table = []
+    for r in rows:
         gib = None if r["extra_mib"] is None else r["extra_mib"] / 1024
         table.append(
             [r["model"], f"{r['d']:,}", r["k"], r["method"], bu.fmt_num(r["extra_d"]), bu.fmt_num(gib),
-             bu.fmt_num(ratio), r["hvps"], f"{r['seconds']:.1f}"]
+             bu.fmt_num(r.get("ratio_to_eigsh_scipy")), r["hvps"], f"{r['seconds']:.1f}"]
         )  # fmt: skip
     headers = ["model", "d", "k", "method", "extra peak (d)", "GiB", "÷ eigsh-scipy", "HVPs", "s"]
-    print(bu.markdown_table(headers, table))
-    bu.write_json(bu.output_path(args, "memory.json"), {"environment": bu.finish_environment(info), "rows": rows})
+    return bu.markdown_table(headers, table)
 
 
 if __name__ == "__main__":

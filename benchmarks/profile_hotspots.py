@@ -106,9 +106,9 @@ def profile_training(args: argparse.Namespace) -> dict[str, Any]:
     prof.disable()
     stats = pstats.Stats(prof)
     train = _cum(stats, "transformers/trainer.py", "_inner_training_loop")
-    refresh = _cum(stats, "hf_subspace/trainer.py", "_refresh")
-    pre = _cum(stats, "hf_subspace/trainer.py", "on_pre_optimizer_step")
-    post = _cum(stats, "hf_subspace/trainer.py", "on_optimizer_step")
+    refresh = _cum(stats, "hf_subspace/callback.py", "_refresh")
+    pre = _cum(stats, "hf_subspace/callback.py", "on_pre_optimizer_step")
+    post = _cum(stats, "hf_subspace/callback.py", "on_optimizer_step")
     return {
         "steps": args.steps,
         "refresh_every": args.refresh,

@@ -498,7 +498,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bu.add_common_args(p, "tracking_cost.json")
     p.add_argument(
         "--runs",
-        nargs="+",
+        nargs="*",
         default=["mnist:bulk", "mnist:dominant", "cifar:bulk", "cifar:dominant", "mnist:sgd", "cifar:sgd"],
         help="model:mode pairs, in order",
     )
@@ -513,6 +513,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ref-tol", type=float, default=3e-4, help="relative residual tolerance of the reference")
     p.add_argument("--mnist-steps", type=int, default=1000)
     p.add_argument("--mnist-switch", type=int, default=1000)
+    p.add_argument("--mnist-hessian", type=int, default=5000, help="Hessian set of the MNIST runs (first N images)")
     p.add_argument("--cifar-steps", type=int, default=200)
     p.add_argument("--sgd-steps", type=int, default=300, help="post-switch steps of the sgd runs (no projection)")
     p.add_argument("--fixed10-points", type=int, default=15, help="sampled steps that measure fixed 10")
@@ -520,13 +521,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cifar-switch", type=int, default=500)
     p.add_argument("--cifar-hessian", type=int, default=500, help="Hessian subset of the CIFAR-10 run")
     p.add_argument("--loss-check", action="store_true", help="also train the digits branches twice (every step / tol)")
+    p.add_argument("--loss-check-after", type=int, default=2, help="run the loss check after this many runs")
     p.add_argument("--digits-switch", type=int, default=300)
     p.add_argument("--digits-steps", type=int, default=1500)
     args = p.parse_args(argv)
     args.models = {
         "mnist": {
             "train": 5000,
-            "hessian": 5000,
+            "hessian": args.mnist_hessian,
             "hessian_batch": 1000,
             "lr": 0.01,
             "batch": 50,
@@ -551,7 +553,67 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def markdown_report(result: dict[str, Any]) -> str:
+    """All tables of a result JSON as markdown (``--summarize FILE``)."""
+    out = []
+    order = ["paper", "every step", "fixed 10", "fixed 100", "tol 0.02", "tol 0.05", "tol 0.1"]
+    for run, r in result.get("runs", {}).items():
+        s = r["summary"]
+        paper = s.get("paper", {}).get("hvps_per_step")
+        rows = []
+        for name in [n for n in order if n in s]:
+            st, e = s[name], s[name]["error"]
+            rows.append(
+                [
+                    name,
+                    bu.fmt_num(st["hvps_per_step"]),
+                    bu.fmt_num(st["hvps_per_step"] / paper) if paper else "–",
+                    bu.fmt_num(st.get("cpu_s_per_step")),
+                    str(st.get("refreshes", "–")),
+                    str(st.get("probes", "–")),
+                    str(e["n"]),
+                    bu.fmt_num(e["median"]),
+                    bu.fmt_num(e["p95"]),
+                    bu.fmt_num(e["max"]),
+                    f"{e['fraction_within_tol']:.0%}" if "fraction_within_tol" in e else "–",
+                ]
+            )
+        pr = r["probe_ratio"]["quantiles"]
+        out.append(
+            f"**{run}** (d = {r['d']:,}, Hessian set {r['hessian_samples']:,}, switch at {r['switch']}, "
+            f"{r['steps']} post-switch steps driven by {r['drive']}: {r['driver_step_cpu_s']:.3f} s/step CPU, "
+            f"{r['driver_step_wall_s']:.3f} s wall; final loss {r['final_loss']:.5g}; one-vector probe / measured "
+            f"error: 5th pct {bu.fmt_num(pr.get('5'))}, median {bu.fmt_num(pr.get('50'))}, "
+            f"90th {bu.fmt_num(pr.get('90'))})\n"
+        )
+        headers = ["policy", "HVPs/step", "× paper", "CPU s/step", "refreshes", "probes", "n", "median", "p95", "max"]
+        out.append(bu.markdown_table([*headers, "≤ tol"], rows) + "\n")
+    lc = result.get("loss_check")
+    if lc:
+        rows = []
+        for mode in ("dominant", "bulk", "sgd"):
+            a, b = lc[f"{mode} / every step"], lc[f"{mode} / tol 0.05"]
+            rows.append(
+                [
+                    mode,
+                    f"{a['final_loss']:.5g}",
+                    f"{b['final_loss']:.5g}",
+                    f"{lc[f'{mode} ratio']:.4f}",
+                    bu.fmt_num(a["hvps_per_step"]),
+                    bu.fmt_num(b["hvps_per_step"]),
+                ]
+            )
+        headers = ["branch", "final loss, every step", "final loss, tol 0.05", "ratio", "HVPs/step", "HVPs/step tol"]
+        out.append(bu.markdown_table(headers, rows) + "\n")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    if argv and argv[0] == "--summarize":
+        import json
+
+        print(markdown_report(json.loads(Path(argv[1]).read_text())))
+        return {}
     args = parse_args(argv)
     bu.setup_process(args.threads)
     env = bu.environment_info(torch.device("cpu"))
@@ -562,10 +624,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "runs": {},
     }
-    if args.loss_check:
-        result["loss_check"] = loss_check(args)
-        bu.write_json(out_path, {**result, "environment": bu.finish_environment(dict(env))})
-    for run in args.runs:
+    for position, run in enumerate([*args.runs, None]):
+        if args.loss_check and position == min(args.loss_check_after, len(args.runs)):
+            result["loss_check"] = loss_check(args)
+            bu.write_json(out_path, {**result, "environment": bu.finish_environment(dict(env))})
+        if run is None:
+            break
         model_name, mode = run.split(":")
         try:
             result["runs"][run] = run_trajectory(model_name, mode, args)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._auto_classes import install as _install_auto_classes
 
 if TYPE_CHECKING:
+    from .callback import SubspaceCallback
     from .eigensolvers import EigenResult, top_eigenpairs
     from .hessian import HessianOperator
     from .operator import MatrixOperator
@@ -28,6 +29,7 @@ __all__ = [
     "HessianOperator",
     "MatrixOperator",
     "SubspaceBasis",
+    "SubspaceCallback",
     "SubspaceTrainer",
     "SubspaceTrainingArguments",
     "__version__",
@@ -42,6 +44,7 @@ _HOMES = {
     "MatrixOperator": "operator",
     "hessian_eigenpairs": "spectrum",
     "SubspaceBasis": "subspace",
+    "SubspaceCallback": "callback",
     "SubspaceTrainer": "trainer",
     "SubspaceTrainingArguments": "training_args",
 }

@@ -215,7 +215,15 @@ class SubspaceCallback(TrainerCallback):
         st = self.state
         st.load_state_dict(saved)
         old, new = st.saved_settings, st.settings
-        if old is None:
+        if old is None:  # a checkpoint without settings: only the basis' dimension can tell
+            if st.basis is not None and st.basis.dim != new["dim"]:
+                logger.warning(
+                    "The checkpoint's basis has dimension %d but this run covers d=%d parameters: it is dropped and "
+                    "recomputed at the next step that needs it.",
+                    st.basis.dim,
+                    new["dim"],
+                )
+                st.basis, st.warm_start, st.extra_eigenvalues, st.last_refresh_step = None, None, None, None
             return
         changed = [key for key in new if old.get(key) != new[key] and (key != "parameter_names" or old.get(key))]
         if not changed:
@@ -517,13 +525,13 @@ class SubspaceCallback(TrainerCallback):
             if st.projecting and self.args.subspace_target == "update":
                 fixed = [not seen for seen in self._seen_grad]
                 coeffs = projected_update_(params, old, delta, basis, mode, fixed=fixed)  # type: ignore[arg-type]
-                _check_finite(coeffs, state.global_step)
+                values = _finite_values(coeffs, state.global_step)
                 # χ_k of the applied update is 1 (Δ = V c) or 0 (Vᵀ(Δ − VVᵀΔ) = 0) by construction.
-                nonzero = mode == "dominant" and bool(torch.any(coeffs != 0).item())
+                nonzero = mode == "dominant" and any(v != 0.0 for v in values)
                 st.window["chi_k_update"].append(1.0 if nonzero else 0.0)
             else:
                 coeffs = basis.coefficients(delta)
-                _check_finite(coeffs, state.global_step)
+                _finite_values(coeffs, state.global_step)
                 st.window["chi_k_update"].append(fraction_in_span(coeffs, vectors_norm(delta)))
             if st.full_grad is not None:
                 eta_dom, eta_bulk = effective_learning_rates(basis, delta, st.full_grad)
@@ -561,13 +569,16 @@ def _step_context(step: int, what: str) -> Iterator[None]:
         ) from err
 
 
-def _check_finite(coeffs: torch.Tensor, step: int) -> None:
-    # Vᵀ Δ is NaN or inf whenever any entry of Δ is (NaN · 0 = NaN): one small check of k numbers per step.
-    if not bool(torch.isfinite(coeffs).all()):
+def _finite_values(coeffs: torch.Tensor, step: int) -> list[float]:
+    """The k coefficients Vᵀ Δ as floats (one device sync), checked: they are NaN or inf whenever any entry of Δ is
+    (NaN · 0 = NaN), so a diverged update is caught before the Trainer can save it."""
+    values = coeffs.tolist()
+    if not all(math.isfinite(v) for v in values):
         raise FloatingPointError(
             f"SubspaceTrainer: the parameter update at step {step} is not finite (NaN or inf); training stops before "
             "it is saved. Lower the learning rate or check the data."
         )
+    return values
 
 
 def _copy_into(buffer: list[torch.Tensor] | None, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:

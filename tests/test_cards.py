@@ -147,7 +147,11 @@ def test_gd_prefix_restoring_alignment_is_detected() -> None:
 
 def test_sgd_prefix_points_to_the_gd_prefix_run() -> None:
     claim = next(c for c in evaluate_claims("x", _summary(), regen.gd_prefix_run("x")) if c.claim.startswith("GD→SGD"))
-    assert claim.answer == "n/a" and "--prefix gd" in claim.evidence and regen.GD_PREFIX_RUN in claim.evidence
+    assert claim.answer == "n/a" and "--prefix gd" in claim.evidence and "reference run" not in claim.evidence
+    # a run points at the GD-prefix run of its own recipe, never at another model's (the toy's)
+    assert regen.gd_prefix_run("toy_quadratic") == regen.GD_PREFIX_RUN
+    assert regen.gd_prefix_run("mlp_digits") == regen.gd_prefix_run("mlp_mnist") == "mlp_digits_gd_prefix"
+    assert regen.gd_prefix_run("transformer_sst2") is None
     run = next(r for r in regen.REFERENCE_RUNS if r.name == regen.GD_PREFIX_RUN)
     command = run.command(Path("data"), Path("out"))
     assert command.startswith("hf-subspace run toy_quadratic ") and "--prefix gd --modes sgd,gd" in command

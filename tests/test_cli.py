@@ -101,3 +101,18 @@ def test_quickstart_tiny(tmp_path, monkeypatch, capsys):
     (foreign / "data.txt").write_text("keep")
     assert cli.main(["quickstart", "--output_dir", str(foreign)]) == 2
     assert [p.name for p in foreign.iterdir()] == ["data.txt"]
+
+
+def test_cards_runs_the_checkouts_regenerate_script(tmp_path, capsys):
+    """`hf-subspace cards` loads model_cards/regenerate.py of a checkout (--repo, default: the current folder)."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    with pytest.raises(SystemExit) as exc:  # the script's own parser: an unknown reference run
+        cli.main(["cards", "--repo", str(repo), "--only", "nope"])
+    assert exc.value.code == 2 and "unknown run(s) nope" in capsys.readouterr().err
+    # index only: rebuilt from stored summaries into a fresh folder (nothing is run)
+    assert cli.main(["cards", f"--repo={repo}", "--index_only", "--output_root", str(tmp_path / "cards")]) == 0
+    assert "# Reference runs" in (tmp_path / "cards" / "README.md").read_text()
+    assert cli.main(["cards", "--repo", str(tmp_path)]) == 2  # no checkout there
+    assert "model_cards/regenerate.py not found" in capsys.readouterr().err

@@ -217,8 +217,12 @@ def test_csv_json_and_saved_text(tmp_path: Path) -> None:
     ).save_to_disk(str(tmp_path / "saved"))
     dd = load_text_classification(str(tmp_path / "saved"), text_column="text", label_column="target", num_validation=1)
     assert len(dd["train"]) == 3 and len(dd["validation"]) == 1
-    with pytest.raises(DatasetLoadError, match="text column"):
+    with pytest.raises(DatasetLoadError, match=r"no label column.*--label_column") as err:  # 'text' is found
         load_text_classification(None, train_file=tmp_path / "train.csv", text_column="review", label_column="stars")
+    assert "no text column" not in str(err.value)
+    datasets.Dataset.from_dict({"body": ["ok"], "target": [1]}).to_json(str(tmp_path / "other.jsonl"))
+    with pytest.raises(DatasetLoadError, match=r"no text column.*--text_column"):
+        load_text_classification(None, train_file=tmp_path / "other.jsonl", text_column="review", label_column="target")
 
 
 def test_tokenizer_offline_training_save_and_tokenize(tmp_path: Path, offline_hub) -> None:

@@ -327,3 +327,19 @@ def test_toy_trajectory_figure_is_readable():
     markers = [line for line in contour_ax.get_lines() if line.get_marker() in ("o", "*")]
     assert markers and all(not line.get_clip_on() for line in markers)  # start/end markers never clipped
     assert len(figure.axes) == 3 and figure.axes[2].get_xlabel() == "step"  # coordinates over the steps
+
+
+def test_training_set_without_labels_is_refused_by_name(tmp_path):
+    import datasets
+
+    from hf_subspace import SubspaceTrainingArguments
+    from hf_subspace.experiments.experiment import run_experiment
+    from hf_subspace.experiments.settings import ExperimentError
+    from hf_subspace.models import MLPConfig, MLPForImageClassification
+
+    data = datasets.Dataset.from_dict({"pixel_values": [[[[0.0] * 4] * 4]] * 8})
+    args = SubspaceTrainingArguments(output_dir=str(tmp_path / "o"), max_steps=4, report_to="none", use_cpu=True)
+    model = MLPForImageClassification(MLPConfig(input_size=16, hidden_sizes=[4], num_labels=2))
+    with pytest.raises(ExperimentError, match="has no labels") as err:
+        run_experiment(model, args, data, switch_step=2)
+    assert "hessian_dataset" not in str(err.value) and not (tmp_path / "o").exists()

@@ -75,7 +75,7 @@ def test_plot_summary_keeps_pyplot_unimported_and_backend(tmp_path: Path) -> Non
 def test_branch_colors_are_consistent() -> None:
     modes = ["sgd", "dominant", "bulk", "foo", "bar", "gd"]
     assert plotting.branch_color("sgd", modes) == "black"
-    assert plotting.branch_color("gd", modes) == "grey"
+    assert plotting.branch_color("gd", modes) == "tab:green"  # grey is the shared prefix's
     assert plotting.branch_color("dominant", modes) == plotting.branch_color("Dom-SGD") == "tab:red"
     assert plotting.branch_color("bulk_sgd") == "tab:blue"
     assert plotting.branch_color("foo", modes) != plotting.branch_color("bar", modes)

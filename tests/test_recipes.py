@@ -184,7 +184,7 @@ def test_prefix_and_hessian_set_options(tmp_path):
         assert get_recipe(name).defaults["hessian_num_samples"] == WHOLE_TRAINING_SET
     ra, ta = parse_recipe_arguments("mlp_mnist", ["--prefix", "gd", "--hessian_num_samples", "300"])
     assert ra.prefix == "gd" and ta.hessian_num_samples == 300
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="invalid choice: 'adam'"):  # one line, not the usage
         parse_recipe_arguments("toy_quadratic", ["--prefix", "adam"])
     config = tmp_path / "c.yaml"
     config.write_text("prefix: momentum\n")

@@ -72,7 +72,11 @@ class RecipeArguments:
         },
     )
     hidden_sizes: str | None = field(
-        default=None, metadata={"help": "MLP hidden layer widths, comma-separated (the paper: 200,200)."}
+        default=None,
+        metadata={
+            "help": "MLP hidden layer widths, comma-separated (the paper: 200,200); vit_cifar10: hidden size and "
+            "number of layers (default 64,2)."
+        },
     )
     activation: str | None = field(default=None, metadata={"help": "MLP hidden activation (the paper: tanh)."})
     model_name_or_path: str | None = field(

@@ -234,7 +234,7 @@ def prepare_transformer(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> P
     """The paper's Transformer encoder trained from scratch on SST-2 (or any two-column text data)."""
     data = _load_text(ra)
     tokenizer = build_tokenizer(data["train"]["sentence"], name_or_path=ra.tokenizer_name, max_length=ra.max_seq_length)
-    encoded = tokenize_dataset(data, tokenizer, max_length=ra.max_seq_length)
+    encoded = tokenize_dataset(data, tokenizer, max_length=ra.max_seq_length, progress=not ta.disable_tqdm)
     set_seed(ta.seed)
     config = SST2TransformerConfig(
         vocab_size=len(tokenizer),
@@ -291,18 +291,18 @@ def prepare_finetune(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> Prep
     loss_func = mse_loss_func if ra.loss_type == "mse" else None
     set_seed(ta.seed)
     if task == "text":
-        return _finetune_text(ra, loss_func)
+        return _finetune_text(ra, loss_func, progress=not ta.disable_tqdm)
     return _finetune_image(ra, config, loss_func)
 
 
-def _finetune_text(ra: RecipeArguments, loss_func: Any) -> PreparedRecipe:
+def _finetune_text(ra: RecipeArguments, loss_func: Any, progress: bool = True) -> PreparedRecipe:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     data = _load_text(ra)
     tokenizer = AutoTokenizer.from_pretrained(ra.tokenizer_name or ra.model_name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    encoded = tokenize_dataset(data, tokenizer, max_length=ra.max_seq_length)
+    encoded = tokenize_dataset(data, tokenizer, max_length=ra.max_seq_length, progress=progress)
     model = _from_pretrained(AutoModelForSequenceClassification, ra.model_name_or_path, _num_labels(data))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -361,7 +361,7 @@ def prepare_vit(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedR
     """A ``transformers`` ViT built from a config (``AutoModelForImageClassification.from_config``) on CIFAR-10.
 
     ``ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-    intermediate_size=128)`` (~75k parameters; ``--hidden_sizes H,L`` sets hidden size and layers), eager attention
+    intermediate_size=128)`` (81k parameters; ``--hidden_sizes H,L`` sets hidden size and layers), eager attention
     (SDPA has no double backward on CPU). Images go through ``ViTImageProcessor(do_resize=False, image_mean, image_std)``
     with the training subset's per-channel statistics (``--standardize none``: ViT's 0.5/0.5); the processor is saved
     with every branch model, so ``AutoImageProcessor.from_pretrained(branch_dir)`` works on uint8 images. Loss: the
@@ -381,7 +381,12 @@ def prepare_vit(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedR
         mean = np.broadcast_to(x.mean(axis=axes), (channels,)).tolist()
         std = np.broadcast_to(np.maximum(x.std(axis=axes), 1e-8), (channels,)).tolist()
     processor = ViTImageProcessor(do_resize=False, image_mean=mean, image_std=std)
-    hidden, layers = ([int(v) for v in ra.hidden_sizes.split(",")] + [2])[:2] if ra.hidden_sizes else (64, 2)
+    try:
+        hidden, layers = ([int(v) for v in ra.hidden_sizes.split(",")] + [2])[:2] if ra.hidden_sizes else (64, 2)
+    except ValueError:
+        hidden = layers = 0
+    if hidden < 1 or layers < 1:
+        raise ValueError(f"--hidden_sizes={ra.hidden_sizes!r}: vit_cifar10 takes 'HIDDEN,LAYERS', e.g. 64,2.")
     labels = max(int(info["num_labels"]), 2)
     set_seed(ta.seed)
     config = ViTConfig(

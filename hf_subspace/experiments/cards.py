@@ -29,8 +29,11 @@ from typing import Any
 
 from .claims import (
     ALIGNMENT_LOSS_RATIO,
+    AMPLIFICATION_RATIO,
     BULK_TRACK_RATIO,
     DOM_STALL_RATIO,
+    EOS_RATIO,
+    SPECTRUM_GAP_RATIO,
     TABLE1_STEPS,
     effective_lr_table,
     evaluate_claims,
@@ -220,7 +223,15 @@ def render_index(
         f"after the switch is above the χ_k at the switch and ≥ {1 / ALIGNMENT_LOSS_RATIO:g} × it. The first three "
         "are about branches after an SGD prefix (n/a after a GD prefix), the last needs a GD prefix. The first two "
         f"are inconclusive when SGD's own final/switch loss is ≥ {DOM_STALL_RATIO} (the branch was too short for SGD "
-        "itself to make progress).",
+        "itself to make progress). "
+        f"Edge of stability (a GD prefix, then GD, Dom-GD, Bulk-GD): reached if λ₁ ≥ {EOS_RATIO} × 2/η during the "
+        f"prefix; Dom-GD fails if its final loss is ≥ {DOM_STALL_RATIO} × its loss at mid-branch (at the edge of "
+        "stability the loss oscillates and a projection onto the sharp directions first damps that oscillation, so "
+        "the first half of the branch is not used; the whole-branch ratio is in the evidence); Bulk-GD is as "
+        f"effective if its final loss is ≤ {BULK_TRACK_RATIO} × GD's. Spectrum gap: mean λ_k/λ_k+1 over the "
+        f"measurements ≥ {SPECTRUM_GAP_RATIO} and its minimum > 1. Momentum/Adam amplify the bulk if mean η_bulk ≥ "
+        f"{AMPLIFICATION_RATIO} × mean η_dom over the measurements of the first {TABLE1_STEPS} steps (or η_dom ≤ 0 < "
+        "η_bulk). Dom-/Bulk- claims of momentum, Adam and SAM use the SGD thresholds.",
         "",
         "| paper's claim (Song, Ahn & Yun 2025) | run | measured | evidence |",
         "|---|---|---|---|",
@@ -243,13 +254,13 @@ def render_index(
     return "\n".join(lines) + "\n"
 
 
-
 def _table1_section(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     """The paper's Table 1 from every run whose summary has effective-learning-rate curves before the switch."""
     rows = []
     for e in entries:
         row = effective_lr_table(e["summary"])
-        if row is not None and e["summary"].get("prefix_optimizer", "sgd") == "sgd":
+        # a mean of fewer than 3 single-step measurements is not a Table 1 entry (e.g. an early switch)
+        if row is not None and row["measurements"] >= 3 and e["summary"].get("prefix_optimizer", "sgd") == "sgd":
             amp = row["bulk"] / row["dominant"] if row["dominant"] > 0 else None
             rows.append(
                 f"| {e['run']} | {row['optimizer']} | {row['learning_rate']} | {row['dominant']:.4g} | "
@@ -269,6 +280,7 @@ def _table1_section(entries: Sequence[Mapping[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|",
         *rows,
     ]
+
 
 # ----------------------------------------------------------------------------------------------- running
 

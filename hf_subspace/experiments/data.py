@@ -310,12 +310,9 @@ def build_tokenizer(
                 name_or_path, model_max_length=max_length, local_files_only=not online
             )
         except Exception as err:
-            where = "" if online else " (offline, and not in the local Hugging Face cache)"
+            why = "not in the local Hugging Face cache (offline)" if not online else " ".join(str(err).split())[:200]
             logger.warning(
-                "tokenizer %r not available%s: training a word-level tokenizer on the training texts instead [%s]",
-                name_or_path,
-                where,
-                " ".join(str(err).split())[:200],
+                "tokenizer %r: %s; training a word-level tokenizer on the training texts instead", name_or_path, why
             )
         else:
             if tokenizer.pad_token is None:
@@ -339,6 +336,7 @@ def tokenize_dataset(
     max_length: int = 64,
     text_column: str = "sentence",
     label_column: str = "label",
+    progress: bool = True,
 ) -> datasets.Dataset | datasets.DatasetDict:
     """Tokenise (pad/truncate to ``max_length``) into columns ``input_ids``, ``attention_mask`` and ``labels``.
 
@@ -348,6 +346,7 @@ def tokenize_dataset(
         max_length: fixed sequence length.
         text_column: text column name.
         label_column: label column name.
+        progress: show the ``datasets`` progress bar ("Tokenizing").
 
     Returns:
         The same kind of object with exactly the three columns.
@@ -369,4 +368,11 @@ def tokenize_dataset(
             "labels": [int(v) for v in batch[label_column]],
         }
 
-    return ds.map(encode, batched=True, remove_columns=columns, desc="Tokenizing")
+    bars = datasets.is_progress_bar_enabled()
+    if not progress:
+        datasets.disable_progress_bars()
+    try:
+        return ds.map(encode, batched=True, remove_columns=columns, desc="Tokenizing")
+    finally:
+        if bars and not progress:
+            datasets.enable_progress_bars()

@@ -204,7 +204,7 @@ def plot_sharpness(summary: Mapping[str, Any], path: str | Path) -> Path:
     ax.set_ylim(0.0, 1.12 * top if top > 0 else None)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="lower right")
-    ax.set_title(f"{summary.get('recipe', '')}: sharpness against 2/η (edge of stability)")
+    ax.set_title(f"{summary.get('name') or summary.get('recipe', '')}: sharpness λ₁ against 2/η (edge of stability)")
     return _save(fig, path)
 
 
@@ -237,13 +237,14 @@ def plot_spectrum_curves(summary: Mapping[str, Any], path: str | Path, mode: str
     switch = summary.get("switch_step")
     if switch is not None:
         ax.axvline(float(switch), color="0.4", ls=(0, (2, 3)), lw=1.0, label=f"switch (step {switch})")
-    ax.set_yscale("symlog", linthresh=1e-2)
     ax.set_xlabel("step")
     ax.set_ylabel(r"Hessian eigenvalue $\lambda_i$")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     k = summary.get("k")
-    ax.set_title(f"{summary.get('recipe', '')} ({mode}): top-{k} vs next eigenvalues along training")
+    ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
+    title = summary.get("name") or summary.get("recipe", "")
+    ax.set_title(f"{title} ({mode}): top {k} and next {len(nxt)} Hessian eigenvalues")
     return _save(fig, path)
 
 

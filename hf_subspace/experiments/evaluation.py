@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ACCURACY_METRIC_PATH", "compute_accuracy", "hub_offline", "load_accuracy_metric"]
+__all__ = ["ACCURACY_METRIC_PATH", "accuracy_metrics", "compute_accuracy", "hub_offline", "load_accuracy_metric"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,3 +81,23 @@ def compute_accuracy(eval_pred: Any) -> dict[str, float]:
     if pred.shape != true.shape:
         raise ValueError(f"{pred.shape[0]} predictions but {true.shape[0]} labels")
     return {"accuracy": float((pred == true).mean()) if pred.size else 0.0}
+
+
+def accuracy_metrics() -> Callable[[Any], dict[str, float]]:
+    """``compute_metrics`` through ``evaluate`` (the Hub's accuracy, or the shipped script offline); plain numpy
+    accuracy (:func:`compute_accuracy`, the same numbers) when ``evaluate`` is unusable."""
+    try:
+        metric = load_accuracy_metric()
+    except Exception as err:  # evaluate unusable: plain numpy accuracy, same numbers
+        logger.warning("could not load the evaluate accuracy metric (%s); computing accuracy directly", err)
+        return compute_accuracy
+
+    def compute(eval_pred: Any) -> dict[str, float]:
+        predictions, labels = eval_pred.predictions, eval_pred.label_ids
+        logits = predictions[0] if isinstance(predictions, tuple) else predictions
+        pred = np.asarray(logits).argmax(axis=-1) if np.ndim(logits) > 1 else np.asarray(logits)
+        true = np.asarray(labels)
+        true = true.argmax(axis=-1) if true.ndim > 1 else true
+        return metric.compute(predictions=pred.reshape(-1), references=true.reshape(-1))
+
+    return compute

@@ -11,7 +11,9 @@ with :class:`~hf_subspace.trainer.SubspaceTrainer`:
    training set per step, for the GD→SGD comparison);
 2. every branch is a new ``SubspaceTrainer`` with ``subspace_start_step=switch_step`` that resumes from that
    checkpoint (so it continues from the same parameters, optimizer state and data order) and writes its own
-   TensorBoard run, model and model card in ``output_dir/<mode>/``;
+   TensorBoard run (event files directly in its folder, so the run is named by the branch), model and model card in
+   ``output_dir/<branch>/``. A branch is named by what it ran (:func:`~.branches.branch_name`): the unprojected
+   minibatch branch after its optimizer (``sgd``, ``momentum``, ``adamw``, ...), the others after their mode;
 3. rank 0 writes ``output_dir/summary.json`` and ``output_dir/figure.png`` (:func:`hf_subspace.experiments.plotting.plot_summary`).
 
 The Hessian dataset (on which the Hessian, the "full-batch" gradient of χ_k and the logged loss are computed) is
@@ -23,11 +25,12 @@ loss only when it is the whole training set; ``subspace/chi_k_full_grad`` is χ_
 
 ``summary.json``::
 
-    {"recipe": str, "k": int, "switch_step": int, "prefix_optimizer": "sgd" | "gd",
-     "runs": {"<mode>": {"loss_at_switch": float, "final_loss": float,
+    {"recipe": str, "name": str, "k": int, "switch_step": int, "prefix_optimizer": "sgd" | "gd",
+     "runs": {"<branch>": {"mode": str, "loss_at_switch": float, "final_loss": float,
                          "loss_curve": [[step, loss], ...], "chi_k_curve": [[step, chi], ...],
                          "mean_chi_k": float, "wall_time_s": float, "eval_accuracy": float (with an eval set), ...}},
-     "world_size": int, "max_steps": int, "alignment_steps": int, "num_train": int, "hessian_num_samples": int, ...}
+     "world_size": int, "global_train_batch_size": int, "max_steps": int, "alignment_steps": int, "num_train": int,
+     "hessian_num_samples": int, ...}
 
 The curves include the shared prefix (steps < ``switch_step``), which is the same for every branch.
 """
@@ -70,6 +73,7 @@ from .branches import (
     value_at,
 )
 from .diagnostics import metric_curves
+from .evaluation import accuracy_metrics
 from .settings import (
     BRANCHES,
     DEFAULT_MODES,
@@ -216,6 +220,12 @@ def validate_experiment(
         )
     if train_dataset is None or len(train_dataset) == 0:
         raise ExperimentError("the training dataset is empty.")
+    columns = getattr(train_dataset, "column_names", None)
+    if isinstance(columns, list) and not {"labels", "label", "label_ids"} & set(columns):
+        raise ExperimentError(
+            f"the training dataset has no labels: no 'labels' or 'label' column among {columns}; the training loss "
+            "(and so its Hessian) needs them. Add a label column (the recipes take --label_column for text data)."
+        )
     if hessian_dataset is not None and len(hessian_dataset) == 0:
         raise ExperimentError("the Hessian dataset is empty.")
     if not output_dir_checked:
@@ -273,27 +283,6 @@ def _first_trainer(
                 if path.is_dir() and not any(path.iterdir()):
                     path.rmdir()
         raise ExperimentError(str(err)) from None
-
-
-def _accuracy_metrics() -> Callable[[Any], dict[str, float]]:
-    """``compute_metrics`` through ``evaluate`` (the Hub's accuracy, or the shipped script offline)."""
-    from .evaluation import compute_accuracy, load_accuracy_metric
-
-    try:
-        metric = load_accuracy_metric()
-    except Exception as err:  # evaluate unusable: plain numpy accuracy, same numbers
-        logger.warning("could not load the evaluate accuracy metric (%s); computing accuracy directly", err)
-        return compute_accuracy
-
-    def compute(eval_pred: Any) -> dict[str, float]:
-        predictions, labels = eval_pred.predictions, eval_pred.label_ids
-        logits = predictions[0] if isinstance(predictions, tuple) else predictions
-        pred = np.asarray(logits).argmax(axis=-1) if np.ndim(logits) > 1 else np.asarray(logits)
-        true = np.asarray(labels)
-        true = true.argmax(axis=-1) if true.ndim > 1 else true
-        return metric.compute(predictions=pred.reshape(-1), references=true.reshape(-1))
-
-    return compute
 
 
 def _quietly(function: Callable[..., ExperimentResult]) -> Callable[..., ExperimentResult]:
@@ -411,7 +400,7 @@ def run_experiment(
         eval_dataset = to_tensor_dataset(eval_dataset) if len(eval_dataset) else None
     if compute_metrics is None and eval_dataset is not None:
         with args.main_process_first(desc="loading the accuracy metric"):
-            compute_metrics = _accuracy_metrics()
+            compute_metrics = accuracy_metrics()
     align = args.subspace_alignment_steps
     if align is None:
         align = default_alignment_steps(args.max_steps, switch_step)

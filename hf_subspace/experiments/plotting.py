@@ -306,7 +306,7 @@ def spectrum_figure(
         ax.set_xlim(0.4, n + 0.6)
     else:
         _empty_note(ax, "no eigenvalues")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10], min_n_ticks=1))
     ax.set_xlabel("index i (eigenvalues in descending order)")
     ax.set_ylabel(r"eigenvalue $\lambda_i$ of the training-loss Hessian")
     ax.grid(True, alpha=0.3)

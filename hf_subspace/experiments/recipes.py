@@ -136,6 +136,7 @@ RECIPE_OPTIONS: dict[str, set[str]] = {
     "prepare_cnn": _IMAGE_OPTIONS,
     "prepare_transformer": _TEXT_OPTIONS,
     "prepare_finetune": _TEXT_OPTIONS | {"model_name_or_path", "task"},
+    "prepare_vit": _IMAGE_OPTIONS | {"hidden_sizes"},
 }
 """The data and model options of :class:`RecipeArguments` each builder reads; ``--help`` of a recipe lists only
 those (the others are still accepted). A builder not listed shows them all."""
@@ -181,8 +182,16 @@ def parse_recipe_arguments(
         argv: the arguments (default ``sys.argv[1:]``): a single ``.yaml``/``.json`` path, and/or ``--config FILE``
             plus any ``--option value`` of :class:`RecipeArguments` and :class:`SubspaceTrainingArguments`.
 
+    Under ``torchrun`` / ``accelerate launch`` with N processes, the recipe's (or config's) batch is the paper's
+    global batch and each process gets 1/N of it (with a warning, unchanged, when it does not divide); a
+    ``--per_device_train_batch_size`` on the command line is per process. Option names must be spelled out in full.
+
     Returns:
         ``(recipe_args, training_args)``.
+
+    Raises:
+        ExperimentError: an invalid or abbreviated option, or an invalid value (one line naming it, no usage text).
+        ValueError: an invalid recipe option value (e.g. ``--standardize``), a config of another recipe.
     """
     spec = get_recipe(recipe)
     config_path, rest = _split_config(sys.argv[1:] if argv is None else argv)

@@ -215,7 +215,7 @@ RECIPE_SPECS: dict[str, RecipeSpec] = {
               "transformers ViT from ViTConfig (patch 8, hidden 64, 2 layers, cross-entropy) on CIFAR-10",
               {"dataset_name": "cifar10", "num_train": 5000, "learning_rate": 0.1, "subspace_k": 10,
                "loss_type": "cross_entropy", "max_steps": 3000, "switch_step": 1000, "subspace_refresh_steps": 20,
-               "subspace_alignment_steps": 100, "hessian_num_samples": 1000}),
+               "subspace_alignment_steps": 100}),
         _spec("finetune", "prepare_finetune", "fine-tune any Hub checkpoint (sequence or image classification)",
               {"dataset_name": "sst2", "num_train": 1000, "learning_rate": 1e-3, "per_device_train_batch_size": 16,
                "per_device_eval_batch_size": 64, "subspace_k": 2, "max_steps": 1000, "switch_step": 200,

@@ -62,10 +62,24 @@ TRACKED = {
 }
 
 
-def tracked_trainer(output_dir: str, **overrides: Any) -> SubspaceTrainer:
+def pretrained_model(steps: int = 300, lr: float = 0.2) -> Blobs64:
+    """:class:`Blobs64` after ``steps`` of full-batch gradient descent (past the fast early changes of the Hessian)."""
+    torch.manual_seed(0)
+    model = Blobs64()
+    data = blobs_dataset()
+    x, y = torch.tensor(np.asarray(data["x"])), torch.tensor(np.asarray(data["labels"]))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(x, y)["loss"].backward()
+        opt.step()
+    return model
+
+
+def tracked_trainer(output_dir: str, model: nn.Module | None = None, **overrides: Any) -> SubspaceTrainer:
     torch.manual_seed(0)
     args = SubspaceTrainingArguments(**base_args(output_dir, **{**TRACKED, **overrides}))
-    return SubspaceTrainer(model=Blobs64(), args=args, train_dataset=blobs_dataset())
+    return SubspaceTrainer(model=model or Blobs64(), args=args, train_dataset=blobs_dataset())
 
 
 PARITY = {"max_steps": 40, "logging_steps": 1, "subspace_alignment_steps": 5}
