@@ -305,8 +305,9 @@ class HessianOperator(LinearOperator):
             raise ValueError("No loss items in the Hessian dataset: loss_fn returned 0 items for every batch.")
         self.num_items = round(count)
         total[:-1].div_(count)
-        # One float64 sum instead of an elementwise isfinite: NaN/inf anywhere makes it non-finite, at 1/3 the cost.
-        if not math.isfinite(float(total.sum(dtype=torch.float64))):
+        # aminmax propagates NaN and ±inf and allocates nothing; a float64 sum or isfinite would copy the whole buffer.
+        low, high = torch.aminmax(total)
+        if not (math.isfinite(float(low)) and math.isfinite(float(high))):
             raise FloatingPointError(
                 f"The {what} over the Hessian dataset is not finite (NaN or inf): the parameters or the loss have "
                 "diverged, or the Hessian dataset holds NaN/inf. Lower the learning rate or check the data."

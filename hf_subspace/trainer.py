@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer
 
 from . import distributed
 from ._params import select_parameters
 from .callback import SubspaceCallback, SubspaceState, tensorboard_writers
-from .hessian import HessianOperator
+from .hessian import HessianOperator, unwrap_model
 from .metrics import AlignmentEMA
 from .optim import SAM
 from .subspace import SubspaceBasis
@@ -208,6 +208,7 @@ class SubspaceTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        _load_converted_weights(self.model if model is None else model, resume_from_checkpoint)
         path = os.path.join(resume_from_checkpoint, SUBSPACE_STATE_NAME)
         if os.path.isfile(path):
             device = self.subspace_params[0].device
@@ -278,3 +279,27 @@ class SubspaceTrainer(Trainer):
     def subspace_summary(self) -> dict[str, Any]:
         """Settings and results of the subspace run (for the model card and recipes)."""
         return self.subspace_callback.summary()
+
+
+def _load_converted_weights(model: nn.Module, checkpoint: str) -> None:
+    """Load a checkpoint's weights into ``model`` through ``from_pretrained`` (its key-conversion mapping included).
+
+    ``Trainer._load_from_checkpoint`` (transformers 5.24) reads the checkpoint with a plain ``load_state_dict``,
+    without the conversion mapping that ``save_pretrained`` reverses: for models whose module names were renamed in
+    transformers 5 (ViT: ``vit.encoder.layer.N.attention.attention.query`` on disk, ``vit.layers.N.attention.q_proj``
+    in memory) no key matches and a resumed run would silently restart from the initial weights. Loading through
+    ``from_pretrained`` applies the mapping; optimizer, scheduler, RNG and subspace state are resumed as usual.
+
+    Raises:
+        RuntimeError: the checkpoint's weights do not match the model (missing or unexpected keys).
+    """
+    model = unwrap_model(model)
+    if not isinstance(model, PreTrainedModel) or not os.path.isfile(os.path.join(checkpoint, "config.json")):
+        return
+    loaded = type(model).from_pretrained(checkpoint, config=model.config)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"The checkpoint {checkpoint} does not match the model: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}; resume with the model the checkpoint was saved from."
+        )

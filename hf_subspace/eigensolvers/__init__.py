@@ -3,10 +3,11 @@ r"""Matrix-free eigensolvers for the top of the spectrum of a symmetric operator
 Every solver touches the operator only through ``matmat([d, m]) -> [d, m]``, which for a Hessian is a pass over
 a dataset; they are judged by how many operator columns they need (``EigenResult.num_matvecs``).
 
-Memory is bounded by ``k``, never by the iteration count: Lanczos keeps at most ``max_basis_vectors`` d-sized vectors
-(default ``max(2k + 1, 20)``, ARPACK's ``ncv``), LOBPCG its blocks :math:`X, W, P` and their products (about
-``2(k + buffer) + 4k`` vectors with a warm start), all in the operator's dtype; only the small projected problems are
-solved in float64. See ``benchmarks/memory.py`` and the "Memory" section of ``docs/performance.md``.
+Memory: Lanczos keeps at most ``max_basis_vectors`` d-sized vectors (default ``max(2k + 1, 20)``, ARPACK's ``ncv``)
+whatever the number of steps; LOBPCG its blocks :math:`X, W, P` and their products, updated in place (about
+``2(k + buffer) + 4k`` vectors with a warm start). Blocks are stored in the operator's dtype; their Gram matrices are
+accumulated in float64 by row chunks and the small projected problems solved in float64. See
+``benchmarks/memory.py`` and the "Memory" section of ``docs/performance.md``.
 
 ==============  =========================================================================================
 ``"lanczos"``   Thick-restart Lanczos, full reorthogonalisation, bounded basis; the default for a cold start.

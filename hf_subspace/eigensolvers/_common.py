@@ -22,6 +22,7 @@ __all__ = [
     "default_tol",
     "fill_random_",
     "finalize",
+    "gram_f64",
     "new_block",
     "normalize_signs",
     "prepare",
@@ -88,7 +89,8 @@ class CountingOperator:
         out = self.operator.matmat(block)
         self.num_matvecs += int(block.shape[1])
         self.num_calls += 1
-        if not all_finite(out):
+        # Operators that refuse non-finite products themselves (HessianOperator) are not checked twice.
+        if not getattr(self.operator, "checks_finite", False) and not all_finite(out):
             raise FloatingPointError(
                 f"Hessian-vector product returned non-finite values (NaN or Inf) for a block of {block.shape[1]} "
                 "vector(s); check the loss for overflow (lower the learning rate or use float32/float64) or the "
@@ -213,6 +215,19 @@ def combine_columns_(
             if width:
                 target[rows].copy_(acc[:, col : col + width])  # type: ignore[index]
             col += width
+
+
+def gram_f64(a: torch.Tensor, b: torch.Tensor, rows: int = 1 << 16) -> torch.Tensor:
+    r"""``a.T @ b`` (``[d, p]``, ``[d, q]``) accumulated in float64 over row chunks, returned on the CPU.
+
+    A float32 product with :math:`d \sim 10^6`–:math:`10^8` terms loses accuracy systematically (measured: Rayleigh
+    quotients 0.45 % low at d = 5.6 M), so each chunk is cast to float64 before its product; only one
+    ``[rows, p + q]`` float64 chunk exists at a time.
+    """
+    out = torch.zeros(a.shape[1], b.shape[1], dtype=torch.float64, device=a.device)
+    for start in range(0, int(a.shape[0]), rows):
+        out += a[start : start + rows].to(torch.float64).T @ b[start : start + rows].to(torch.float64)
+    return out.cpu()
 
 
 def residual_norms(x: torch.Tensor, hx: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ from ._common import (
     combine_columns_,
     fill_random_,
     finalize,
+    gram_f64,
     new_block,
     prepare,
     progress_bar,
@@ -78,7 +79,7 @@ def _gram_blocks(left: list[torch.Tensor], right: list[torch.Tensor], symmetric_
         for j, rj in enumerate(right):
             if symmetric_pairs and j < i:
                 continue
-            block = (li.T @ rj).to(device="cpu", dtype=torch.float64)
+            block = gram_f64(li, rj)
             out[offsets[i] : offsets[i + 1], offsets[j] : offsets[j + 1]] = block
             if symmetric_pairs and j > i:
                 out[offsets[j] : offsets[j + 1], offsets[i] : offsets[i + 1]] = block.T

@@ -48,6 +48,7 @@ FIGURES: tuple[str, ...] = ("figure.png", "trajectory.png", *EXTRA_FIGURES)
 
 __all__ = [
     "ReferenceRun",
+    "adopt_run",
     "branch_card_section",
     "machine_info",
     "regenerate_cards",
@@ -331,6 +332,43 @@ def _write_run(run: ReferenceRun, record: Mapping[str, Any], dest: Path) -> dict
         "command": record["command"],
         "figures": figures,
     }
+
+
+def adopt_run(
+    run: ReferenceRun, folder: str | Path, output_root: str | Path, shown_data_root: str | Path, work_dir: str | Path
+) -> dict[str, Any]:
+    """Write ``run``'s cards from an experiment already on disk (``folder``: its ``summary.json`` and branches).
+
+    For long runs made with ``run``'s own options outside ``hf-subspace cards`` (e.g. in the background): the card
+    shows the same command, the wall time the run recorded and the date of its ``summary.json``. Fields that older
+    summaries lack (``mode``, ``name``) are filled in, and the figure is redrawn with the current plotting code.
+    """
+    from .experiment import ExperimentResult
+    from .plotting import plot_summary
+
+    out = Path(folder)
+    summary_path = out / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{summary_path} does not exist: pass the folder of a finished experiment to --adopt")
+    summary = json.loads(summary_path.read_text())
+    summary.setdefault("name", run.name)
+    for mode, branch in summary["runs"].items():
+        branch.setdefault("mode", mode)
+    plot_summary(summary, out / "figure.png")
+    wall = float(summary.get("prefix_wall_time_s") or 0.0) + sum(
+        float(b.get("wall_time_s") or 0.0) for b in summary["runs"].values()
+    )
+    result = ExperimentResult(
+        out, summary, summary_path, out / "figure.png", {mode: out / mode for mode in summary["runs"]}
+    )
+    record = {
+        "result": result,
+        "wall_time_s": wall,
+        "command": run.command(Path(shown_data_root), Path(work_dir) / run.name),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(summary_path.stat().st_mtime)),
+        "machine": machine_info(),
+    }
+    return _write_run(run, record, Path(output_root) / run.name)
 
 
 def regenerate_cards(

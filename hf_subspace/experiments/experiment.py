@@ -474,7 +474,6 @@ def run_experiment(
         trainer = _make_trainer(
             model, branch_args, label, common, [*([recorder] if recorder else []), *run_callbacks(label)]
         )
-        _load_converted_weights(trainer.model, checkpoint)
         trainer.train(resume_from_checkpoint=str(checkpoint))
         seconds = time.perf_counter() - start
         run = _run_record(prefix_history, trainer.state.log_history, switch_step, spec, seconds)
@@ -545,27 +544,6 @@ def run_experiment(
         logger.info("hf-subspace %s: wrote %s", recipe, summary_path)
     _barrier()
     return ExperimentResult(out, summary, summary_path, figure_path, branch_dirs, checkpoint, trajectories)
-
-
-def _load_converted_weights(model: torch.nn.Module, checkpoint: Path) -> None:
-    """Load the prefix checkpoint's weights into ``model`` through ``from_pretrained``.
-
-    ``Trainer._load_from_checkpoint`` (transformers 5.24) reads the checkpoint with a plain ``load_state_dict``,
-    without the checkpoint-conversion mapping that ``save_pretrained`` reverses: for models whose module names were
-    renamed in transformers 5 (ViT: ``vit.encoder.layer.N.attention.attention.query`` on disk, ``vit.layers.N.
-    attention.q_proj`` in memory) no key matches and the branches would silently restart from the initial weights.
-    ``from_pretrained`` applies the mapping; the Trainer's own load then matches nothing and changes nothing (it
-    logs "missing keys"), and optimizer, scheduler, RNG and subspace state are resumed by the Trainer as usual.
-    """
-    if not isinstance(model, PreTrainedModel):
-        return
-    loaded = type(model).from_pretrained(str(checkpoint), config=model.config)
-    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
-    if missing or unexpected:
-        raise RuntimeError(
-            f"the prefix checkpoint {checkpoint} does not match the model: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
 
 
 def _run_record(
