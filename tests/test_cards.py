@@ -179,3 +179,28 @@ def test_gd_prefix_reference_run_answers_the_claim(tmp_path: Path) -> None:
 def test_main_rejects_unknown_run() -> None:
     with pytest.raises(SystemExit):
         regen.main(["--only", "nope"])
+
+
+def test_adopt_writes_cards_from_a_finished_experiment(quick_cards: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    """``cards --adopt RUN=FOLDER``: the cards of a run made outside ``hf-subspace cards``, numbers from its summary."""
+    import json
+    import shutil
+
+    from hf_subspace.experiments.cards import adopt_run
+
+    root, _ = quick_cards
+    toy = next(r for r in regen.REFERENCE_RUNS if r.name == "toy_quadratic")
+    # A copy of the quick fixture's experiment folder (work_dir/<run>: summary.json and one folder per branch).
+    source = next(p for p in (root.parent / "work").iterdir() if (p / "summary.json").is_file())
+    work = shutil.copytree(source, tmp_path / "experiment")
+    summary = json.loads((work / "summary.json").read_text())
+    for branch in summary["runs"].values():  # an older summary without these fields is accepted
+        branch.pop("mode", None)
+    (work / "summary.json").write_text(json.dumps(summary))
+    entry = adopt_run(toy, work, tmp_path / "cards", Path("../shared/data"), Path("runs/cards"))
+    assert entry["run"] == "toy_quadratic"
+    card = (tmp_path / "cards" / "toy_quadratic" / "bulk" / "README.md").read_text()
+    final = summary["runs"]["bulk"]["final_loss"]
+    assert f"{final:.4g}" in card or f"{final:.4f}" in card
+    assert "hf-subspace run toy_quadratic" in card and "--output_dir runs/cards/toy_quadratic" in card
+    assert (tmp_path / "cards" / "toy_quadratic" / "figure.png").stat().st_size > 1000
