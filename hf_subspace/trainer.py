@@ -115,7 +115,7 @@ class SubspaceTrainer(Trainer):
             if dataset is None:
                 raise ValueError("SubspaceTrainer needs a train_dataset or a hessian_dataset to build the Hessian.")
             try:
-                n = len(dataset)
+                n = len(dataset)  # type: ignore[arg-type]  # an IterableDataset raises TypeError below
             except TypeError:
                 raise ValueError(
                     "The train dataset has no length (an IterableDataset); pass hessian_dataset= with a fixed set of "
@@ -208,7 +208,9 @@ class SubspaceTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        _load_converted_weights(self.model if model is None else model, resume_from_checkpoint)
+        target = model if model is not None else self.model
+        if target is not None:
+            _load_converted_weights(target, resume_from_checkpoint)
         path = os.path.join(resume_from_checkpoint, SUBSPACE_STATE_NAME)
         if os.path.isfile(path):
             device = self.subspace_params[0].device

@@ -194,7 +194,7 @@ def lobpcg(
     m = min(dim, max(k + buffer, m0))
     storage = new_block(dim, m, dtype, device)
     filled = 0
-    if m0:
+    if m0 and problem.init is not None:
         storage[:, :m0].copy_(problem.init)
         filled = int(svqb_(storage[:, :m0], drop).shape[1])
     problem.init = None  # the caller's block is not needed any more (nor kept alive by the problem)
@@ -260,8 +260,10 @@ def lobpcg(
         new_p = _storage_for(q, [w, p], x) if q else None
         new_hp = _storage_for(q, [hw, hp], hx) if q else None
         both = torch.cat([c, z], dim=1)
-        combine_columns_(s, both, [x] + ([new_p] if q else []), [m] + ([q] if q else []))
-        combine_columns_(hs, both, [hx] + ([new_hp] if q else []), [m] + ([q] if q else []))
+        targets = [x] if new_p is None else [x, new_p]
+        h_targets = [hx] if new_hp is None else [hx, new_hp]
+        combine_columns_(s, both, targets, [m] + ([q] if q else []))
+        combine_columns_(hs, both, h_targets, [m] + ([q] if q else []))
         p, hp = new_p, new_hp
         del w, hw, s, hs
         if bar is not None:
