@@ -19,12 +19,14 @@ if TYPE_CHECKING:
     from .operator import MatrixOperator
     from .spectrum import hessian_eigenpairs
     from .subspace import SubspaceBasis
+    from .tracking import BasisTracker
     from .trainer import SubspaceTrainer
     from .training_args import SubspaceTrainingArguments
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BasisTracker",
     "EigenResult",
     "HessianOperator",
     "MatrixOperator",
@@ -47,6 +49,7 @@ _HOMES = {
     "SubspaceCallback": "callback",
     "SubspaceTrainer": "trainer",
     "SubspaceTrainingArguments": "training_args",
+    "BasisTracker": "tracking",
 }
 
 

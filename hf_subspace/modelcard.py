@@ -111,7 +111,13 @@ def _subspace_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("projected quantity", summary.get("target")),
         ("start step", start),
         ("switch step", summary.get("switch_step")),
-        ("basis refresh every", f"{summary.get('refresh_steps')} step(s)"),
+        (
+            "basis refresh",
+            f"every {summary.get('refresh_steps')} step(s)"
+            if summary.get("basis_tol") is None
+            else f"certified: ‖P_used − P_exact‖₂ ≤ {summary.get('basis_tol')}, at most {summary.get('refresh_steps')} "
+            "steps apart",
+        ),
         ("eigensolver", summary.get("solver")),
         ("Hessian dataset size", summary.get("hessian_num_samples")),
         ("parameters covered", summary.get("parameter_filter") or "all trainable parameters"),
