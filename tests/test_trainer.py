@@ -496,3 +496,21 @@ def test_resolve_base_model_hub_ids_and_folders(tmp_path):
     # A folder whose own card names its Hub base model (as the cards written by SubspaceTrainer do).
     ModelCard.from_template(ModelCardData(base_model="google-bert/bert-base-uncased")).save(folder / "README.md")
     assert resolve_base_model(str(folder)) == ("google-bert/bert-base-uncased", str(folder.resolve()))
+
+
+@pytest.mark.parametrize(
+    ("architecture", "snippet"),
+    [
+        ("MLPForImageClassification", "AutoModelForImageClassification.from_pretrained"),
+        ("BertForSequenceClassification", "AutoModelForSequenceClassification.from_pretrained"),
+        ("DigitsMLP", None),  # a plain nn.Module cannot be loaded with an Auto class: no snippet
+    ],
+)
+def test_model_card_loading_snippet(architecture, snippet):
+    from hf_subspace.modelcard import CardInfo, render_model_card
+
+    card = str(render_model_card({"mode": "bulk", "k": 2}, CardInfo(model_name="m", architecture=architecture)))
+    if snippet is None:
+        assert "from_pretrained" not in card
+    else:
+        assert snippet in card and "import hf_subspace" in card
