@@ -177,13 +177,17 @@ def prepare_mlp(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedR
         num_labels=max(int(info["num_labels"]), 2),
         loss_type=ra.loss_type or "mse",
     )
-    model = MLPForImageClassification(config)
+    return _image_recipe(MLPForImageClassification(config), ra, "mnist", data, info)
+
+
+def _image_recipe(model: Any, ra: RecipeArguments, default: str, data: Any, info: dict[str, Any]) -> PreparedRecipe:
+    """A paper image model with its train/validation images, data description, loss and extras."""
     return PreparedRecipe(
         model=model,
         train_dataset=data["train"],
         eval_dataset=data["validation"],
-        **_describe_data(ra, "mnist", data),
-        loss=LOSSES[config.loss_type],
+        **_describe_data(ra, default, data),
+        loss=LOSSES[model.config.loss_type],
         extras=_extras(data, info),
     )
 
@@ -199,15 +203,7 @@ def prepare_cnn(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedR
         num_labels=max(int(info["num_labels"]), 2),
         loss_type=ra.loss_type or "mse",
     )
-    model = CNNForImageClassification(config)
-    return PreparedRecipe(
-        model=model,
-        train_dataset=data["train"],
-        eval_dataset=data["validation"],
-        **_describe_data(ra, "cifar10", data),
-        loss=LOSSES[config.loss_type],
-        extras=_extras(data, info),
-    )
+    return _image_recipe(CNNForImageClassification(config), ra, "cifar10", data, info)
 
 
 # ----------------------------------------------------------------------------------------------- text
