@@ -308,26 +308,8 @@ def svqb(block: torch.Tensor, drop: float | None = None) -> torch.Tensor:
     Returns:
         ``[d, r]`` with orthonormal columns, ``r <= m`` (``r = 0`` when the block is numerically zero).
     """
-    eps = torch.finfo(block.dtype).eps
-    drop = 100 * eps if drop is None else drop
-    for _ in range(2):
-        if block.shape[1] == 0:
-            return block
-        gram = (block.T @ block).to(torch.float64)
-        gram = (gram + gram.T) / 2
-        norms = gram.diagonal().clamp_min(0).sqrt()
-        keep = norms > 0
-        if not bool(keep.any()):
-            return block[:, :0]
-        block, gram, norms = block[:, keep], gram[keep][:, keep], norms[keep]
-        gram = gram / norms[:, None] / norms[None, :]
-        sigma, vecs = torch.linalg.eigh(gram)
-        ok = sigma > drop * sigma[-1]
-        coef = vecs[:, ok] / sigma[ok].sqrt() / norms[:, None]
-        block = block @ coef.to(block.dtype)
-        if float(sigma[ok][0]) >= REORTHOGONALIZE_BELOW * float(sigma[-1]):
-            break  # well conditioned: the first round is already orthonormal to about 100 eps
-    return block
+    # The in-place variant on a copy: one copy of the block either way, and one implementation of the method.
+    return svqb_(block.clone(), drop)
 
 
 def normalize_signs(vectors: torch.Tensor) -> torch.Tensor:
