@@ -77,6 +77,7 @@ def worker(args: argparse.Namespace) -> None:
     if rank == 0:
         torch.save(product, args.worker_out.with_suffix(".pt"))
         args.worker_out.write_text(json.dumps(result))
+    dist.barrier()  # no rank tears gloo down while the other still writes its results
     dist.destroy_process_group()
 
 
@@ -112,9 +113,16 @@ def launch(procs: int, threads: int, args: argparse.Namespace, tmp: Path) -> dic
         *map(str, args.hidden),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "")}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.launch_timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    for attempt in (1, 2):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.launch_timeout)
+        if proc.returncode == 0:
+            break
+        failure = f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        if attempt == 2 or "terminate called" not in proc.stderr:
+            raise RuntimeError(failure)
+        # A gloo worker aborting in C++ teardown ("terminate called without an active exception") was seen once in
+        # CI on a loaded machine and never reproduced; it says nothing about the measurement, so launch once more.
+        print(f"  torchrun aborted in gloo ({proc.returncode}); launching once more", flush=True)
     result = json.loads(out.read_text())
     result["product"] = torch.load(out.with_suffix(".pt"))
     return result

@@ -38,6 +38,7 @@ def main(out_dir: str) -> None:
     local = HessianOperator(model, shard, distributed=False)
     results["hv_local"] = local.matmat(block)
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    dist.barrier()  # neither rank tears gloo down while the other still works
     dist.destroy_process_group()
 
 

@@ -33,6 +33,7 @@ def main(out_dir: str) -> None:
         "local_items": sum(op.batch_items),
     }
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    dist.barrier()  # neither rank tears gloo down while the other still works
     dist.destroy_process_group()
 
 
