@@ -41,8 +41,11 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 PEERS_DIR = BENCH_DIR / ".peers"
-MNIST_NPZ = Path(os.environ.get("HF_SUBSPACE_MNIST_NPZ", "/work/shared/data/mnist/train.npz"))
-SST2_TSV = Path(os.environ.get("HF_SUBSPACE_SST2_TSV", "/work/shared/data/sst2/train.tsv"))
+# The offline data sits beside the repository (../shared/data, as in CI); each file can be pointed elsewhere.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MNIST_NPZ = Path(os.environ.get("HF_SUBSPACE_MNIST_NPZ", SHARED_DATA / "mnist" / "train.npz"))
+SST2_TSV = Path(os.environ.get("HF_SUBSPACE_SST2_TSV", SHARED_DATA / "sst2" / "train.tsv"))
+CIFAR_NPZ = Path(os.environ.get("HF_SUBSPACE_CIFAR_NPZ", SHARED_DATA / "cifar10" / "train.npz"))
 
 
 # -- process setup ---------------------------------------------------------------------------------------------

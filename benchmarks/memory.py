@@ -113,25 +113,33 @@ def trainer_worker(args: argparse.Namespace) -> dict[str, Any]:
     from hf_subspace import SubspaceTrainer, SubspaceTrainingArguments
     from hf_subspace.tensor_dataset import TensorDataset
 
-    width = int(args.model.split("-")[1])
-    x, y = bu.load_image_data("mnist", max(args.samples, 64 * args.trainer_steps))
-    model = bu.make_mlp(x.shape[1], (width, width), seed=args.seed)
+    if args.model.startswith("bert-"):
+        model, batches, _ = build(args.model, max(args.samples, 16 * args.trainer_steps), args.seed)
+        model.train()
+        columns = {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
+        batch_size = 16
+    else:
+        width = int(args.model.split("-")[1])
+        x, y = bu.load_image_data("mnist", max(args.samples, 64 * args.trainer_steps))
+        model = bu.make_mlp(x.shape[1], (width, width), seed=args.seed)
+        columns, batch_size = {"pixel_values": x, "labels": y}, 64
     d = bu.num_params(model)
     with tempfile.TemporaryDirectory() as out:
         targs = SubspaceTrainingArguments(
-            output_dir=out, optim="sgd", learning_rate=0.01, per_device_train_batch_size=64,
+            output_dir=out, optim="sgd", learning_rate=0.01, per_device_train_batch_size=batch_size,
             max_steps=args.trainer_steps, subspace_mode="bulk", subspace_k=args.k, subspace_start_step=0,
-            subspace_refresh_steps=2, hessian_num_samples=args.samples, save_strategy="no", report_to="none",
+            subspace_refresh_steps=2, hessian_num_samples=args.samples, hessian_batch_size=batch_size,
+            save_strategy="no", report_to="none",
             logging_steps=1, use_cpu=True, disable_tqdm=True,
         )  # fmt: skip
-        trainer = SubspaceTrainer(
-            model=model, args=targs, train_dataset=TensorDataset({"pixel_values": x, "labels": y})
-        )
+        trainer = SubspaceTrainer(model=model, args=targs, train_dataset=TensorDataset(columns))
         t0 = time.perf_counter()
         with bu.PeakMemory(torch.device("cpu")) as mem:
             trainer.train()
         seconds = time.perf_counter() - t0
-    return {"d": d, "seconds": seconds, "hvps": None, "extra_mib": mem.mib, "rss_before_mib": (mem._base or 0) / 1024}
+    totals = [e["subspace/hvps_total"] for e in trainer.state.log_history if "subspace/hvps_total" in e]
+    hvps = int(totals[-1]) if totals else None
+    return {"d": d, "seconds": seconds, "hvps": hvps, "extra_mib": mem.mib, "rss_before_mib": (mem._base or 0) / 1024}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -233,6 +241,12 @@ def main() -> None:
     parser.add_argument("--bert-layers", type=int, default=12)
     parser.add_argument("--bert-methods", nargs="+", default=["hvp", "lanczos"], choices=METHODS)
     parser.add_argument(
+        "--bert-samples",
+        type=int,
+        default=64,
+        help="Hessian sequences of the BERT rows (batches of 16: 16 = one batch)",
+    )
+    parser.add_argument(
         "--diag-sizes", type=float, nargs="*", default=[], help="d of the cheap diagonal stand-in rows (e.g. 1.1e8)"
     )
     args = parser.parse_args()
@@ -248,7 +262,10 @@ def main() -> None:
     cases += [(f"mlp-{w}", m, k, args.samples) for w in args.widths for k in args.ks for m in solvers]
     cases += [(f"mlp-{w}", "trainer-bulk", k, args.samples) for w in args.trainer_widths for k in args.ks]
     if args.bert:
-        cases += [(f"bert-{args.bert_layers}", m, k, 64) for k in args.ks for m in args.bert_methods]
+        bert = f"bert-{args.bert_layers}"
+        n = args.bert_samples
+        cases += [(bert, m, k, n) for k in args.ks for m in args.bert_methods if m != "trainer-bulk"]
+        cases += [(bert, "trainer-bulk", k, n) for k in args.ks if "trainer-bulk" in args.bert_methods]
     rows: list[dict[str, Any]] = []
     out = bu.output_path(args, "memory.json")
     for model, method, k, samples in cases:

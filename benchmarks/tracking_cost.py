@@ -51,7 +51,7 @@ from hf_subspace import HessianOperator, SubspaceBasis
 from hf_subspace.eigensolvers import top_eigenpairs
 from hf_subspace.tracking import BasisTracker, projector_distance, residual_bound
 
-CIFAR_NPZ = Path(os.environ.get("HF_SUBSPACE_CIFAR_NPZ", "/work/shared/data/cifar10/train.npz"))
+CIFAR_NPZ = bu.CIFAR_NPZ
 TOLS = (0.02, 0.05, 0.1)
 MODES = ("bulk", "dominant", "sgd")
 

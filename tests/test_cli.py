@@ -116,3 +116,68 @@ def test_cards_runs_the_checkouts_regenerate_script(tmp_path, capsys):
     assert "# Reference runs" in (tmp_path / "cards" / "README.md").read_text()
     assert cli.main(["cards", "--repo", str(tmp_path)]) == 2  # no checkout there
     assert "model_cards/regenerate.py not found" in capsys.readouterr().err
+
+
+def test_spectrum_uses_the_loss_the_run_trained(tmp_path, monkeypatch):
+    """finetune --loss_type mse trains a Hub classifier with an MSE compute_loss_func: `spectrum` must take the
+    Hessian of that MSE, not of the model's own cross-entropy (dense float64 references of both)."""
+    import torch
+    from torch.func import functional_call, hessian
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from hf_subspace.experiments import spectrum as spectrum_module
+    from hf_subspace.experiments.data import build_tokenizer
+
+    texts = ["a good movie", "a bad film", "great acting", "terrible plot", "fine", "awful"] * 2
+    (tmp_path / "train.csv").write_text("sentence,label\n" + "\n".join(f"{t},{i % 2}" for i, t in enumerate(texts)))
+    tokenizer = build_tokenizer(texts, vocab_size=16, max_length=4)
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=4,
+        max_position_embeddings=4, type_vocab_size=1, num_labels=2, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, attn_implementation="eager"))  # fmt: skip
+    with torch.no_grad():  # larger logits: the CE and MSE Hessians differ clearly
+        bert.classifier.weight.mul_(30.0)
+    model_dir = tmp_path / "model"
+    bert.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    recipe_args = {"train_file": str(tmp_path / "train.csv"), "loss_type": "mse", "max_seq_length": 4}
+    (model_dir / "hf_subspace_experiment.json").write_text(
+        json.dumps({"recipe": "finetune", "recipe_args": recipe_args})
+    )
+    seen = {}
+
+    class Recording(spectrum_module.HessianOperator):
+        def __init__(self, model, batches, loss_fn=None, **kwargs):
+            seen.update(model=model, batches=batches)
+            super().__init__(model, batches, loss_fn, **kwargs)
+
+    monkeypatch.setattr(spectrum_module, "HessianOperator", Recording)
+    args = ["spectrum", str(model_dir), "--k", "1", "--num_samples", "12", "--method", "lanczos"]
+    assert cli.main([*args, "--output_dir", str(tmp_path / "spec")]) == 0
+    record = json.loads((tmp_path / "spec" / "spectrum.json").read_text())
+
+    model = seen["model"].double().eval()
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
+    shapes = [p.shape for p in model.parameters() if p.requires_grad]
+    batches = [{k: v.to("cpu") for k, v in b.items()} for b in seen["batches"]]
+    labels = torch.cat([b["labels"] for b in batches])
+
+    def logits(theta):
+        params = dict(zip(names, (t.reshape(s) for t, s in zip(theta.split([s.numel() for s in shapes]), shapes))))
+        inputs = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
+        return torch.cat([functional_call(model, params, (), b).logits for b in inputs])
+
+    def mse(theta):
+        target = torch.nn.functional.one_hot(labels, 2).double()
+        return 0.5 * ((logits(theta) - target) ** 2).sum(-1).mean()
+
+    def cross_entropy(theta):
+        return torch.nn.functional.cross_entropy(logits(theta), labels)
+
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):  # forward AD through attention
+        top_mse = float(torch.linalg.eigvalsh(hessian(mse)(flat))[-1])
+        top_ce = float(torch.linalg.eigvalsh(hessian(cross_entropy)(flat))[-1])
+    assert abs(top_mse - top_ce) > 0.1 * top_mse  # the test tells the two losses apart
+    assert record["eigenvalues"][0] == pytest.approx(top_mse, rel=2e-3)

@@ -72,6 +72,27 @@ def test_plot_summary_keeps_pyplot_unimported_and_backend(tmp_path: Path) -> Non
     assert matplotlib.rcParams._get_backend_or_none() == backend
 
 
+def test_prefix_legend_names_the_prefix_optimizer() -> None:
+    # The prefix runs the experiment's optimizer (summary["optimizer_label"], or optimizer/optim_args/sam_rho in
+    # older summaries), on the full batch with prefix_optimizer="gd".
+    cases = [
+        ({}, "SGD"),
+        ({"prefix_optimizer": "gd"}, "GD"),
+        ({"optimizer_label": "adamw"}, "AdamW"),
+        ({"optimizer_label": "momentum"}, "momentum"),
+        ({"optimizer_label": "sam-sgd"}, "SAM-SGD"),
+        ({"optimizer_label": "adamw", "prefix_optimizer": "gd"}, "full-batch AdamW"),
+        ({"optimizer": "sgd", "optim_args": "momentum=0.9"}, "momentum"),
+        ({"optimizer": "adam", "sam_rho": 0.05}, "SAM-Adam"),
+    ]
+    for extra, expected in cases:
+        assert plotting.prefix_label(extra) == expected, extra
+    figure = plotting.summary_figure({**_summary(), "optimizer_label": "adamw"})
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    assert "shared AdamW prefix" in labels and not any("SGD prefix" in label for label in labels)
+    assert "AdamW prefix" in figure.get_suptitle()
+
+
 def test_branch_colors_are_consistent() -> None:
     modes = ["sgd", "dominant", "bulk", "foo", "bar", "gd"]
     assert plotting.branch_color("sgd", modes) == "black"

@@ -30,7 +30,9 @@ class EigenResult:
             what a block method saves.
         eigengap: :math:`\theta_k - \theta_{k+1}`, the gap between the ``k``-th eigenvalue and the method's estimate
             of the next one (its ``(k+1)``-th Ritz value: Lanczos' tridiagonal, LOBPCG's first buffer column), or
-            ``None`` where the method has no such estimate (``"eigsh"``, LOBPCG with ``buffer=0``). A Ritz value
+            ``None`` where the method has no such estimate (``"eigsh"``, LOBPCG with ``buffer=0``, and a LOBPCG
+            solve that stopped at iteration 0 while its buffer column was still random, e.g. a warm start with the
+            exact top-``k`` eigenvectors: ``None`` then means "not known", not "no gap"). A Ritz value
             never exceeds the eigenvalue of the same rank, so this is an optimistic (upper) estimate of
             :math:`\lambda_k - \lambda_{k+1}`, exact up to the residuals as the next pair converges. Lanczos, a
             single-vector Krylov method, sees only one vector of a multiple eigenvalue, so an exact tie

@@ -36,6 +36,7 @@ __all__ = [
     "plot_spectrum",
     "plot_summary",
     "plot_trajectory_2d",
+    "prefix_label",
     "spectrum_figure",
     "summary_figure",
     "trajectory_figure",
@@ -172,6 +173,40 @@ def _markevery(n: int, index: int, count: int) -> tuple[int, int]:
     return (min(n - 1, (index * every) // max(count, 1)) if n else 0, every)
 
 
+_OPTIMIZER_WORDS = {
+    "sgd": "SGD",
+    "sam": "SAM",
+    "asam": "ASAM",
+    "adamw": "AdamW",
+    "adam": "Adam",
+    "nesterov": "Nesterov",
+}
+
+
+def prefix_label(summary: Mapping[str, Any]) -> str:
+    """The shared prefix's optimizer, in words, from a ``summary.json``: ``"SGD"``, ``"GD"``, ``"AdamW"``,
+    ``"momentum"``, ``"SAM-SGD"``, ``"full-batch AdamW"``, ...
+
+    The prefix runs the experiment's optimizer (``summary["optimizer_label"]``; older summaries: derived from
+    ``optimizer``, ``optim_args`` and ``sam_rho``) on minibatches, or on the full batch when
+    ``summary["prefix_optimizer"] == "gd"`` (plain SGD on the full batch is ``"GD"``).
+    """
+    label = summary.get("optimizer_label")
+    if not label:
+        from .branches import optimizer_label
+
+        label = optimizer_label(
+            summary.get("optimizer") or "sgd",
+            summary.get("optim_args"),
+            float(summary.get("sam_rho") or 0.0),
+            bool(summary.get("sam_adaptive", False)),
+        )
+    words = "-".join(_OPTIMIZER_WORDS.get(part, part) for part in str(label).split("-"))
+    if summary.get("prefix_optimizer") == "gd":
+        return "GD" if words == "SGD" else f"full-batch {words}"
+    return words
+
+
 def summary_figure(summary: Mapping[str, Any]) -> Figure:
     """The paper's Figure 1 as a :class:`~matplotlib.figure.Figure` (see :func:`plot_summary`)."""
     runs: Mapping[str, Any] = summary.get("runs") or {}
@@ -185,7 +220,7 @@ def summary_figure(summary: Mapping[str, Any]) -> Figure:
     positive = [loss[loss > 0] for _, loss in loss_curves.values()]
     positive = [p for p in positive if p.size]
     floor = min(float(p.min()) for p in positive) / 10 if positive else _LOSS_FLOOR
-    prefix_name = "GD" if summary.get("prefix_optimizer") == "gd" else "SGD"
+    prefix_name = prefix_label(summary)
 
     for ax, curves in ((ax_loss, loss_curves), (ax_chi, chi_curves)):
         clip = (lambda v: np.maximum(v, floor)) if ax is ax_loss else (lambda v: np.clip(v, 0.0, 1.0))
@@ -247,8 +282,8 @@ def summary_figure(summary: Mapping[str, Any]) -> Figure:
     details = [f"k = {k}"] if k is not None else []
     if summary.get("dataset"):
         details.insert(0, str(summary["dataset"]))
-    if summary.get("prefix_optimizer") == "gd":
-        details.append("GD prefix")
+    if prefix_name != "SGD":
+        details.append(f"{prefix_name} prefix")
     fig.suptitle(f"{title}  ({', '.join(details)})" if details else title)
     return fig
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from .plotting import plot_spectrum
 from .quickstart import quiet_libraries
 from .recipes import get_recipe, prepare_recipe
 
-__all__ = ["load_saved_model", "run_spectrum"]
+__all__ = ["load_saved_model", "run_spectrum", "trained_loss_fn"]
 
 
 def load_saved_model(model_dir: Path) -> Any:
@@ -39,6 +40,25 @@ def load_saved_model(model_dir: Path) -> Any:
         if cls is not None:
             return cls.from_pretrained(model_dir)
     raise ValueError(f"cannot tell which model class {model_dir} holds (architectures={config.architectures})")
+
+
+def trained_loss_fn(compute_loss_func: Callable[..., torch.Tensor] | None) -> Callable[..., torch.Tensor] | None:
+    """The :class:`~hf_subspace.hessian.HessianOperator` ``loss_fn`` of a run trained with ``compute_loss_func``.
+
+    Mirrors ``Trainer.compute_loss`` with a ``compute_loss_func``: the labels are taken out of the batch, the model
+    runs on the rest, and ``compute_loss_func(outputs, labels, num_items_in_batch=...)`` is the loss (e.g.
+    ``finetune --loss_type mse``: the MSE on the logits, not the model's own cross-entropy). ``None`` (the run
+    trained on the model's own loss) gives ``None``: the operator's default, ``model(**batch)`` 's loss.
+    """
+    if compute_loss_func is None:
+        return None
+
+    def loss_fn(model: Any, batch: Mapping[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        inputs = dict(batch)
+        labels = inputs.pop("labels")
+        return compute_loss_func(model(**inputs), labels, num_items_in_batch=num_items_in_batch)
+
+    return loss_fn
 
 
 def _resolve_recorded_paths(options: dict[str, Any], model_dir: Path) -> None:
@@ -111,7 +131,8 @@ def run_spectrum(ns: Any) -> int:
         for s in range(0, n, ns.batch_size)
     ]
     model = load_saved_model(model_dir).to(ta.device)
-    operator = HessianOperator(model, batches)
+    # The Hessian of the loss the run trained (a recipe's compute_loss_func, e.g. finetune --loss_type mse).
+    operator = HessianOperator(model, batches, trained_loss_fn(prepared.compute_loss_func))
     num = ns.num_eigenvalues or min(2 * ns.k, operator.dim - 1)
     started = time.perf_counter()
     result = top_eigenpairs(operator, num, method=ns.method, seed=ns.seed, progress=True)
@@ -121,6 +142,7 @@ def run_spectrum(ns: Any) -> int:
         "model_dir": str(model_dir),
         "recipe": spec.name,
         "num_samples": n,
+        "loss": prepared.loss,
         "k": ns.k,
         "eigenvalues": values,
         "converged": bool(result.converged),
