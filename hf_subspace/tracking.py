@@ -46,15 +46,16 @@ to the last ``window`` pairs :math:`(T_j, \delta_j)` by least squares, with :mat
 lifting the line over every observation (an upper envelope, so no measured interval is under-predicted). With only
 one interval length observed it assumes :math:`\hat\varepsilon(T) = \delta T_j^{-1} T` (no offset: the conservative
 extrapolation). The next interval is the largest :math:`T` with :math:`\hat\varepsilon(T) \le \mathrm{safety} \cdot
-\mathrm{tol}`, at least one step longer than the last when its measured :math:`\delta` was within that target (so
-the offset can be learned from a second interval length), grown at most ``growth``-fold per refresh and capped at
-``max_interval``.
+\mathrm{tol}`; while only one interval length has been seen, at least one step longer than the last when its
+measured :math:`\delta` was within that target (so a second length tells offset from rate). It grows at most
+``growth``-fold per refresh and is capped at ``max_interval``.
 
 **Probe calibration**. The residual estimate reads high (1.1–5× the measured distance in the benchmark). The last
 probe :math:`\hat\beta_s` of an interval and the distance :math:`\delta` measured at its end (:math:`\ge` the error at
 step ``s`` while the error grows with age) give a ratio :math:`c = \hat\beta_s / \delta` that *under*-states the
-over-reading; probes are divided by the smallest ratio of the last ``window`` intervals (clipped to
-[0.25, 10]), so the calibrated estimate stays at or above what the uncalibrated ratio would give.
+over-reading; probes are divided by the median ratio of the last ``window`` intervals (clipped to [0.25, 10]).
+Dividing by the smallest ratio instead left half of all refreshes forced by probes along Dom-SGD on MNIST (99 of 207,
+at errors of 0.02–0.03 for tol 0.05).
 
 Probes run every ``max(2, interval // probes_per_interval)`` steps inside an interval; a probe whose estimate exceeds
 ``probe_threshold · tol`` triggers a refresh at that very step, so the basis used for the update is fresh. Every
@@ -277,11 +278,11 @@ class BasisTracker:
         return estimate
 
     def probe_calibration(self) -> float:
-        """Divisor of the raw probe estimate: the smallest recent ratio probe / measured drift, in [0.25, 10] (1 before
+        """Divisor of the raw probe estimate: the median recent ratio probe / measured drift, in [0.25, 10] (1 before
         any interval has had a probe)."""
         if not self.probe_ratios:
             return 1.0
-        return float(min(10.0, max(0.25, min(self.probe_ratios))))
+        return float(min(10.0, max(0.25, float(torch.tensor(self.probe_ratios).median().item()))))
 
     # -- refreshes --------------------------------------------------------------------------------------------
     def observe_refresh(
@@ -351,7 +352,8 @@ class BasisTracker:
             interval = cap
         else:
             interval = int(min(cap, max(1, math.floor((target - self.drift_offset) / rate))))
-        if drift <= target:  # the last interval was within target: try one step longer (learns the offset)
+        if drift <= target and len({t for t, _ in self.drift_samples}) < 2:
+            # one interval length seen, within target: try one step longer, so the fit can tell offset from rate
             interval = max(interval, min(cap, elapsed + 1))
         return interval
 

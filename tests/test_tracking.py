@@ -391,3 +391,47 @@ def test_measurements_without_projection_use_the_tracker(tmp_path) -> None:
     st = tracked.subspace_state
     assert st.hvps_total == tracked.hessian_operator.num_matvecs
     assert st.tracker is not None and st.tracker.num_probes > 0, st.tracker
+
+
+def test_offset_is_learned_from_two_interval_lengths() -> None:
+    """A basis that jumps to 0.02 one step after a refresh and then grows by 1e-3 per step (the jitter measured along
+    Dom-SGD): a linear model would refresh every step (0.02 / step); the envelope fit learns the offset."""
+    tol = 0.05
+    tracker = BasisTracker(tol, 1000, safety=0.8, probes_per_interval=0)
+    tracker.observe_refresh(0, None, _identity_basis(10, 3), torch.zeros(3), 1.0)
+    step, intervals = 0, []
+    for _ in range(8):
+        interval = tracker.interval
+        step += interval
+        drift = 0.02 + 1e-3 * interval
+        tracker.observe_refresh(
+            step, _identity_basis(10, 3), _identity_basis(10, 3, math.asin(drift)), torch.zeros(3), 1.0
+        )
+        intervals.append(tracker.interval)
+    # (0.8 · 0.05 − 0.02) / 1e-3 = 20 steps once the offset is known; never an interval whose error would pass 0.04
+    assert intervals[-1] == 20, intervals
+    assert tracker.drift_offset == pytest.approx(0.02, abs=1e-9) and tracker.drift_rate == pytest.approx(1e-3)
+    assert all(0.02 + 1e-3 * t <= 0.8 * tol + 1e-12 for t in intervals)
+
+
+def test_probe_is_calibrated_by_the_drift_measured_after_it() -> None:
+    d, k = 20, 3
+    tracker = BasisTracker(0.05, 100, probes_per_interval=4)
+    spectrum = _spectrum(d, k)
+    basis = _identity_basis(d, k)
+    tracker.observe_refresh(0, None, basis, torch.zeros(k), float(spectrum[k]))
+    tracker.interval = 40
+    h2 = torch.diag(spectrum)
+    h2[k - 1, k] = h2[k, k - 1] = 0.2  # the basis is slightly off
+    block = tracker.probe_block(basis, 10)
+    raw = tracker.observe_probe(10, basis, block, h2 @ block)
+    assert tracker.probe_calibration() == 1.0  # nothing measured yet: the raw estimate
+    _, u = _top(h2, k)
+    new = SubspaceBasis(u, spectrum[:k])
+    drift = subspace_distance(basis.vectors, u)
+    tracker.observe_refresh(20, basis, new, torch.zeros(k), float(spectrum[k]))
+    assert tracker.probe_ratios == [pytest.approx(raw / drift, rel=1e-6)]
+    block = tracker.probe_block(basis, 25)
+    again = tracker.observe_probe(25, basis, block, h2 @ block)
+    raw_again = tracker.last_probe_raw
+    assert raw_again is not None and again == pytest.approx(raw_again / (raw / drift), rel=1e-6)
