@@ -315,7 +315,7 @@ class SubspaceCallback(TrainerCallback):
                 self.operator,
                 num,
                 method=method,
-                init=st.warm_start if method == "lobpcg" else None,
+                init=st.warm_start,  # every method warm-starts (Lanczos and eigsh from the sum of its columns)
                 tol=solver_tol,
                 max_iters=args.subspace_solver_max_iters,
                 seed=args.seed + step,

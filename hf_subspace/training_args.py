@@ -126,7 +126,8 @@ class SubspaceTrainingArguments(TrainingArguments):
         default="auto",
         metadata={
             "help": "Eigensolver: 'auto' (Lanczos for the first basis, warm-started LOBPCG for refreshes), "
-            "'lobpcg', 'lanczos' or 'eigsh' (scipy ARPACK, the paper's baseline).",
+            "'lobpcg', 'lanczos' (about half of a warm LOBPCG's memory at k = 10: for models near the memory limit) "
+            "or 'eigsh' (scipy ARPACK, the paper's baseline). Refreshes warm-start from the previous basis.",
         },
     )
     subspace_solver_tol: float | None = field(

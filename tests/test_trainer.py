@@ -514,3 +514,25 @@ def test_model_card_loading_snippet(architecture, snippet):
         assert "from_pretrained" not in card
     else:
         assert snippet in card and "import hf_subspace" in card
+
+
+def test_lanczos_refreshes_warm_start_from_the_previous_basis(tmp_path, dataset):
+    """Refreshes after the first start from the previous basis with the memory-lean Lanczos too (from the sum of its
+    columns): one step later the Hessian has barely moved, so a warm refresh needs far fewer products than the cold
+    first one. (ARPACK builds its whole first factorisation whatever ``v0``, so ``eigsh`` gains nothing from it.)"""
+    trainer = _trainer(
+        tmp_path,
+        dataset,
+        subspace_mode="bulk",
+        subspace_k=3,
+        subspace_solver="lanczos",
+        hessian_num_samples=250,
+        subspace_start_step=0,
+        subspace_refresh_steps=1,
+        max_steps=3,
+        logging_steps=1,
+    )
+    trainer.train()
+    hvps = [h["subspace/solver_hvps"] for h in trainer.state.log_history if "subspace/solver_hvps" in h]
+    assert len(hvps) >= 3
+    assert max(hvps[1:]) <= 0.7 * hvps[0], hvps  # cold starts would each cost about as much as the first
