@@ -9,9 +9,6 @@ float64.
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import MethodType
 from typing import Any
@@ -21,6 +18,7 @@ import pytest
 import torch
 from _reference import TanhMLP, classification_batches
 from _token_fixtures import collate, lm_batches, sequences, tiny_gpt2, token_mean_loss_and_hessian
+from _torchrun import torchrun_two
 from torch import nn
 from torch.func import functional_call
 
@@ -73,11 +71,7 @@ def test_stock_causal_lm_loss_and_sequence_weighting_would_differ(lm_reference) 
 @pytest.mark.distributed
 def test_token_level_two_processes_match_one(tmp_path, lm_reference) -> None:
     _model, loss, grad, dense = lm_reference
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run(
-        [*cmd, str(WORKERS / "worker_tokens.py"), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
-    )
+    proc = torchrun_two([str(WORKERS / "worker_tokens.py"), str(tmp_path)], {"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2

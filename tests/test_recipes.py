@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _torchrun import torchrun_two
 
 from hf_subspace.experiments.recipes import (
     RECIPES,
@@ -232,12 +230,11 @@ def test_prepare_toy_builds_a_two_parameter_model():
 @pytest.mark.distributed
 def test_two_processes_with_torchrun(tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "recipes" / "toy_quadratic.py"), "--max_steps", "40", "--switch_step", "20",
-           "--subspace_alignment_steps", "10", "--modes", "gd,dominant", "--disable_tqdm", "true",
-           "--output_dir", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
+    argv = [str(REPO / "recipes" / "toy_quadratic.py"), "--max_steps", "40", "--switch_step", "20",
+            "--subspace_alignment_steps", "10", "--modes", "gd,dominant", "--disable_tqdm", "true",
+            "--output_dir", str(out)]  # fmt: skip
+    proc = torchrun_two(argv, env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2  # measured inside the workers

@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from _reference import dense_hessian, subspace_distance
+from _torchrun import torchrun_two
 from _trainer_fixtures import base_args, losses
 from torch import nn
 from transformers import TrainerCallback
@@ -344,11 +343,7 @@ def test_bad_basis_tol_is_refused_before_training(tmp_path, tol: float) -> None:
 @pytest.mark.distributed
 def test_two_processes_take_the_same_tracking_decisions_as_one(tmp_path) -> None:
     """torchrun, gloo: ranks agree exactly; one process on the whole batch takes the same decisions."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run(
-        [*cmd, str(WORKERS / "worker_tracking.py"), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
-    )
+    proc = torchrun_two([str(WORKERS / "worker_tracking.py"), str(tmp_path)], {"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0 == r1

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _torchrun import torchrun_two
 from _trainer_fixtures import DigitsMLP, base_args, digits_dataset, losses
 from datasets import Dataset
 from safetensors.torch import load_file
@@ -162,9 +161,7 @@ def test_parameter_without_gradient_is_measured_as_zero_and_stays_fixed(tmp_path
 
 
 def _torchrun(worker: str, *argv: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run([*cmd, str(WORKERS / worker), *argv], env=env, capture_output=True, text=True, timeout=600)
+    proc = torchrun_two([str(WORKERS / worker), *argv], {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
