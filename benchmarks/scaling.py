@@ -33,6 +33,9 @@ import torch
 from hf_subspace import HessianOperator
 from hf_subspace.eigensolvers import top_eigenpairs
 
+# gloo's C++ teardown abort (std::terminate on a joinable thread): the only failure that earns one relaunch.
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
 
 # -- part 1: processes -----------------------------------------------------------------------------------------
 def worker(args: argparse.Namespace) -> None:
@@ -118,10 +121,10 @@ def launch(procs: int, threads: int, args: argparse.Namespace, tmp: Path) -> dic
         if proc.returncode == 0:
             break
         failure = f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        if attempt == 2 or "terminate called" not in proc.stderr:
+        if attempt == 2 or GLOO_TEARDOWN_ABORT not in proc.stderr:
             raise RuntimeError(failure)
-        # A gloo worker aborting in C++ teardown ("terminate called without an active exception") was seen once in
-        # CI on a loaded machine and never reproduced; it says nothing about the measurement, so launch once more.
+        # A gloo worker aborting in C++ teardown was seen once in CI on a loaded machine and never reproduced; it
+        # says nothing about the measurement, so launch once more (tests/_torchrun.py does the same for the tests).
         print(f"  torchrun aborted in gloo ({proc.returncode}); launching once more", flush=True)
     result = json.loads(out.read_text())
     result["product"] = torch.load(out.with_suffix(".pt"))

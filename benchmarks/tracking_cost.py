@@ -342,7 +342,7 @@ def run_trajectory(model_name: str, mode: str, cfg: argparse.Namespace) -> dict[
         "records": records,
         "seconds": time.perf_counter() - t_start,
     }
-    print_summary(result, cfg)
+    print_summary(result)
     return result
 
 
@@ -421,23 +421,21 @@ def measure(
     return rec
 
 
-def print_summary(result: dict[str, Any], cfg: argparse.Namespace) -> None:
-    """Markdown table of one trajectory, ratios to the paper's cost."""
-    s = result["summary"]
-    paper = s.get("paper", {}).get("hvps_per_step")
+def policy_table(summary: dict[str, Any]) -> str:
+    """Markdown table of one trajectory's policies (``run["summary"]``), with ratios to the paper's cost."""
+    paper = summary.get("paper", {}).get("hvps_per_step")
+    order = ["paper", "every step", "fixed 10", "fixed 100"] + [n for n in summary if n.startswith("tol ")]
     rows = []
-    order = ["paper", "every step", "fixed 10", "fixed 100"] + [f"tol {t:g}" for t in cfg.tols]
-    for name in order:
-        if name not in s:
-            continue
-        st = s[name]
-        e = st["error"]
+    for name in [n for n in order if n in summary]:
+        st, e = summary[name], summary[name]["error"]
         rows.append(
             [
                 name,
                 bu.fmt_num(st["hvps_per_step"]),
                 bu.fmt_num(st["hvps_per_step"] / paper) if paper else "–",
                 bu.fmt_num(st.get("cpu_s_per_step")),
+                str(st.get("refreshes", "–")),
+                str(st.get("probes", "–")),
                 str(e["n"]),
                 bu.fmt_num(e["median"]),
                 bu.fmt_num(e["p95"]),
@@ -445,13 +443,18 @@ def print_summary(result: dict[str, Any], cfg: argparse.Namespace) -> None:
                 f"{e['fraction_within_tol']:.0%}" if "fraction_within_tol" in e else "–",
             ]
         )
+    headers = ["policy", "HVPs/step", "× paper", "CPU s/step", "refreshes", "probes", "n", "median", "p95", "max"]
+    return bu.markdown_table([*headers, "≤ tol"], rows)
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    """One trajectory's settings line and :func:`policy_table`."""
     print(
         f"\n{result['model']} {result['mode']}: d={result['d']}, Hessian samples={result['hessian_samples']}, "
         f"{result['steps']} post-switch steps driven by {result['drive']}: {result['driver_step_cpu_s']:.3f} s/step "
         f"CPU ({result['driver_step_wall_s']:.3f} wall), final loss {result['final_loss']:.5g}"
     )
-    headers = ["policy", "HVPs/step", "× paper", "CPU s/step", "n", "err median", "err p95", "err max", "≤ tol"]
-    print(bu.markdown_table(headers, rows), flush=True)
+    print(policy_table(result["summary"]), flush=True)
 
 
 # -- loss check on digits (every step vs tol 0.05, whole branches) ---------------------------------------------
@@ -556,28 +559,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def markdown_report(result: dict[str, Any]) -> str:
     """All tables of a result JSON as markdown (``--summarize FILE``)."""
     out = []
-    order = ["paper", "every step", "fixed 10", "fixed 100", "tol 0.02", "tol 0.05", "tol 0.1"]
     for run, r in result.get("runs", {}).items():
-        s = r["summary"]
-        paper = s.get("paper", {}).get("hvps_per_step")
-        rows = []
-        for name in [n for n in order if n in s]:
-            st, e = s[name], s[name]["error"]
-            rows.append(
-                [
-                    name,
-                    bu.fmt_num(st["hvps_per_step"]),
-                    bu.fmt_num(st["hvps_per_step"] / paper) if paper else "–",
-                    bu.fmt_num(st.get("cpu_s_per_step")),
-                    str(st.get("refreshes", "–")),
-                    str(st.get("probes", "–")),
-                    str(e["n"]),
-                    bu.fmt_num(e["median"]),
-                    bu.fmt_num(e["p95"]),
-                    bu.fmt_num(e["max"]),
-                    f"{e['fraction_within_tol']:.0%}" if "fraction_within_tol" in e else "–",
-                ]
-            )
         pr = r["probe_ratio"]["quantiles"]
         out.append(
             f"**{run}** (d = {r['d']:,}, Hessian set {r['hessian_samples']:,}, switch at {r['switch']}, "
@@ -586,8 +568,7 @@ def markdown_report(result: dict[str, Any]) -> str:
             f"error: 5th pct {bu.fmt_num(pr.get('5'))}, median {bu.fmt_num(pr.get('50'))}, "
             f"90th {bu.fmt_num(pr.get('90'))})\n"
         )
-        headers = ["policy", "HVPs/step", "× paper", "CPU s/step", "refreshes", "probes", "n", "median", "p95", "max"]
-        out.append(bu.markdown_table([*headers, "≤ tol"], rows) + "\n")
+        out.append(policy_table(r["summary"]) + "\n")
     lc = result.get("loss_check")
     if lc:
         rows = []
