@@ -221,7 +221,12 @@ class BasisTracker:
         if age == 0:
             return self.refresh_bound
         rate = self.drift_rate if self.drift_rate is not None else 0.0
-        return self.refresh_bound + self.drift_offset + rate * age
+        return self.calibrated_refresh_bound() + self.drift_offset + rate * age
+
+    def calibrated_refresh_bound(self) -> float:
+        """The last refresh's bound ``‖R D⁻¹‖_F`` divided by the probe calibration (the same estimator, so it reads
+        high by the same factor; uncalibrated before any interval has had a probe)."""
+        return self.refresh_bound / self.probe_calibration()
 
     def error_estimate(self, step: int) -> float:
         """The tracker's estimate of the current basis error: the prediction, or a larger probe estimate."""
@@ -343,7 +348,7 @@ class BasisTracker:
 
     def _next_interval(self, elapsed: int, drift: float) -> int:
         """The largest interval whose predicted error stays within ``safety · tol`` (see the module docstring)."""
-        target = self.safety * self.tol - self.refresh_bound
+        target = self.safety * self.tol - self.calibrated_refresh_bound()
         cap = min(self.max_interval, max(1, int(self.growth * elapsed)))
         rate = self.drift_rate or 0.0
         if target <= self.drift_offset:
