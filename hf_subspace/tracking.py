@@ -40,9 +40,11 @@ minibatch), then grows slowly (≈ 7e-4 per step). The controller therefore fits
 
 .. math::
 
-    \hat\varepsilon(T) = \beta_{\mathrm{refresh}} + a + e + b\,T, \qquad a, b \ge 0,
+    \hat\varepsilon(T) = \beta_{\mathrm{refresh}} / c + a + e + b\,T, \qquad a, b \ge 0,
 
-to the last ``window`` pairs :math:`(T_j, \delta_j)` by least squares, with :math:`e = \max_j (\delta_j - a - bT_j)^+`
+(:math:`c` the probe calibration below: the refresh's bound is the same estimator as a probe, computed from the
+solver's residuals, and reads high by the same factor) to the last ``window`` pairs :math:`(T_j, \delta_j)` by least
+squares, with :math:`e = \max_j (\delta_j - a - bT_j)^+`
 lifting the line over every observation (an upper envelope, so no measured interval is under-predicted). With only
 one interval length observed it assumes :math:`\hat\varepsilon(T) = \delta T_j^{-1} T` (no offset: the conservative
 extrapolation). The next interval is the largest :math:`T` with :math:`\hat\varepsilon(T) \le \mathrm{safety} \cdot
@@ -356,7 +358,7 @@ class BasisTracker:
         elif rate <= 0.0:
             interval = cap
         else:
-            interval = int(min(cap, max(1, math.floor((target - self.drift_offset) / rate))))
+            interval = int(min(cap, max(1, math.floor((target - self.drift_offset) / rate + 1e-9))))
         if drift <= target and len({t for t, _ in self.drift_samples}) < 2:
             # one interval length seen, within target: try one step longer, so the fit can tell offset from rate
             interval = max(interval, min(cap, elapsed + 1))

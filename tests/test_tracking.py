@@ -430,3 +430,27 @@ def test_probe_is_calibrated_by_the_drift_measured_after_it() -> None:
     again = tracker.observe_probe(25, basis, block, h2 @ block)
     raw_again = tracker.last_probe_raw
     assert raw_again is not None and again == pytest.approx(raw_again / (raw / drift), rel=1e-6)
+
+
+def test_refresh_bound_is_calibrated_like_a_probe() -> None:
+    """The refresh's own bound ‖R D⁻¹‖_F reads high by the factor the probes measured: the prediction (and so the
+    interval) uses it divided by the probe calibration, and only once an interval has had a probe."""
+    tol = 0.05
+    tracker = BasisTracker(tol, 1000, safety=0.8, probes_per_interval=0)
+    residuals = torch.full(
+        (3,), 0.02 / math.sqrt(3.0), dtype=torch.float64
+    )  # unit gaps (ϑ = 2, λ_{k+1} = 1): bound 0.02
+    basis = SubspaceBasis(_identity_basis(10, 3).vectors, torch.full((3,), 2.0))
+    tracker.observe_refresh(0, None, basis, residuals, 1.0)
+    assert tracker.refresh_bound == pytest.approx(0.02)
+    assert tracker.predicted_error(1) == pytest.approx(0.02)  # no calibration yet: the raw bound, offset 0, rate 0
+    tracker.probe_ratios = [4.0, 4.0, 4.0]
+    tracker.drift_offset, tracker.drift_rate = 0.01, 1e-3
+    assert tracker.calibrated_refresh_bound() == pytest.approx(0.005)
+    assert tracker.predicted_error(5) == pytest.approx(0.005 + 0.01 + 5e-3)
+    # planning: (0.8 · 0.05 − 0.005 − offset) / rate with the fit of one (T, δ) pair per length
+    tracker.drift_samples = [(4, 0.014), (8, 0.018)]
+    tracker.drift_offset, tracker.drift_rate = 0.01, 1e-3
+    assert tracker._next_interval(8, 0.018) == 16  # capped by growth 2 × 8; uncalibrated it would be 10
+    tracker.growth = 100.0
+    assert tracker._next_interval(8, 0.018) == 25  # (0.04 − 0.015) / 1e-3, not 24 from rounding
