@@ -21,10 +21,14 @@ def torchrun_two(
 
     ``env`` entries are added to ``os.environ``. Relaunched once when (and only when) it died of
     :data:`GLOO_TEARDOWN_ABORT`.
+
+    Raises:
+        AssertionError: when it still failed, with the tails of its stdout and stderr.
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *argv]
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0 and GLOO_TEARDOWN_ABORT in proc.stderr:
         proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

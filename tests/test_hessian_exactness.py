@@ -71,8 +71,7 @@ def test_stock_causal_lm_loss_and_sequence_weighting_would_differ(lm_reference) 
 @pytest.mark.distributed
 def test_token_level_two_processes_match_one(tmp_path, lm_reference) -> None:
     _model, loss, grad, dense = lm_reference
-    proc = torchrun_two([str(WORKERS / "worker_tokens.py"), str(tmp_path)], {"OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    torchrun_two([str(WORKERS / "worker_tokens.py"), str(tmp_path)], {"OMP_NUM_THREADS": "1"})
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
     assert r0["local_items"] != r1["local_items"]  # uneven token counts per rank: weighting by items matters

@@ -343,8 +343,7 @@ def test_bad_basis_tol_is_refused_before_training(tmp_path, tol: float) -> None:
 @pytest.mark.distributed
 def test_two_processes_take_the_same_tracking_decisions_as_one(tmp_path) -> None:
     """torchrun, gloo: ranks agree exactly; one process on the whole batch takes the same decisions."""
-    proc = torchrun_two([str(WORKERS / "worker_tracking.py"), str(tmp_path)], {"OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    torchrun_two([str(WORKERS / "worker_tracking.py"), str(tmp_path)], {"OMP_NUM_THREADS": "1"})
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0 == r1
     worker = _worker()
