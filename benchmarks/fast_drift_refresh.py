@@ -7,7 +7,7 @@ the previous step's basis are counted for k + 1 pairs at relative residual 1e-3 
 1e-3: Hessian-vector products and the error ‖P − P_ref‖₂ of the result. This tells how much a looser refresh
 tolerance could save when certified tracking (``subspace_basis_tol``) has to refresh at every step.
 
-Run: ``python benchmarks/fast_drift_refresh.py --threads 2`` (≈ 4 min on 2 idle cores).
+Run: ``python benchmarks/fast_drift_refresh.py --threads 2`` (≈ 6 min on 2 idle cores).
 """
 
 from __future__ import annotations
@@ -37,16 +37,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     bu.setup_process(args.threads)
     k = args.k
-    model, x, y = tc.load_model_data("cifar", 5000, 0)
-    op = HessianOperator(model, bu.make_batches(x[:250], y[:250], 250))
+    mc = tc.parse_args(["--cifar-hessian", "250"]).models["cifar"]  # tracking_cost's CIFAR-10 setup
+    model, x, y = tc.load_model_data("cifar", mc["train"], 0)
+    hessian = mc["hessian"]
+    op = HessianOperator(model, bu.make_batches(x[:hessian], y[:hessian], mc["hessian_batch"]))
     gen = torch.Generator().manual_seed(0)
-    bu.sgd_steps(model, x, y, 500, 0.01, 50, gen)
+    bu.sgd_steps(model, x, y, mc["switch"], mc["lr"], mc["batch"], gen)
     with bu.quiet_warnings():
         first = top_eigenpairs(op, k + 1, method="lanczos", tol=1e-3, seed=0)
     warm, basis = first.eigenvectors, SubspaceBasis(first.eigenvectors[:, :k])
     rows: list[dict[str, Any]] = []
     for t in tqdm(range(1, args.steps + 1), desc="Dom-SGD steps"):
-        tc.sgd_step(model, x, y, 0.01, 50, gen, "dominant", basis)
+        tc.sgd_step(model, x, y, mc["lr"], mc["batch"], gen, "dominant", basis)
         with bu.quiet_warnings():
             ref = top_eigenpairs(op, k + 1, method="lobpcg", init=warm, tol=3e-4, seed=t)
         ref_basis = SubspaceBasis(ref.eigenvectors[:, :k])
