@@ -48,14 +48,15 @@ NumItemsFn = Callable[[Any], int]
 
 
 def batch_num_samples(batch: Any) -> int:
-    """Sample count of a batch: length of ``labels`` (mapping) or of the first element (tuple/list/tensor)."""
+    """Sample count of a batch: length of ``labels`` (mapping), else of the mapping's first tensor with a batch
+    dimension (e.g. extractive QA's ``start_positions``), or of the first element (tuple/list/tensor)."""
     if isinstance(batch, Mapping):
-        if "labels" not in batch:
-            raise ValueError(
-                f"A Hessian-dataset batch has no 'labels' (keys: {sorted(batch)}); the Hessian is of the training "
-                "loss, which needs labels. Add them to the Hessian dataset."
-            )
-        return len(batch["labels"])
+        if "labels" in batch:
+            return len(batch["labels"])
+        for value in batch.values():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                return len(value)
+        raise ValueError(f"A Hessian-dataset batch has no tensor with a batch dimension (keys: {sorted(batch)}).")
     if isinstance(batch, (tuple, list)):
         return len(batch[0])
     if isinstance(batch, torch.Tensor):
@@ -93,18 +94,19 @@ def count_loss_items(batch: Any, shift_labels: bool = False) -> int:
     """Number of loss items of a batch.
 
     Mapping batches: the entries of ``shift_labels`` (if the collator provides it) or of ``labels`` (without the
-    first position when ``shift_labels``) that are not ``-100``; this is the Trainer's count for ``num_items_in_batch``
+    first position when ``shift_labels``) that are not ``-100``, or the number of samples without either; this is the Trainer's count for ``num_items_in_batch``
     and the denominator of the transformers losses. Other batches: the number of samples (first dimension).
 
     Raises:
-        ValueError: a mapping batch without labels, or labels that are not a tensor / array.
+        ValueError: labels that are not a tensor / array.
     """
     if not isinstance(batch, Mapping):
         return batch_num_samples(batch)
     if "shift_labels" in batch:
         labels = batch["shift_labels"]
+    elif "labels" not in batch:  # a loss without a labels tensor (e.g. extractive QA's positions): one per sample
+        return batch_num_samples(batch)
     else:
-        batch_num_samples(batch)  # the clear error for a batch without labels
         labels = batch["labels"]
         if shift_labels:
             labels = torch.as_tensor(labels)[..., 1:]
