@@ -182,13 +182,16 @@ def _is_hf_dataset(dataset: Any) -> bool:
     return isinstance(dataset, datasets.Dataset)
 
 
-_NO_LOSS_MARKERS = ("did not return a loss", "no scalar loss")
+_NO_LOSS_MARKERS = ("did not return a loss", "no scalar loss", "has no 'labels'")
 
 
 def _probe(model: nn.Module, batch: Any, params: list[torch.Tensor], loss_fn: LossFn) -> None:
     """One Hessian-vector product on one batch: the loss exists and is twice differentiable."""
     op = HessianOperator(model, [batch], loss_fn, params=params, distributed=False)
-    op.matvec(torch.ones(op.dim, dtype=op.dtype, device=op.device))
+    try:
+        op.matvec(torch.ones(op.dim, dtype=op.dtype, device=op.device))
+    except FloatingPointError:  # non-finite data or weights: the training-time checks name the step
+        pass
 
 
 def _loss_value(model: nn.Module, batch: Any, params: list[torch.Tensor], loss_fn: LossFn) -> float:

@@ -25,6 +25,7 @@ from torch import nn
 
 __all__ = [
     "IGNORE_INDEX",
+    "LABEL_KEYS",
     "LossFn",
     "NumItemsFn",
     "accepts_num_items",
@@ -40,6 +41,10 @@ __all__ = [
 IGNORE_INDEX = -100
 """Label value that the transformers losses (and ``nn.CrossEntropyLoss``) ignore."""
 
+LABEL_KEYS = ("labels", "start_positions", "end_positions")
+"""Batch keys a transformers model computes its loss from: ``labels``, or the answer span of extractive QA (one loss
+item per sample)."""
+
 LossFn = Callable[..., "torch.Tensor | tuple[torch.Tensor, int | torch.Tensor]"]
 """``loss_fn(model, batch[, num_items_in_batch=n])`` → scalar mean loss, or ``(mean loss, number of items)``."""
 
@@ -48,15 +53,16 @@ NumItemsFn = Callable[[Any], int]
 
 
 def batch_num_samples(batch: Any) -> int:
-    """Sample count of a batch: length of ``labels`` (mapping), else of the mapping's first tensor with a batch
-    dimension (e.g. extractive QA's ``start_positions``), or of the first element (tuple/list/tensor)."""
+    """Sample count of a batch: length of its labels (mapping: ``labels``, or extractive QA's ``start_positions``)
+    or of the first element (tuple/list/tensor)."""
     if isinstance(batch, Mapping):
-        if "labels" in batch:
-            return len(batch["labels"])
-        for value in batch.values():
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
-                return len(value)
-        raise ValueError(f"A Hessian-dataset batch has no tensor with a batch dimension (keys: {sorted(batch)}).")
+        key = next((k for k in LABEL_KEYS if k in batch), None)
+        if key is None:
+            raise ValueError(
+                f"A Hessian-dataset batch has no 'labels' (keys: {sorted(batch)}); the Hessian is of the training "
+                "loss, which needs labels. Add them to the Hessian dataset (or make them in the data collator)."
+            )
+        return len(batch[key])
     if isinstance(batch, (tuple, list)):
         return len(batch[0])
     if isinstance(batch, torch.Tensor):

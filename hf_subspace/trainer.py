@@ -8,6 +8,7 @@ parameters, the :class:`~hf_subspace.hessian.HessianOperator` of its own loss ov
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -98,8 +99,11 @@ class SubspaceTrainerMixin(_TrainerBase):
                 f"d={dim}; lower subspace_k or widen subspace_parameter_filter."
             )
         batches = self._hessian_batches()
+        metrics = copy.deepcopy(getattr(self, "_metrics", None))  # TRL trainers record metrics in compute_loss
         with isolated_rng(hessian_seed(self.args)):  # a dropout-free pass, but a model's forward may still draw
             loss_fn = choose_hessian_loss(self.model, batches[0], self.subspace_params, self._hessian_loss)
+        if metrics is not None:
+            self._metrics = metrics
         warn_batch_dependent_loss(self.model)
         self.hessian_operator = HessianOperator(
             self.model, batches, loss_fn, params=self.subspace_params, progress=self.args.subspace_progress
