@@ -309,3 +309,49 @@ def test_moe_router_auxiliary_loss_is_announced(tmp_path: Any, caplog: pytest.Lo
                         train_dataset=data, data_collator=DataCollatorForLanguageModeling(word_tokenizer(), mlm=False))  # fmt: skip
     assert any("router auxiliary loss" in r.getMessage() and "hessian_batch_size" in r.getMessage()
                for r in caplog.records)  # fmt: skip
+
+
+# -- resume of a transformers model whose module names were renamed (ViT) -------------------------------------------
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_vit_resume_loads_the_weights_without_key_warnings(tmp_path: Any) -> None:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=8, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=8, num_labels=3, attn_implementation="eager")  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    data = Dataset.from_dict({"pixel_values": torch.randn(24, 3, 8, 8, generator=g).tolist(),
+                              "labels": torch.randint(0, 3, (24,), generator=g).tolist()}).with_format("torch")  # fmt: skip
+    settings = base_args(str(tmp_path), per_device_train_batch_size=6, max_steps=4, subspace_k=2, subspace_mode="bulk",
+                         subspace_start_step=1, hessian_num_samples=12, save_strategy="steps", save_steps=2)  # fmt: skip
+
+    def trainer() -> SubspaceTrainer:
+        torch.manual_seed(0)
+        return SubspaceTrainer(model=ViTForImageClassification(config), args=SubspaceTrainingArguments(**settings),
+                               train_dataset=data)  # fmt: skip
+
+    first = trainer()
+    first.train()
+    records, ours = _Records(), logging.getLogger("hf_subspace")
+    level = ours.level
+    ours.setLevel(logging.INFO)
+    for name in ("transformers", "hf_subspace"):
+        logging.getLogger(name).addHandler(records)
+    try:
+        resumed = trainer()
+        resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    finally:
+        ours.setLevel(level)
+        for name in ("transformers", "hf_subspace"):
+            logging.getLogger(name).removeHandler(records)
+    assert not [m for m in records.messages if "missing keys" in m or "unexpected keys" in m]
+    assert any(m.startswith("Resumed the model's") for m in records.messages)
+    for (name, p), q in zip(first.model.named_parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
