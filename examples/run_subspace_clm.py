@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     def tokenize(batch: dict[str, list[Any]]) -> Any:
         encoded = tokenizer([str(t) for t in batch[column]])
-        return {"input_ids": [ids + [tokenizer.eos_token_id] for ids in encoded["input_ids"]]}
+        return {"input_ids": [[*ids, tokenizer.eos_token_id] for ids in encoded["input_ids"]]}
 
     def group_texts(batch: dict[str, list[list[int]]]) -> dict[str, list[list[int]]]:
         stream = list(chain.from_iterable(batch["input_ids"]))

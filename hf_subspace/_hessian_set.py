@@ -27,7 +27,7 @@ import itertools
 import logging
 import math
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -100,6 +100,10 @@ def is_collated_batch(item: Any) -> bool:
     return len({v.shape[0] for v in values}) == 1 and any(v.dim() >= 2 for v in values)
 
 
+def _is_batch_list(dataset: Any) -> bool:
+    return isinstance(dataset, (list, tuple)) and bool(dataset) and all(is_collated_batch(b) for b in dataset)
+
+
 def _signature_filter(trainer: Any, batch: Any) -> Any:
     if not trainer.args.remove_unused_columns or not isinstance(batch, Mapping):
         return batch
@@ -144,9 +148,7 @@ def build_hessian_batches(trainer: Any, dataset: Any, *, subset: bool) -> list[A
     from torch.utils.data import DataLoader
 
     with isolated_rng(hessian_seed(args)):
-        if isinstance(dataset, DataLoader):
-            batches = _shard([_signature_filter(trainer, b) for b in dataset])
-        elif isinstance(dataset, (list, tuple)) and dataset and all(is_collated_batch(b) for b in dataset):
+        if isinstance(dataset, DataLoader) or _is_batch_list(dataset):
             batches = _shard([_signature_filter(trainer, b) for b in dataset])
         elif hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__") and not _is_iterable_dataset(dataset):
             indices = hessian_subset_indices(len(dataset), args) if subset else np.arange(len(dataset))
@@ -155,9 +157,7 @@ def build_hessian_batches(trainer: Any, dataset: Any, *, subset: bool) -> list[A
             batches = _collate(trainer, [dataset[int(i)] for i in _shard(list(indices))])
         elif hasattr(dataset, "__iter__") and not isinstance(dataset, (str, bytes, Mapping)):
             examples = list(itertools.islice(iter(dataset), args.hessian_num_samples))
-            logger.info(
-                "Hessian set: the first %d examples of the iterable %s", len(examples), type(dataset).__name__
-            )
+            logger.info("Hessian set: the first %d examples of the iterable %s", len(examples), type(dataset).__name__)
             batches = _collate(trainer, _shard(examples))
         else:
             raise _unsupported(dataset)
@@ -185,17 +185,15 @@ def _is_hf_dataset(dataset: Any) -> bool:
 _NO_LOSS_MARKERS = ("did not return a loss", "no scalar loss", "has no 'labels'")
 
 
-def _probe(model: nn.Module, batch: Any, params: list[torch.Tensor], loss_fn: LossFn) -> None:
+def _probe(model: nn.Module, batch: Any, params: Sequence[torch.Tensor], loss_fn: LossFn) -> None:
     """One Hessian-vector product on one batch: the loss exists and is twice differentiable."""
-    op = HessianOperator(model, [batch], loss_fn, params=params, distributed=False)
-    try:
+    op = HessianOperator(model, [batch], loss_fn, params=list(params), distributed=False)
+    with contextlib.suppress(FloatingPointError):  # non-finite data or weights: the training-time checks name the step
         op.matvec(torch.ones(op.dim, dtype=op.dtype, device=op.device))
-    except FloatingPointError:  # non-finite data or weights: the training-time checks name the step
-        pass
 
 
-def _loss_value(model: nn.Module, batch: Any, params: list[torch.Tensor], loss_fn: LossFn) -> float:
-    return HessianOperator(model, [batch], loss_fn, params=params, distributed=False).loss()
+def _loss_value(model: nn.Module, batch: Any, params: Sequence[torch.Tensor], loss_fn: LossFn) -> float:
+    return HessianOperator(model, [batch], loss_fn, params=list(params), distributed=False).loss()
 
 
 def _no_loss_error(batch: Any, err: Exception) -> ValueError:
@@ -220,10 +218,12 @@ def _not_twice_differentiable(err: RuntimeError, detail: str) -> RuntimeError:
             "Hessian-vector products need double backward through the loss; compute it with differentiable "
             "operations (a compute_loss_func=, or the model's own loss)."
         )
-    return RuntimeError(f"The training loss is not twice differentiable on the first Hessian batch: {text}. {hint}{detail}")
+    return RuntimeError(
+        f"The training loss is not twice differentiable on the first Hessian batch: {text}. {hint}{detail}"
+    )
 
 
-def choose_hessian_loss(model: nn.Module, batch: Any, params: list[torch.Tensor], trainer_loss: LossFn) -> LossFn:
+def choose_hessian_loss(model: nn.Module, batch: Any, params: Sequence[torch.Tensor], trainer_loss: LossFn) -> LossFn:
     """The loss of the Hessian passes: the trainer's own, checked on the first Hessian batch before training.
 
     The check is one Hessian-vector product: the collated batch must give the model a loss, and the loss must be

@@ -5,7 +5,8 @@ optimises: for token-level losses (causal LM, token classification, seq2seq) an 
 causal LMs counted after the one-position shift, as the model's loss counts it); for sequence-level losses it is a
 sample. A batch ``b`` with ``n_b`` items and loss ``L_b`` (its mean over those items) contributes ``n_b L_b``, and the
 sum over batches (and ranks) is divided by ``N = Σ n_b``, so the Hessian does not depend on how the dataset is cut
-into batches or shards.
+into batches or shards, unless the loss has a term computed per batch rather than per item (a Mixture-of-Experts
+router's load-balancing loss: then it depends on the batch size).
 
 A loss function may take ``num_items_in_batch`` (like the Trainer's ``compute_loss_func`` and transformers models whose
 ``forward`` takes ``**kwargs``): it then gets the batch's own item count and returns ``sum / num_items_in_batch``,

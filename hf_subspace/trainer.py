@@ -39,7 +39,10 @@ logger = logging.getLogger(__name__)
 SUBSPACE_STATE_NAME = "subspace_state.pt"
 
 # The mixin is typed as a Trainer for the checker; at run time it derives from object and goes first in the bases.
-_TrainerBase = Trainer if TYPE_CHECKING else object
+if TYPE_CHECKING:
+    _TrainerBase = Trainer
+else:
+    _TrainerBase = object
 
 
 class SubspaceTrainerMixin(_TrainerBase):
@@ -134,7 +137,7 @@ class SubspaceTrainerMixin(_TrainerBase):
         frozen = [n for n, p in zip(self.subspace_param_names, self.subspace_params) if not p.requires_grad]
         covered = set(self.subspace_param_names)
         try:
-            trainable = select_parameters(self.model, self.args.subspace_parameter_filter)
+            trainable = select_parameters(unwrap_model(self.model), self.args.subspace_parameter_filter)  # type: ignore[arg-type]
         except ValueError:
             trainable = []
         unfrozen = [n for n, _ in trainable if n not in covered]

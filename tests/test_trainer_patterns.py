@@ -140,7 +140,7 @@ def test_extractive_qa_with_start_and_end_positions(tmp_path: Any) -> None:
 
 def test_batches_without_a_loss_are_refused_before_training(tmp_path: Any) -> None:
     data = mlm_dataset()  # no labels and a collator that makes none
-    with pytest.raises(ValueError, match="give the model no loss.*DataCollatorForLanguageModeling"):
+    with pytest.raises(ValueError, match=r"give the model no loss.*DataCollatorForLanguageModeling"):
         SubspaceTrainer(model=tiny_bert("mlm"), args=lm_args(tmp_path), train_dataset=data)
 
 
@@ -213,6 +213,7 @@ def test_building_the_hessian_set_leaves_every_global_generator_as_it_was(tmp_pa
     plain = generators_after(lambda: Trainer(model=DigitsMLP(), args=TrainingArguments(**settings)))
     loader = torch.utils.data.DataLoader(digits_dataset(200).with_format("torch"), batch_size=40, shuffle=True)
     collator = DataCollatorForLanguageModeling(word_tokenizer(), mlm=True, mlm_probability=0.3)
+
     def noisy(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:  # a random augmentation
         batch = default_data_collator(features)
         return {**batch, "x": batch["x"] + 0.01 * torch.randn_like(batch["x"])}
@@ -271,7 +272,7 @@ def test_hessian_dataset_forms_give_the_same_hessian(tmp_path: Any, form: str) -
 
 
 def test_unsupported_hessian_dataset_is_refused_with_the_accepted_forms(tmp_path: Any) -> None:
-    with pytest.raises(ValueError, match="hessian_dataset of type int is not supported.*DataLoader"):
+    with pytest.raises(ValueError, match=r"hessian_dataset of type int is not supported.*DataLoader"):
         digits_trainer(tmp_path, "bad", hessian_dataset=42)
 
 
@@ -292,7 +293,7 @@ def test_ctc_loss_is_refused_before_training_with_what_to_do(tmp_path: Any) -> N
     g = torch.Generator().manual_seed(0)
     data = Dataset.from_dict({"input_values": torch.randn(6, 200, generator=g).tolist(),
                               "labels": [[1, 2, 3]] * 6})  # fmt: skip
-    with pytest.raises(RuntimeError, match="CTC loss.*no second derivative.*plain Trainer"):
+    with pytest.raises(RuntimeError, match=r"CTC loss.*no second derivative.*plain Trainer"):
         SubspaceTrainer(model=Wav2Vec2ForCTC(config), args=lm_args(tmp_path), train_dataset=data)
 
 
