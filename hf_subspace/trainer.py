@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 
+from . import distributed
 from ._hessian_set import (
     build_hessian_batches,
     choose_hessian_loss,
@@ -26,7 +27,7 @@ from ._hessian_set import (
 )
 from ._params import select_parameters
 from .callback import SubspaceCallback, SubspaceState, tensorboard_writers
-from .hessian import HessianOperator, unwrap_model
+from .hessian import HessianOperator, LossFn, unwrap_model
 from .metrics import AlignmentEMA
 from .optim import SAM
 from .subspace import SubspaceBasis
@@ -103,8 +104,10 @@ class SubspaceTrainerMixin(_TrainerBase):
             )
         batches = self._hessian_batches()
         metrics = copy.deepcopy(getattr(self, "_metrics", None))  # TRL trainers record metrics in compute_loss
-        with isolated_rng(hessian_seed(self.args)):  # a dropout-free pass, but a model's forward may still draw
-            loss_fn = choose_hessian_loss(self.model, batches[0], self.subspace_params, self._hessian_loss)
+        loss_fn: LossFn = self._hessian_loss
+        if batches:  # a rank may hold no batch of a tiny set; the operator's reduction covers it
+            with isolated_rng(hessian_seed(self.args)):  # dropout is off, but a model's forward may still draw
+                loss_fn = choose_hessian_loss(self.model, batches[0], self.subspace_params, self._hessian_loss)
         if metrics is not None:
             self._metrics = metrics
         warn_batch_dependent_loss(self.model)
@@ -156,8 +159,8 @@ class SubspaceTrainerMixin(_TrainerBase):
             if dataset is None:
                 raise ValueError("SubspaceTrainer needs a train_dataset or a hessian_dataset to build the Hessian.")
         batches = build_hessian_batches(self, dataset, subset=subset)
-        if not batches:
-            raise ValueError("The Hessian dataset is empty on this process; pass more examples than processes.")
+        if not batches and distributed.world_size() == 1:
+            raise ValueError("The Hessian dataset is empty; pass a hessian_dataset with at least one example.")
         return batches
 
     def _hessian_loss(
