@@ -30,7 +30,7 @@ def texts(n: int = 24) -> list[str]:
 def run_settings(output_dir: str, **overrides: Any) -> dict[str, Any]:
     settings = base_args(output_dir, max_steps=4, per_device_train_batch_size=4, learning_rate=0.05,
                          subspace_mode="bulk", subspace_k=2, subspace_start_step=1, hessian_num_samples=12,
-                         hessian_batch_size=4)  # fmt: skip
+                         hessian_batch_size=4, subspace_refresh_steps=100)  # fmt: skip
     settings.update(overrides)
     return settings
 
