@@ -60,9 +60,12 @@ from ..tensor_dataset import to_tensor_dataset
 from ..trainer import SubspaceTrainer, hessian_subset_indices
 from ..training_args import SubspaceTrainingArguments
 from .branches import (
+    BasisAudit,
     CompactProgress,
     StopAtStep,
+    StopWhenAligned,
     TrajectoryRecorder,
+    audit_summary,
     branch_curves,
     branch_name,
     clean_outputs,
@@ -303,6 +306,8 @@ def run_experiment(
     train_dataset: Any,
     *,
     switch_step: int,
+    switch_rule: str = "fixed",
+    basis_audit_steps: int = 0,
     modes: str | Iterable[str] = DEFAULT_MODES,
     prefix: str = "sgd",
     recipe: str = "custom",
@@ -334,7 +339,15 @@ def run_experiment(
             (dividing ``switch_step`` when possible). ``subspace_mode`` must stay ``"none"`` (``modes`` decides).
         train_dataset: the training set. A ``datasets.Dataset`` of numeric columns is converted to an in-memory
             :class:`TensorDataset` (same items, much faster batching).
-        switch_step: the step at which the branches leave the shared prefix (``1 <= switch_step < max_steps``).
+        switch_step: the step at which the branches leave the shared prefix (``1 <= switch_step < max_steps``);
+            with ``switch_rule="ema"`` the latest such step (a cap).
+        switch_rule: ``"fixed"`` (at ``switch_step``) or ``"ema"``, the paper's rule: the prefix measures χ_k of the
+            full-batch gradient at every step and stops at the end of the first step t whose EMA (decay
+            ``args.subspace_ema_decay``) reaches ``args.subspace_auto_start_threshold``, so the branches start at
+            t + 1 (:class:`~.branches.StopWhenAligned`); ``summary["switch_step"]`` is that step and
+            ``summary["switch_rule"]`` records the rule and the cap.
+        basis_audit_steps: every that many steps of a projected branch, the distance of the basis in use to the
+            exact top-k eigenspace (:class:`~.branches.BasisAudit`), in each run's ``basis_error_audit``; 0: never.
         modes: branch kinds (``"sgd,dominant,bulk"``; see :data:`BRANCHES`: also ``gd``, ``dominant-gd``,
             ``bulk-gd``). Each branch is named by what it ran (:func:`~.branches.branch_name`): the unprojected
             minibatch branch takes the optimizer's name (``sgd``, ``momentum``, ``adamw``, ``sam-sgd``, ...).
@@ -436,8 +449,16 @@ def run_experiment(
         **prefix_changes,
         **base,
     )
+    if switch_rule not in ("fixed", "ema"):
+        raise ExperimentError(f"switch_rule={switch_rule!r} must be 'fixed' or 'ema'.")
+    stopper: TrainerCallback = StopAtStep(switch_step)
+    if switch_rule == "ema":
+        # The paper's protocol: χ_k and its EMA at every prefix step.
+        prefix_args = dataclasses.replace(prefix_args, subspace_alignment_steps=1)
+        stopper = StopWhenAligned(args.subspace_auto_start_threshold, switch_step)
+    cap = switch_step
     recorder = TrajectoryRecorder() if record_trajectory else None
-    prefix_cbs = [StopAtStep(switch_step), *([recorder] if recorder else []), *run_callbacks(PREFIX_DIR)]
+    prefix_cbs = [stopper, *([recorder] if recorder else []), *run_callbacks(PREFIX_DIR)]
     start = time.perf_counter()
     prefix_trainer = _first_trainer(model, prefix_args, common, prefix_cbs)
     if distributed.is_main_process():
@@ -446,6 +467,8 @@ def run_experiment(
             clean_outputs(out)
     _barrier()
     prefix_trainer.train()
+    switch_step = prefix_trainer.state.global_step
+    prefix_hvps = prefix_trainer.subspace_state.hvps_total
     prefix_history = list(prefix_trainer.state.log_history)
     prefix_seconds = time.perf_counter() - start
     checkpoint = out / PREFIX_DIR / f"checkpoint-{switch_step}"
@@ -474,9 +497,13 @@ def run_experiment(
         trainer = _make_trainer(
             model, branch_args, label, common, [*([recorder] if recorder else []), *run_callbacks(label)]
         )
+        audit = BasisAudit(trainer, basis_audit_steps)
+        trainer.add_callback(audit)  # after the subspace callback: it sees the basis each step projects onto
         trainer.train(resume_from_checkpoint=str(checkpoint))
         seconds = time.perf_counter() - start
         run = _run_record(prefix_history, trainer.state.log_history, switch_step, spec, seconds)
+        run["hvps_branch"] = trainer.subspace_state.hvps_total - prefix_hvps  # the prefix's are checkpointed too
+        run["basis_error_audit"] = audit_summary(audit.records)
         run["mode"] = mode
         if eval_dataset is not None:
             metrics = trainer.evaluate()
@@ -506,6 +533,13 @@ def run_experiment(
         "name": title,
         "k": args.subspace_k,
         "switch_step": switch_step,
+        "switch_rule": {
+            "rule": switch_rule,
+            "cap": cap,
+            "threshold": args.subspace_auto_start_threshold if switch_rule == "ema" else None,
+            "ema_decay": args.subspace_ema_decay if switch_rule == "ema" else None,
+            "crossed_at": getattr(stopper, "crossed_at", None),
+        },
         "prefix_optimizer": prefix,
         "runs": runs,
         "dataset": dataset_name,
@@ -528,6 +562,7 @@ def run_experiment(
         "num_train": len(train_dataset),
         "hessian_num_samples": len(hessian_dataset),
         "prefix_wall_time_s": prefix_seconds,
+        "prefix_hvps": prefix_hvps,
         **dict(extras or {}),
     }
     summary_path = figure_path = None

@@ -141,7 +141,7 @@ RECIPE_OPTIONS: dict[str, set[str]] = {
 """The data and model options of :class:`RecipeArguments` each builder reads; ``--help`` of a recipe lists only
 those (the others are still accepted). A builder not listed shows them all."""
 
-_GENERAL_OPTIONS = {"modes", "switch_step", "prefix", "overwrite_output_dir", "plot", "experiment_name"}
+_GENERAL_OPTIONS = {"modes", "switch_step", "switch_rule", "basis_audit_steps", "prefix", "overwrite_output_dir", "plot", "experiment_name"}
 
 
 class _RecipeParser(HfArgumentParser):
@@ -311,6 +311,8 @@ def run_recipe(
         training_args,
         prepared.train_dataset,
         switch_step=recipe_args.switch_step,
+        switch_rule=recipe_args.switch_rule,
+        basis_audit_steps=recipe_args.basis_audit_steps,
         modes=recipe_args.modes,
         prefix=recipe_args.prefix,
         recipe=spec.name,
