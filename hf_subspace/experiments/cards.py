@@ -68,6 +68,8 @@ class ReferenceRun:
         description: one line for the index.
         differences: how the run differs from the paper's setup.
         needs: data files (relative to the data root) without which the run is skipped.
+        seeds: the seeds run (``--seed``); with several, each writes ``<work_dir>/<name>/seed-<s>`` and the cards
+            show the spread across them.
     """
 
     name: str
@@ -77,19 +79,28 @@ class ReferenceRun:
     description: str
     differences: tuple[str, ...]
     needs: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0,)
 
-    def argv(self, data_root: Path, output_dir: Path, quick: bool = False) -> list[str]:
-        """The recipe options, data root filled in, with ``--output_dir``, consent to overwrite, and the run's name
-        as ``--experiment_name`` (so its cards are titled ``<run>-<branch>``, e.g. ``mlp_digits-sgd``)."""
+    def argv(self, data_root: Path, output_dir: Path, quick: bool = False, seed: int | None = None) -> list[str]:
+        """The recipe options, data root filled in, with ``--output_dir``, consent to overwrite, the run's name
+        as ``--experiment_name`` (so its cards are titled ``<run>-<branch>``, e.g. ``mlp_digits-sgd``) and, for a
+        multi-seed run, ``--seed``."""
         opts = [o.replace("{data}", str(data_root)) for o in self.options]
         opts += list(self.quick_options) if quick else []
         if "--experiment_name" not in opts:
             opts += ["--experiment_name", self.name]
+        if seed is not None:
+            opts += ["--seed", str(seed)]
         return [*opts, "--output_dir", str(output_dir), "--overwrite_output_dir", "true", "--disable_tqdm", "true"]
 
-    def command(self, data_root: Path, output_dir: Path, quick: bool = False) -> str:
-        """The shell command that reproduces the run."""
-        return shlex.join(["hf-subspace", "run", self.recipe, *self.argv(data_root, output_dir, quick)])
+    def command(self, data_root: Path, output_dir: Path, quick: bool = False, seed: int | None = None) -> str:
+        """The shell command that reproduces the run (one seed of a multi-seed run)."""
+        return shlex.join(["hf-subspace", "run", self.recipe, *self.argv(data_root, output_dir, quick, seed)])
+
+    def seed_dir(self, work_dir: Path, seed: int) -> Path:
+        """Where seed ``seed`` of this run writes: ``<work_dir>/<name>`` for a single-seed run, else
+        ``<work_dir>/<name>/seed-<seed>``."""
+        return work_dir / self.name if len(self.seeds) == 1 else work_dir / self.name / f"seed-{seed}"
 
 
 # ----------------------------------------------------------------------------------------------- machine, cards
