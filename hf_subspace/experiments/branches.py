@@ -172,18 +172,27 @@ class StopWhenAligned(TrainerCallback):
     """The paper's switch: stop the prefix once the χ_k EMA of the full-batch gradient reaches ``threshold``, or at
     step ``cap`` at the latest, and save a checkpoint there.
 
-    The measurement logged at step t is of θ_t, taken before the update of step t; the prefix stops at the end of that
-    step, so the branches start from θ_{t+1} (the EMA crossed at t, the first projected update is t + 1's).
+    The EMA takes its first measurement as is, so one high value at step 0 would trigger it: the rule only applies
+    once the EMA has averaged ``min_measurements`` values (default ``ceil(1 / (1 − decay))``, its time constant; 10
+    for the paper's 0.9), i.e. once χ_k has stayed high. The measurement logged at step t is of θ_t, taken before
+    the update of step t; the prefix stops at the end of that step, so the branches start from θ_{t+1}.
     :attr:`crossed_at` is t (``None`` when the cap was reached first).
     """
 
-    def __init__(self, threshold: float, cap: int, tag: str = "subspace/chi_k_full_grad_ema") -> None:
+    def __init__(
+        self, threshold: float, cap: int, decay: float = 0.9, tag: str = "subspace/chi_k_full_grad_ema"
+    ) -> None:
         self.threshold, self.cap, self.tag = threshold, cap, tag
+        self.min_measurements = math.ceil(1.0 / (1.0 - decay) - 1e-9)
+        self.seen = 0
         self.crossed_at: int | None = None
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         value = (kw.get("logs") or {}).get(self.tag)
-        if self.crossed_at is None and value is not None and value >= self.threshold:
+        if value is None:
+            return
+        self.seen += 1
+        if self.crossed_at is None and self.seen >= self.min_measurements and value >= self.threshold:
             self.crossed_at = state.global_step
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:

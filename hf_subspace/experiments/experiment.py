@@ -455,7 +455,7 @@ def run_experiment(
     if switch_rule == "ema":
         # The paper's protocol: χ_k and its EMA at every prefix step.
         prefix_args = dataclasses.replace(prefix_args, subspace_alignment_steps=1)
-        stopper = StopWhenAligned(args.subspace_auto_start_threshold, switch_step)
+        stopper = StopWhenAligned(args.subspace_auto_start_threshold, switch_step, args.subspace_ema_decay)
     cap = switch_step
     recorder = TrajectoryRecorder() if record_trajectory else None
     prefix_cbs = [stopper, *([recorder] if recorder else []), *run_callbacks(PREFIX_DIR)]
@@ -539,6 +539,7 @@ def run_experiment(
             "threshold": args.subspace_auto_start_threshold if switch_rule == "ema" else None,
             "ema_decay": args.subspace_ema_decay if switch_rule == "ema" else None,
             "crossed_at": getattr(stopper, "crossed_at", None),
+            "min_measurements": getattr(stopper, "min_measurements", None),
         },
         "prefix_optimizer": prefix,
         "runs": runs,
@@ -548,6 +549,7 @@ def run_experiment(
         "world_size": args.world_size,
         "alignment_steps": align,
         "refresh_steps": args.subspace_refresh_steps,
+        "basis_tol": args.subspace_basis_tol,
         "learning_rate": args.learning_rate,
         "optimizer": str(getattr(args.optim, "value", args.optim)),
         "optim_args": args.optim_args,
