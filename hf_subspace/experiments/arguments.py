@@ -51,6 +51,20 @@ class RecipeArguments:
             "choices": list(PREFIXES),
         },
     )
+    switch_measure_steps: int = field(
+        default=1,
+        metadata={
+            "help": "With --switch_rule ema: measure χ_k (and update its EMA) every this many prefix steps (the "
+            "paper: 1)."
+        },
+    )
+    resume_experiment: bool = field(
+        default=False,
+        metadata={
+            "help": "Continue an interrupted experiment in --output_dir: reuse its finished prefix and branches, and "
+            "resume an unfinished branch from its latest checkpoint (saved with --save_strategy steps)."
+        },
+    )
     basis_audit_steps: int = field(
         default=0,
         metadata={
@@ -135,6 +149,8 @@ class RecipeArguments:
             raise ValueError(f"--task={self.task!r} must be text or image.")
         if self.switch_rule not in ("fixed", "ema"):
             raise ValueError(f"--switch_rule={self.switch_rule!r} must be fixed or ema.")
+        if self.switch_measure_steps < 1:
+            raise ValueError(f"--switch_measure_steps={self.switch_measure_steps} must be at least 1.")
         if self.num_train is not None and self.num_train < 1:
             raise ValueError(f"--num_train={self.num_train} must be at least 1.")
         # The recipe path's gate for the branch names and the prefix: normalised once, here, when parsed.

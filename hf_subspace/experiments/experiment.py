@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from .. import distributed
 from ..tensor_dataset import to_tensor_dataset
@@ -308,6 +309,8 @@ def run_experiment(
     switch_step: int,
     switch_rule: str = "fixed",
     basis_audit_steps: int = 0,
+    switch_measure_steps: int = 1,
+    resume: bool = False,
     modes: str | Iterable[str] = DEFAULT_MODES,
     prefix: str = "sgd",
     recipe: str = "custom",
@@ -346,6 +349,10 @@ def run_experiment(
             ``args.subspace_ema_decay``) reaches ``args.subspace_auto_start_threshold``, so the branches start at
             t + 1 (:class:`~.branches.StopWhenAligned`); ``summary["switch_step"]`` is that step and
             ``summary["switch_rule"]`` records the rule and the cap.
+        switch_measure_steps: with ``switch_rule="ema"``, the prefix's measurement interval (the paper: 1).
+        resume: continue an interrupted experiment in ``output_dir``: a finished prefix (its
+            ``prefix/prefix_record.json``) and finished branches (``<branch>/branch_record.json``) are reused, an
+            unfinished branch resumes from its latest checkpoint (``save_strategy="steps"``) or from the switch.
         basis_audit_steps: every that many steps of a projected branch, the distance of the basis in use to the
             exact top-k eigenspace (:class:`~.branches.BasisAudit`), in each run's ``basis_error_audit``; 0: never.
         modes: branch kinds (``"sgd,dominant,bulk"``; see :data:`BRANCHES`: also ``gd``, ``dominant-gd``,
@@ -399,7 +406,7 @@ def run_experiment(
         overwrite_output_dir=overwrite_output_dir,
         hessian_dataset=hessian_dataset,
         prefix=prefix,
-        output_dir_checked=output_dir_checked,
+        output_dir_checked=output_dir_checked or resume,
     )
     _barrier()  # every rank has validated before rank 0 creates anything
     out = Path(args.output_dir)
@@ -453,27 +460,39 @@ def run_experiment(
         raise ExperimentError(f"switch_rule={switch_rule!r} must be 'fixed' or 'ema'.")
     stopper: TrainerCallback = StopAtStep(switch_step)
     if switch_rule == "ema":
-        # The paper's protocol: χ_k and its EMA at every prefix step.
-        prefix_args = dataclasses.replace(prefix_args, subspace_alignment_steps=1)
+        # The paper's protocol: χ_k and its EMA at every prefix step (or every switch_measure_steps).
+        prefix_args = dataclasses.replace(prefix_args, subspace_alignment_steps=switch_measure_steps)
         stopper = StopWhenAligned(args.subspace_auto_start_threshold, switch_step, args.subspace_ema_decay)
     cap = switch_step
     recorder = TrajectoryRecorder() if record_trajectory else None
     prefix_cbs = [stopper, *([recorder] if recorder else []), *run_callbacks(PREFIX_DIR)]
-    start = time.perf_counter()
-    prefix_trainer = _first_trainer(model, prefix_args, common, prefix_cbs)
-    if distributed.is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
-        if overwrite_output_dir:
-            clean_outputs(out)
-    _barrier()
-    prefix_trainer.train()
-    switch_step = prefix_trainer.state.global_step
-    prefix_hvps = prefix_trainer.subspace_state.hvps_total
-    prefix_history = list(prefix_trainer.state.log_history)
-    prefix_seconds = time.perf_counter() - start
+    record_path = out / PREFIX_DIR / "prefix_record.json"
+    if resume and record_path.is_file():
+        saved = json.loads(record_path.read_text())
+        switch_step, prefix_history, prefix_seconds = saved["switch_step"], saved["history"], saved["seconds"]
+        prefix_hvps, crossed_at, prefix_traj = saved["hvps"], saved["crossed_at"], saved["trajectory"]
+        logger.info("hf-subspace %s: reusing the finished prefix (switch at step %d)", recipe, switch_step)
+    else:
+        start = time.perf_counter()
+        prefix_trainer = _first_trainer(model, prefix_args, common, prefix_cbs)
+        if distributed.is_main_process():
+            out.mkdir(parents=True, exist_ok=True)
+            if overwrite_output_dir and not resume:
+                clean_outputs(out)
+        _barrier()
+        prefix_trainer.train()
+        switch_step = prefix_trainer.state.global_step
+        prefix_hvps = prefix_trainer.subspace_state.hvps_total
+        prefix_history = list(prefix_trainer.state.log_history)
+        prefix_seconds = time.perf_counter() - start
+        crossed_at = getattr(stopper, "crossed_at", None)
+        prefix_traj = [[s, *p] for s, p in zip(recorder.steps, recorder.points)] if recorder else []
+        del prefix_trainer
+        if distributed.is_main_process():
+            saved = {"switch_step": switch_step, "history": prefix_history, "seconds": prefix_seconds,
+                     "hvps": prefix_hvps, "crossed_at": crossed_at, "trajectory": prefix_traj}  # fmt: skip
+            record_path.write_text(json.dumps(saved, default=float))
     checkpoint = out / PREFIX_DIR / f"checkpoint-{switch_step}"
-    prefix_traj = [[s, *p] for s, p in zip(recorder.steps, recorder.points)] if recorder else []
-    del prefix_trainer
     _barrier()  # the checkpoint is complete before any rank resumes from it
     if not checkpoint.is_dir():
         raise RuntimeError(f"the prefix did not save its checkpoint {checkpoint}; was training stopped early?")
@@ -487,6 +506,11 @@ def run_experiment(
     for mode in names:
         spec = BRANCHES[mode]
         label = branch_name(mode, optimizer)
+        done = out / label / "branch_record.json"
+        if resume and done.is_file():
+            runs[label], branch_dirs[label] = json.loads(done.read_text()), out / label
+            logger.info("hf-subspace %s: reusing the finished branch %s", title, label)
+            continue
         logger.info("hf-subspace %s: branch %s (%s) from step %d", title, label, spec.description, switch_step)
         changes: dict[str, Any] = {"subspace_mode": spec.subspace_mode, "subspace_start_step": switch_step, **base}
         if spec.full_batch:
@@ -499,7 +523,8 @@ def run_experiment(
         )
         audit = BasisAudit(trainer, basis_audit_steps)
         trainer.add_callback(audit)  # after the subspace callback: it sees the basis each step projects onto
-        trainer.train(resume_from_checkpoint=str(checkpoint))
+        latest = get_last_checkpoint(str(out / label)) if resume and (out / label).is_dir() else None
+        trainer.train(resume_from_checkpoint=latest or str(checkpoint))
         seconds = time.perf_counter() - start
         run = _run_record(prefix_history, trainer.state.log_history, switch_step, spec, seconds)
         run["hvps_branch"] = trainer.subspace_state.hvps_total - prefix_hvps  # the prefix's are checkpointed too
@@ -520,6 +545,7 @@ def run_experiment(
                 info = {"recipe": recipe, "name": title, "mode": mode, "branch": label, "switch_step": switch_step}
                 info.update(dict(metadata))
                 (out / label / "hf_subspace_experiment.json").write_text(json.dumps(info, indent=2, default=str))
+            done.write_text(json.dumps(run, default=float))
         runs[label] = run
         branch_dirs[label] = out / label
         if recorder is not None:
@@ -533,12 +559,13 @@ def run_experiment(
         "name": title,
         "k": args.subspace_k,
         "switch_step": switch_step,
+        "seed": args.seed,
         "switch_rule": {
             "rule": switch_rule,
             "cap": cap,
             "threshold": args.subspace_auto_start_threshold if switch_rule == "ema" else None,
             "ema_decay": args.subspace_ema_decay if switch_rule == "ema" else None,
-            "crossed_at": getattr(stopper, "crossed_at", None),
+            "crossed_at": crossed_at,
             "min_measurements": getattr(stopper, "min_measurements", None),
         },
         "prefix_optimizer": prefix,
