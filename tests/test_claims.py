@@ -81,6 +81,9 @@ def test_dom_rule_against_the_unprojected_twin() -> None:
     # a Dom branch under 10 % of SGD's progress that still steadily descends in every seed: no (still learning)
     slow = _sgd_dom_bulk(dom=0.97, bulk=0.5, sgd=0.5)
     assert _answers(slow)["Dom-SGD fails to train"] == "no"
+    # a Dom branch whose loss rises steadily (as on digits) does not train either
+    rising = _sgd_dom_bulk(dom=1.02, bulk=0.5, sgd=0.5)
+    assert _answers(rising)["Dom-SGD fails to train"] == "yes"
 
 
 def test_bulk_rule_is_two_sided() -> None:

