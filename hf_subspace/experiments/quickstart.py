@@ -69,8 +69,8 @@ def run_quickstart(
         extra_options: recipe options appended to both runs (e.g. ``("--max_steps", "60", "--switch_step", "30")``).
 
     Returns:
-        0 when the digits run agrees with the paper (Dom-SGD stalls, Bulk-SGD tracks SGD), 1 otherwise, 2 for a
-        refused ``output_dir``.
+        0 when the digits run agrees with the paper (Dom-SGD fails to train, Bulk-SGD is as effective as SGD), 1
+        otherwise, 2 for a refused ``output_dir``.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything the quick start needs is local
     os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
