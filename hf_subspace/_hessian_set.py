@@ -142,7 +142,7 @@ def build_hessian_batches(trainer: Any, dataset: Any, *, subset: bool) -> list[A
             map-style dataset, as for the default Hessian set taken from the training set; otherwise use all of it.
 
     Raises:
-        ValueError: an unsupported form, or an empty dataset.
+        ValueError: an unsupported form.
     """
     args = trainer.args
     from torch.utils.data import DataLoader
