@@ -138,7 +138,9 @@ def test_validation_size_the_data_cannot_hold_is_refused(tmp_path: Path) -> None
     x, y = _images(50, (4, 4))
     np.savez(tmp_path / "mnist_5k.npz", x=x, y=y)
     np.savez(tmp_path / "test.npz", x=x[:8], y=y[:8])
-    with pytest.raises(DatasetLoadError, match=r"--num_validation 10 .*mnist_5k\.npz.*50 examples.*leaves 0.*--num_train"):
+    with pytest.raises(
+        DatasetLoadError, match=r"--num_validation 10 .*mnist_5k\.npz.*50 examples.*leaves 0.*--num_train"
+    ):
         load_image_classification(None, train_file=tmp_path / "mnist_5k.npz", num_train=50, num_validation=10)
     with pytest.raises(DatasetLoadError, match=r"leaves 5:.*--validation_file"):  # fewer than asked, not only none
         load_image_classification(None, train_file=tmp_path / "mnist_5k.npz", num_train=45, num_validation=10)
@@ -146,7 +148,7 @@ def test_validation_size_the_data_cannot_hold_is_refused(tmp_path: Path) -> None
         load_image_classification(
             None, train_file=tmp_path / "mnist_5k.npz", validation_file=tmp_path / "test.npz", num_validation=10
         )
-    with pytest.raises(DatasetLoadError, match="--num_validation 500 .*leaves 297"):
+    with pytest.raises(DatasetLoadError, match=r"--num_validation 500 .*leaves 297"):
         load_image_classification("digits", num_train=1500, num_validation=500)
     (tmp_path / "dev.tsv").write_text("sentence\tlabel\nok \t1\n", encoding="utf-8")
     (tmp_path / "train.tsv").write_text("sentence\tlabel\na\t0\nb\t1\n", encoding="utf-8")
