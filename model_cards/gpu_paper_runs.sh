@@ -49,9 +49,12 @@ np.savez_compressed(sys.argv[2], x=d['x'][:5000], y=d['y'][:5000])" "$SHARED/mni
         cp "$SHARED"/mnist/t10k-{images-idx3,labels-idx1}-ubyte.gz "$DATA/mnist/" &&
         cp "$SHARED"/cifar10/{train,test}.npz "$DATA/cifar10/" || exit 1
     # Two versions of datasets: pip on the device picks the newest its pyarrow / huggingface_hub / fsspec allow.
-    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_17_x86_64 -d "$WHEELS" datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \
-        fsspec==2026.9.0 datasets==4.4.1 dill==0.4.0 multiprocess==0.70.18 fsspec==2025.10.0 evaluate==0.4.6 || exit 1
+    for set in "datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0 evaluate==0.4.6" \
+        "datasets==4.4.1 dill==0.4.0 multiprocess==0.70.18 fsspec==2025.10.0"; do
+        # shellcheck disable=SC2086
+        "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+            --platform manylinux_2_17_x86_64 -d "$WHEELS" $set || exit 1
+    done
     du -sh "$DATA" "$WHEELS"
     exit 0
 fi
@@ -169,8 +172,16 @@ fi
     echo "scratch: $SCRATCH; budget ${BUDGET_S} s; seeds $SEEDS; quick ${QUICK:-0}"
 } | tee -a "$LOG"
 if ! "$PY" -c "import datasets, evaluate" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --find-links "$WHEELS" --no-cache-dir "datasets>=3.0" "evaluate>=0.4" \
-        >>"$LOG" 2>&1 || { say "gpu_paper_runs.sh: installing datasets/evaluate from $WHEELS failed"; exit 3; }
+    # into the image's environment, so pip checks the versions there; else (read-only) beside it, newest wheels
+    if ! "$PY" -m pip install -q --no-index --find-links "$WHEELS" --no-cache-dir "datasets>=3.0" "evaluate>=0.4" \
+        >>"$LOG" 2>&1; then
+        say "pip could not install into the environment; trying --target $SCRATCH/site with the newest wheels"
+        "$PY" -m pip install -q --no-index --no-deps --no-cache-dir --target "$SCRATCH/site" \
+            "$WHEELS"/{datasets-5.2.0,evaluate-0.4.6,dill-0.4.1,multiprocess-0.70.19,fsspec-2026.9.0}-*.whl >>"$LOG" 2>&1
+        export PYTHONPATH="$SCRATCH/site${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    "$PY" -c "import datasets, evaluate" 2>>"$LOG" ||
+        { say "gpu_paper_runs.sh: datasets/evaluate from $WHEELS do not import (see above); nothing was run"; exit 3; }
 fi
 "$PY" -c "import datasets, evaluate, torch, transformers as t; print('torch', torch.__version__, 'cuda', \
 torch.cuda.is_available(), '| transformers', t.__version__, '| datasets', datasets.__version__, '| evaluate', \
