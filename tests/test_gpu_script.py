@@ -116,6 +116,6 @@ def test_quick_mode_returns_only_an_archive_and_a_log(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_quick_mode_every_run(tmp_path: Path) -> None:
-    proc = _run(tmp_path, _stage(tmp_path / "data"), None, timeout=900)
+    proc = _run(tmp_path, _stage(tmp_path / "data"), None, timeout=1800)  # ~25 min of a loaded 2-core machine
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _check_results(tmp_path, RUN_NAMES)
