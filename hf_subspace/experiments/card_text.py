@@ -111,11 +111,17 @@ def branch_card_section(
         + (f", {machine['gpu']}" if machine.get("gpu") else ", no GPU")
         + f"; {machine['platform']}. Measured {record['date']}.",
         "",
-        "Command (from the repository root; `../shared/data` holds the offline data):",
+        f"Command (from the repository root; `{record.get('shown_data_root') or 'the data root'}` holds the offline "
+        "data):",
         "",
         "```bash",
         record["command"],
         "```",
+        *(
+            ["", f"The other seeds: the same command with `--seed <s>` and `--output_dir …/seed-<s>` ({others})."]
+            if (others := ", ".join(str(s.get("seed", i)) for i, s in enumerate(seeds[1:], 1)))
+            else []
+        ),
         "",
         "### Differences from the paper's setup",
         "",
