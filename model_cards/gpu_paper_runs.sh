@@ -30,7 +30,9 @@
 # What comes back in $OUT (2 files; the device returns at most 8): gpu_paper_runs.tar.gz (per run: summary.json, the
 # figures, each branch's model card README.md and hf_subspace_experiment.json, the run's log) and log.txt (the
 # machine, the installed versions, each run's exit status and wall time). Models, checkpoints and TensorBoard stay in
-# the scratch folder (SCRATCH, default a fresh folder under /tmp). Adopt a run into model_cards/ afterwards here.
+# the scratch folder (SCRATCH, default a fresh folder under /tmp). A device call sends the checkout its session was
+# started in, so stage there. To turn a run into a reference card afterwards, here: unpack the archive, give
+# model_cards/regenerate.py a ReferenceRun with the run's options, then `hf-subspace cards --adopt NAME=FOLDER`.
 #
 # Variables: QUICK=1 (a few steps on tiny sizes; CPU), DATA (default model_cards/.data), WHEELS (default
 # model_cards/.wheels), OUT (default runs/gpu_paper_runs), SCRATCH, BUDGET_S, JOBS (runs at a time; default all),
