@@ -17,7 +17,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..metrics import METRIC_PREFIX
-from .settings import OUTPUT_NAMES
+from .settings import BRANCHES, OUTPUT_NAMES
 
 __all__ = [
     "BasisAudit",
@@ -35,6 +35,8 @@ __all__ = [
     "quiet_runs",
     "value_at",
 ]
+
+logger = logging.getLogger(__name__)
 
 LOSS_KEY = METRIC_PREFIX + "full_train_loss"
 CHI_KEY = METRIC_PREFIX + "chi_k_full_grad"
@@ -90,23 +92,50 @@ def branch_name(mode: str, optimizer: str) -> str:
     return mode
 
 
-def clean_outputs(output_dir: Path) -> None:
-    """Remove what an earlier experiment wrote in ``output_dir``: the names in :data:`OUTPUT_NAMES` and the branch
-    folders its ``summary.json`` lists (branches named after their optimizer, e.g. ``adamw``)."""
-    names = list(OUTPUT_NAMES)
+def clean_outputs(output_dir: Path, branches: Sequence[str]) -> list[str]:
+    """Make room in ``output_dir`` for a new experiment with the given branch folders, and say what goes.
+
+    Removed: what the new experiment writes (the names in :data:`OUTPUT_NAMES` that are not branch folders, and the
+    folders of ``branches``, with anything else in them, such as the ``spectrum.*`` of ``hf-subspace spectrum``).
+    Kept: branch folders of the earlier experiment (known branch names, or those its ``summary.json`` lists) that
+    the new one does not run, and everything else. A warning names the ``spectrum.*`` files removed and the branch
+    folders kept.
+
+    Returns:
+        The names removed.
+    """
+    earlier = set(BRANCHES)
     try:
-        earlier = json.loads((output_dir / "summary.json").read_text())
-        names += [
-            str(n) for n in earlier.get("runs", {}) if str(n) and "/" not in str(n) and not str(n).startswith(".")
-        ]
+        runs = json.loads((output_dir / "summary.json").read_text()).get("runs", {})
+        earlier |= {str(n) for n in runs if str(n) and "/" not in str(n) and not str(n).startswith(".")}
     except (OSError, ValueError, AttributeError):
         pass
+    names = [n for n in OUTPUT_NAMES if n not in BRANCHES] + list(branches)
+    removed, extra = [], []
     for name in dict.fromkeys(names):
         path = output_dir / name
         if path.is_dir() and not path.is_symlink():
+            extra += [f"{name}/{p.name}" for p in sorted(path.iterdir()) if p.name.startswith("spectrum.")]
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+        else:
+            continue
+        removed.append(name)
+    kept = sorted(n for n in earlier - set(branches) if (output_dir / n).is_dir())
+    logger.info("--overwrite_output_dir: removed %s from %s", ", ".join(removed) or "nothing", output_dir)
+    if extra:
+        logger.warning(
+            "--overwrite_output_dir: removed %s from %s: files of `hf-subspace spectrum` on the earlier branch models",
+            ", ".join(extra), output_dir,
+        )  # fmt: skip
+    if kept:
+        logger.warning(
+            "--overwrite_output_dir: kept the earlier experiment's branch folder(s) %s in %s (not among this run's "
+            "branches); the new summary.json does not list them",
+            ", ".join(kept), output_dir,
+        )  # fmt: skip
+    return removed
 
 
 _EXPECTED_MESSAGES: dict[str, tuple[str, ...]] = {
