@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 
 from hf_subspace.experiments.branches import default_alignment_steps, format_results_table
 from hf_subspace.experiments.claims import evaluate_claims
+from hf_subspace.experiments.arguments import ExperimentPlan, PreparedRecipe
 from hf_subspace.experiments.experiment import hessian_subset, run_experiment
 from hf_subspace.experiments.settings import ExperimentError, parse_modes
 from hf_subspace.models.toy import ToyQuadraticConfig, ToyQuadraticModel, toy_quadratic_dataset
@@ -61,15 +62,14 @@ def toy_run(tmp_path_factory):
     (out / "dominant" / "stale.txt").write_text("old")
     (out / "notes.txt").write_text("mine")
     result = run_experiment(
-        ToyQuadraticModel(ToyQuadraticConfig()),
+        PreparedRecipe(
+            ToyQuadraticModel(ToyQuadraticConfig()),
+            toy_quadratic_dataset(50),
+            record_trajectory=True,
+            extras={"note": "test"},
+        ),
         toy_args(out),
-        toy_quadratic_dataset(50),
-        switch_step=50,
-        modes=MODES,
-        recipe="toy_quadratic",
-        overwrite_output_dir=True,
-        record_trajectory=True,
-        extras={"note": "test"},
+        ExperimentPlan(switch_step=50, modes=MODES, recipe="toy_quadratic", overwrite_output_dir=True),
     )
     return out, result
 
@@ -168,11 +168,9 @@ def test_validation_errors_leave_output_untouched(tmp_path, changes, message):
     overwrite = bool(changes)  # the first case checks the output-folder refusal itself
     with pytest.raises(ExperimentError, match=message):
         run_experiment(
-            ToyQuadraticModel(ToyQuadraticConfig()),
+            PreparedRecipe(ToyQuadraticModel(ToyQuadraticConfig()), toy_quadratic_dataset(5)),
             toy_args(out, **changes.get("args", {})),
-            toy_quadratic_dataset(5),
-            overwrite_output_dir=overwrite,
-            **kwargs,
+            ExperimentPlan(overwrite_output_dir=overwrite, **kwargs),
         )
     assert snapshot(out) == before
 
@@ -220,7 +218,11 @@ def test_multi_process_launch_without_use_cpu_is_refused(tmp_path, monkeypatch):
     assert args.world_size == 1  # device set up in this single process
     monkeypatch.setitem(os.environ, "WORLD_SIZE", "2")
     with pytest.raises(ExperimentError, match="use_cpu"):
-        run_experiment(ToyQuadraticModel(ToyQuadraticConfig()), args, toy_quadratic_dataset(5), switch_step=5)
+        run_experiment(
+            PreparedRecipe(ToyQuadraticModel(ToyQuadraticConfig()), toy_quadratic_dataset(5)),
+            args,
+            ExperimentPlan(switch_step=5),
+        )
     assert not (tmp_path / "x").exists()
 
 
@@ -245,13 +247,10 @@ def test_gd_prefix_then_sgd_restores_the_alignment(tmp_path):
     counts, starts = Counter(), {}
     out = tmp_path / "gd_prefix"
     result = run_experiment(
-        ToyQuadraticModel(ToyQuadraticConfig()),
+        # 30 samples: the minibatch branch resumes mid-epoch (step 20 of 30)
+        PreparedRecipe(ToyQuadraticModel(ToyQuadraticConfig()), toy_quadratic_dataset(15), record_trajectory=True),
         toy_args(out, max_steps=45, subspace_alignment_steps=5, subspace_refresh_steps=20, report_to="none"),
-        toy_quadratic_dataset(15),  # 30 samples: the minibatch branch resumes mid-epoch (step 20 of 30)
-        switch_step=20,
-        modes="sgd,gd",
-        prefix="GD",
-        record_trajectory=True,
+        ExperimentPlan(switch_step=20, modes="sgd,gd", prefix="GD"),
         callbacks=lambda name: [StepCounter(name, counts, starts)],
     )
     summary = json.loads((out / "summary.json").read_text())
@@ -291,12 +290,9 @@ def test_hessian_num_samples_subset_is_shared_by_every_run(tmp_path):
     assert mean_sign != 0.0  # 7 samples: the subset loss differs from the full loss (mean sign 0)
 
     result = run_experiment(
-        ToyQuadraticModel(ToyQuadraticConfig()),
+        PreparedRecipe(ToyQuadraticModel(ToyQuadraticConfig()), data, record_trajectory=True),
         args,
-        data,
-        switch_step=10,
-        modes="sgd,dominant",
-        record_trajectory=True,
+        ExperimentPlan(switch_step=10, modes="sgd,dominant"),
     )
     summary = result.summary
     assert summary["hessian_num_samples"] == 7 and summary["num_train"] == 100

@@ -333,6 +333,7 @@ def test_training_set_without_labels_is_refused_by_name(tmp_path):
     import datasets
 
     from hf_subspace import SubspaceTrainingArguments
+    from hf_subspace.experiments.arguments import ExperimentPlan, PreparedRecipe
     from hf_subspace.experiments.experiment import run_experiment
     from hf_subspace.experiments.settings import ExperimentError
     from hf_subspace.models import MLPConfig, MLPForImageClassification
@@ -341,5 +342,5 @@ def test_training_set_without_labels_is_refused_by_name(tmp_path):
     args = SubspaceTrainingArguments(output_dir=str(tmp_path / "o"), max_steps=4, report_to="none", use_cpu=True)
     model = MLPForImageClassification(MLPConfig(input_size=16, hidden_sizes=[4], num_labels=2))
     with pytest.raises(ExperimentError, match="has no labels") as err:
-        run_experiment(model, args, data, switch_step=2)
+        run_experiment(PreparedRecipe(model, data), args, ExperimentPlan(switch_step=2))
     assert "hessian_dataset" not in str(err.value) and not (tmp_path / "o").exists()

@@ -169,6 +169,7 @@ class RecipeArguments(ExperimentPlan):
     max_seq_length: int = field(default=64, metadata={"help": "Token sequences are padded/truncated to this length."})
     text_column: str = field(default="sentence", metadata={"help": "Text column of a local text dataset."})
     label_column: str = field(default="label", metadata={"help": "Label column of a local text dataset."})
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.standardize in ("none", "None", ""):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..metrics import METRIC_PREFIX
+from .arguments import ExperimentPlan, PreparedRecipe
 from .settings import BRANCHES, OUTPUT_NAMES
 
 __all__ = [
@@ -28,11 +30,13 @@ __all__ = [
     "audit_summary",
     "branch_curves",
     "branch_name",
+    "card_description",
     "clean_outputs",
     "default_alignment_steps",
     "format_results_table",
     "optimizer_label",
     "quiet_runs",
+    "recorded_arguments",
     "value_at",
 ]
 
@@ -136,6 +140,32 @@ def clean_outputs(output_dir: Path, branches: Sequence[str]) -> list[str]:
             ", ".join(kept), output_dir,
         )  # fmt: skip
     return removed
+
+
+_PATH_OPTIONS = ("train_file", "validation_file", "dataset_name", "tokenizer_name", "model_name_or_path")
+
+
+def recorded_arguments(plan: ExperimentPlan, loss_type: str | None) -> dict[str, Any]:
+    """The plan (a recipe's arguments) as saved in ``hf_subspace_experiment.json``: local paths made absolute (so
+    ``hf-subspace spectrum`` finds the data from any folder) and the loss actually trained."""
+    record = dataclasses.asdict(plan)
+    record.pop("recipe", None)  # recorded beside it
+    for key in _PATH_OPTIONS:
+        value = record.get(key)
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            record[key] = str(Path(value).expanduser().resolve())
+    record["loss_type"] = loss_type
+    return record
+
+
+def card_description(plan: ExperimentPlan, prepared: PreparedRecipe) -> str:
+    """The paragraph at the top of every branch card: the experiment, its data and its loss."""
+    lines = [f"Experiment `{plan.title}` (recipe `{plan.recipe}` of hf-subspace)."]
+    if prepared.dataset_description:
+        lines.append(f"Training data: {prepared.dataset_description}.")
+    if prepared.loss:
+        lines.append(f"Loss: {prepared.loss}.")
+    return " ".join(lines)
 
 
 _EXPECTED_MESSAGES: dict[str, tuple[str, ...]] = {

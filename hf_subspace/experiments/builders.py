@@ -190,7 +190,7 @@ def _image_recipe(model: Any, ra: RecipeArguments, data: Any, info: dict[str, An
         model=model,
         train_dataset=data["train"],
         eval_dataset=data["validation"],
-        **_describe_data(ra, default, data),
+        **_describe_data(ra, data),
         loss=LOSSES[model.config.loss_type],
         extras=_extras(data, info),
     )

@@ -70,11 +70,13 @@ from .branches import (
     audit_summary,
     branch_curves,
     branch_name,
+    card_description,
     clean_outputs,
     default_alignment_steps,
     format_results_table,
     optimizer_label,
     quiet_runs,
+    recorded_arguments,
     value_at,
 )
 from .diagnostics import metric_curves
@@ -364,7 +366,9 @@ def run_experiment(
             trajectories[label] = trajectory
         distributed.barrier()
     summary = _summary(run, prefix, runs)
-    result = ExperimentResult(run.out, summary, None, None, {n: run.out / n for n in runs}, prefix.checkpoint, trajectories)
+    result = ExperimentResult(
+        run.out, summary, None, None, {n: run.out / n for n in runs}, prefix.checkpoint, trajectories
+    )
     if distributed.is_main_process():
         result.summary_path = run.out / SUMMARY_NAME
         result.summary_path.write_text(json.dumps(summary, indent=2))
@@ -516,31 +520,6 @@ def _loss_type(run: _Run) -> str | None:
     given = getattr(run.plan, "loss_type", None)
     model = run.prepared.model
     return given or getattr(getattr(model, "config", None), "loss_type", None)
-
-
-_PATH_OPTIONS = ("train_file", "validation_file", "dataset_name", "tokenizer_name", "model_name_or_path")
-
-
-def recorded_arguments(plan: ExperimentPlan, loss_type: str | None) -> dict[str, Any]:
-    """The plan (a recipe's arguments) as saved in ``hf_subspace_experiment.json``: local paths made absolute (so
-    ``hf-subspace spectrum`` finds the data from any folder) and the loss actually trained."""
-    record = dataclasses.asdict(plan)
-    for key in _PATH_OPTIONS:
-        value = record.get(key)
-        if isinstance(value, str) and value and Path(value).expanduser().exists():
-            record[key] = str(Path(value).expanduser().resolve())
-    record["loss_type"] = loss_type
-    return record
-
-
-def card_description(plan: ExperimentPlan, prepared: PreparedRecipe) -> str:
-    """The paragraph at the top of every branch card: the experiment, its data and its loss."""
-    lines = [f"Experiment `{plan.title}` (recipe `{plan.recipe}` of hf-subspace)."]
-    if prepared.dataset_description:
-        lines.append(f"Training data: {prepared.dataset_description}.")
-    if prepared.loss:
-        lines.append(f"Loss: {prepared.loss}.")
-    return " ".join(lines)
 
 
 def _summary(run: _Run, prefix: _Prefix, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -261,8 +261,8 @@ def parse_recipe_arguments(
         ``(recipe_args, training_args)``; ``recipe_args`` is the run's :class:`~.arguments.ExperimentPlan`.
 
     Raises:
-        ExperimentError: an invalid or abbreviated option, an invalid value, a missing file or required option (one
-            line naming it, no usage text).
+        ExperimentError: an invalid or abbreviated option, an invalid value, a missing file (one line naming it, no
+            usage text).
         ValueError: a config of another recipe, unknown names in a config file.
     """
     spec = recipe if isinstance(recipe, Recipe) else get_recipe(recipe)
@@ -275,10 +275,6 @@ def parse_recipe_arguments(
     plan_parser.set_defaults(**{k: v for k, v in defaults.items() if k in _PLAN_FIELDS})
     (recipe_args, rest_) = plan_parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
     recipe_args.recipe = spec.name
-    for option in spec.required:
-        if not getattr(recipe_args, option):
-            help_ = RecipeArguments.__dataclass_fields__[option].metadata.get("help", "")
-            raise ExperimentError(f"the {spec.name} recipe needs --{option} ({help_.rstrip('.')}).")
     # 2. the training options (torch and transformers)
     from ..training_args import SubspaceTrainingArguments
 
@@ -325,11 +321,20 @@ def run_recipe(
     print_table: bool = True,
 ) -> ExperimentResult:
     """Run a parsed recipe's experiment (the recipe's builder runs once the settings are checked, unless
-    ``prepared`` is given); print the results table on rank 0."""
+    ``prepared`` is given); print the results table on rank 0.
+
+    Raises:
+        ExperimentError: a required option of the recipe is missing, or the runner refuses the settings
+            (:func:`~.experiment.check_experiment`), before any data is loaded.
+    """
     from .experiment import run_experiment
 
     spec = recipe if isinstance(recipe, Recipe) else get_recipe(recipe)
     recipe_args.recipe = spec.name
+    for option in spec.required:
+        if not getattr(recipe_args, option):
+            help_ = RecipeArguments.__dataclass_fields__[option].metadata.get("help", "")
+            raise ExperimentError(f"the {spec.name} recipe needs --{option} ({help_.rstrip('.')}).")
     build = functools.partial(prepare_recipe, spec, recipe_args, training_args)
     result = run_experiment(prepared or build, training_args, recipe_args)
     if result.summary_path is not None and print_table:
