@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -310,3 +311,42 @@ def test_hessian_num_samples_subset_is_shared_by_every_run(tmp_path):
         assert curve[10] == pytest.approx(subset_loss(traj[mode][10]), rel=1e-5)
         assert curve[20] == pytest.approx(subset_loss(traj[mode][20]), rel=1e-5)
     assert subset_loss(traj["prefix"][0]) != pytest.approx(0.5 * (cfg.sharpness * 0.02**2 + 1.0), rel=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------- EMA switch, audits
+
+
+@pytest.mark.parametrize("threshold", [0.8, 1.0])
+def test_ema_switch_stops_after_the_crossing_or_at_the_cap_and_audits_the_basis(tmp_path, threshold):
+    """--switch_rule ema: the prefix measures χ_k at every step and stops at the end of the first step whose EMA
+    reaches the threshold (the branches start one step later), or at --switch_step (the cap); --basis_audit_steps
+    records the exact distance of the basis in use every N projected steps (the toy's Hessian is constant: ≈ 0)."""
+    out = tmp_path / "ema"
+    args = toy_args(out, max_steps=50, subspace_alignment_steps=10, subspace_refresh_steps=10, report_to="none")
+    args = dataclasses.replace(args, subspace_auto_start_threshold=threshold)
+    start = ToyQuadraticConfig(init_point=(0.0, 1.0))  # χ_1 = 0 at step 0: the EMA rises over many steps
+    result = run_experiment(
+        PreparedRecipe(ToyQuadraticModel(start), toy_quadratic_dataset(20)),
+        args,
+        ExperimentPlan(switch_step=40, switch_rule="ema", modes="sgd,dominant", basis_audit_steps=5, plot=False),
+    )
+    summary = result.summary
+    switch = summary["switch_step"]
+    state = json.loads((out / "prefix" / f"checkpoint-{switch}" / "trainer_state.json").read_text())
+    ema = [(e["step"], e["subspace/chi_k_full_grad_ema"]) for e in state["log_history"] if "step" in e and
+           "subspace/chi_k_full_grad_ema" in e]  # fmt: skip
+    assert [s for s, _ in ema] == list(range(switch))  # measured at every prefix step
+    crossed = next((s for s, v in ema if v >= threshold), None)
+    if threshold < 1.0:
+        assert crossed is not None and crossed > 5  # a real crossing, not the first measurement
+        assert switch == crossed + 1 and summary["switch_rule"]["crossed_at"] == crossed
+    else:
+        assert crossed is None and switch == 40 and summary["switch_rule"]["crossed_at"] is None
+    assert summary["switch_rule"] == {**summary["switch_rule"], "rule": "ema", "cap": 40, "threshold": threshold}
+    for run in summary["runs"].values():
+        assert [switch, run["loss_at_switch"]] in run["loss_curve"]  # every branch starts at the switch
+        assert run["hvps_branch"] >= 0 and summary["prefix_hvps"] > 0
+    assert summary["runs"]["sgd"]["basis_error_audit"] is None  # unprojected: nothing to audit
+    audit = summary["runs"]["dominant"]["basis_error_audit"]
+    assert [int(s) for s, _ in audit["points"]] == [s for s in range(switch, 50) if s % 5 == 0]
+    assert audit["n"] == len(audit["points"]) and audit["max"] < 1e-6 and audit["median"] <= audit["max"]

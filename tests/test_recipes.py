@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from hf_subspace.experiments.recipes import (
     load_config_file,
     parse_recipe_arguments,
     prepare_recipe,
+    recipe_parser,
     run_recipe,
 )
 from hf_subspace.experiments.settings import ExperimentError
@@ -77,6 +79,35 @@ def test_shipped_configs_match_the_paper(name):
     assert (
         "MULTI_CPU" not in (REPO / "recipes" / "accelerate" / "multi_cpu.yaml").read_text().split("\n# Equivalent")[1]
     )
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_shipped_config_is_the_recipes_defaults(name):
+    """recipes/configs/<name>.yaml writes out the recipe's one source of defaults (settings.RECIPE_SPECS): parsing
+    it gives exactly the settings of no config at all, and every value it sets is the recipe's."""
+    spec = get_recipe(name)
+    with_config = parse_recipe_arguments(name, [str(CONFIGS / f"{name}.yaml")])
+    without = parse_recipe_arguments(name, [])
+    assert dataclasses.asdict(with_config[0]) == dataclasses.asdict(without[0])
+    assert with_config[1].to_dict() == without[1].to_dict()
+    for key, value in load_config_file(CONFIGS / f"{name}.yaml").items():
+        if key in spec.defaults:
+            assert value == spec.defaults[key], (name, key)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_help_shows_the_recipes_defaults(name, capsys):
+    """`hf-subspace run <recipe> --help` is generated from the recipe's defaults."""
+    spec = get_recipe(name)
+    parser = recipe_parser(name)
+    for key, value in spec.defaults.items():
+        assert parser.get_default(key) == value, (name, key)
+    with pytest.raises(SystemExit):
+        parse_recipe_arguments(name, ["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for key in ("learning_rate", "max_steps", "subspace_k", "switch_step", "per_device_eval_batch_size"):
+        entry = text[text.index(f", --{key.replace('_', '-')} ") :]
+        assert entry[entry.index("(default: ") :].startswith(f"(default: {spec.defaults[key]})"), (name, key)
 
 
 def test_missing_file_and_refused_output_dir_touch_nothing(tmp_path):
