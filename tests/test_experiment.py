@@ -13,9 +13,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from hf_subspace.experiments.branches import default_alignment_steps, format_results_table
-from hf_subspace.experiments.claims import evaluate_claims
 from hf_subspace.experiments.arguments import ExperimentPlan, PreparedRecipe
+from hf_subspace.experiments.branches import branch_name, default_alignment_steps, format_results_table, optimizer_label
+from hf_subspace.experiments.claims import evaluate_claims
 from hf_subspace.experiments.experiment import hessian_subset, run_experiment
 from hf_subspace.experiments.settings import ExperimentError, parse_modes
 from hf_subspace.models.toy import ToyQuadraticConfig, ToyQuadraticModel, toy_quadratic_dataset
@@ -350,3 +350,35 @@ def test_ema_switch_stops_after_the_crossing_or_at_the_cap_and_audits_the_basis(
     audit = summary["runs"]["dominant"]["basis_error_audit"]
     assert [int(s) for s, _ in audit["points"]] == [s for s in range(switch, 50) if s % 5 == 0]
     assert audit["n"] == len(audit["points"]) and audit["max"] < 1e-6 and audit["median"] <= audit["max"]
+
+
+# ----------------------------------------------------------------------------------------------- branch names, a training set without labels
+
+
+def test_branch_names_follow_the_optimizer():
+    assert optimizer_label("sgd") == "sgd"
+    assert optimizer_label("sgd", "momentum=0.9") == "momentum"
+    assert optimizer_label("sgd", "momentum=0.9,nesterov=True") == "nesterov"
+    assert optimizer_label("adamw_torch") == "adamw" and optimizer_label("adamw_torch_fused") == "adamw"
+    assert optimizer_label("sgd", sam_rho=0.05) == "sam-sgd"
+    assert [branch_name(m, "adamw") for m in ("sgd", "gd", "dominant", "bulk")] == [
+        "adamw", "adamw-gd", "dominant", "bulk",
+    ]  # fmt: skip
+    assert [branch_name(m, "sgd") for m in ("sgd", "gd", "bulk-gd")] == ["sgd", "gd", "bulk-gd"]
+
+
+def test_training_set_without_labels_is_refused_by_name(tmp_path):
+    import datasets
+
+    from hf_subspace import SubspaceTrainingArguments
+    from hf_subspace.experiments.arguments import ExperimentPlan, PreparedRecipe
+    from hf_subspace.experiments.experiment import run_experiment
+    from hf_subspace.experiments.settings import ExperimentError
+    from hf_subspace.models import MLPConfig, MLPForImageClassification
+
+    data = datasets.Dataset.from_dict({"pixel_values": [[[[0.0] * 4] * 4]] * 8})
+    args = SubspaceTrainingArguments(output_dir=str(tmp_path / "o"), max_steps=4, report_to="none", use_cpu=True)
+    model = MLPForImageClassification(MLPConfig(input_size=16, hidden_sizes=[4], num_labels=2))
+    with pytest.raises(ExperimentError, match="has no labels") as err:
+        run_experiment(PreparedRecipe(model, data), args, ExperimentPlan(switch_step=2))
+    assert "hessian_dataset" not in str(err.value) and not (tmp_path / "o").exists()
