@@ -96,3 +96,11 @@ def test_claims_from_synthetic_summaries(tmp_path):
 )
 def test_optimizer_label(summary, label):
     assert optimizer_label(summary) == label
+
+
+def test_sharpness_figure_only_when_the_sharpness_changes(tmp_path):
+    """A full-batch run of a quadratic has a constant λ₁ (a flat line: no figure); one whose λ₁ moves gets it."""
+    flat = {"runs": {"gd": {"full_batch": True, "curves": {"eigenvalue_top_01": [[0, 1000.0], [10, 1000.0]]}}}}
+    assert extra_figures(flat, tmp_path) == []
+    flat["runs"]["gd"]["curves"]["eigenvalue_top_01"][1][1] = 1500.0
+    assert [p.name for p in extra_figures(flat, tmp_path)] == ["sharpness.png"]

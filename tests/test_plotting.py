@@ -215,3 +215,30 @@ def test_toy_trajectory_figure_is_readable():
     markers = [line for line in contour_ax.get_lines() if line.get_marker() in ("o", "*")]
     assert markers and all(not line.get_clip_on() for line in markers)  # start/end markers never clipped
     assert len(figure.axes) == 3 and figure.axes[2].get_xlabel() == "step"  # coordinates over the steps
+
+
+def test_bouncing_path_gets_an_inset_of_its_first_steps_connected():
+    """At full length a path that bounces across the valley shows only its two envelopes (a V); the inset draws
+    its first steps connected, every step, so the zig-zag is visible. A path along the floor gets none."""
+    t = np.arange(0, 200)
+    sgd = np.stack([t, 0.003 * (-1.0) ** t * (1 - t / 400), 1.0 - 0.002 * t], axis=1)
+    gd = np.stack([t, 1e-12 * (-1.0) ** t, 1.0 - 0.002 * t], axis=1)  # rounding noise is no bounce
+    figure = plotting.trajectory_figure(lambda x, y: 0.5 * (1000 * x**2 + y**2), {"sgd": sgd, "gd": gd},
+                                        (-0.01, 0.01), (0.5, 1.05))  # fmt: skip
+    (inset,) = figure.axes[0].child_axes
+    paths = [line for line in inset.get_lines() if line.get_linestyle() == "-"]
+    assert len(paths) == 1 and paths[0].get_color() == "black"
+    assert np.allclose(paths[0].get_xdata(), sgd[:13, 1]) and np.allclose(paths[0].get_ydata(), sgd[:13, 2])
+    alone = plotting.trajectory_figure(lambda x, y: x * 0 + y, {"gd": gd}, (-0.01, 0.01), (0.5, 1.05))
+    assert not alone.axes[0].child_axes
+
+
+def test_loss_axis_labels_are_plain_numbers_within_a_decade():
+    summary = _summary()
+    for run in summary["runs"].values():
+        run["loss_curve"] = [[s, 2.3 - 0.0005 * s] for s, _ in run["loss_curve"]]  # 2.3 → 1.8: under a decade
+    ax = plotting.summary_figure(summary).axes[0]
+    ax.figure.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels() if t.get_text()]
+    assert labels and all("10^" not in text and "\\times" not in text for text in labels)
+    assert all(float(text) > 0 for text in labels)
