@@ -283,6 +283,25 @@ def test_run_errors_are_one_short_line(tmp_path, capsys, options, expected):
     assert not (tmp_path / "o").exists()
 
 
+def test_bad_recipe_options_fail_before_torch_is_imported(tmp_path):
+    """A wrong branch name, prefix, switch rule or missing file is refused before torch and the data stack load
+    (the error took seconds of imports to appear)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("HF_SUBSPACE_DEBUG", None)
+    cases = [["--modes", "sgd,dom"], ["--prefix", "adam"], ["--switch_rule", "never"], ["--train_file", "nope.npz"]]
+    code = (
+        "import sys\nfrom hf_subspace import cli\n"
+        f"for options in {cases!r}:\n"
+        f"    assert cli.main(['run', 'mlp_mnist', '--output_dir', {str(tmp_path / 'o')!r}, *options]) == 2\n"
+        "assert 'torch' not in sys.modules, 'torch was imported before the error'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 4 and "unknown mode 'dom'" in errors[0] and "nope.npz" in errors[3]
+    assert not (tmp_path / "o").exists()
+
+
 def test_recipe_script_errors_are_one_line(tmp_path):
     """`python recipes/<recipe>.py` shares the error path of `hf-subspace run` (it was a 20-line traceback)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

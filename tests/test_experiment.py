@@ -382,3 +382,23 @@ def test_training_set_without_labels_is_refused_by_name(tmp_path):
     with pytest.raises(ExperimentError, match="has no labels") as err:
         run_experiment(PreparedRecipe(model, data), args, ExperimentPlan(switch_step=2))
     assert "hessian_dataset" not in str(err.value) and not (tmp_path / "o").exists()
+
+
+def test_overwrite_keeps_branches_left_out_and_names_the_spectrum_files_it_removes(tmp_path, caplog):
+    """--overwrite_output_dir replaces what the new run writes; an earlier branch the new --modes leave out is kept,
+    and the `hf-subspace spectrum` files inside a replaced branch folder are named in a warning."""
+    out = tmp_path / "again"
+    args = toy_args(out, max_steps=6, subspace_alignment_steps=3, subspace_refresh_steps=3, report_to="none")
+    data = toy_quadratic_dataset(5)
+    run_experiment(PreparedRecipe(ToyQuadraticModel(ToyQuadraticConfig()), data), args,
+                   ExperimentPlan(switch_step=3, modes="sgd,bulk", plot=False))  # fmt: skip
+    (out / "sgd" / "spectrum.json").write_text("{}")
+    (out / "bulk" / "spectrum.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="hf_subspace"):
+        run_experiment(PreparedRecipe(ToyQuadraticModel(ToyQuadraticConfig()), data), args,
+                       ExperimentPlan(switch_step=3, modes="sgd", overwrite_output_dir=True, plot=False))  # fmt: skip
+    assert (out / "bulk" / "spectrum.json").is_file() and (out / "bulk" / "model.safetensors").is_file()
+    assert not (out / "sgd" / "spectrum.json").exists() and (out / "sgd" / "model.safetensors").is_file()
+    assert list(json.loads((out / "summary.json").read_text())["runs"]) == ["sgd"]
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert "sgd/spectrum.json" in warnings and "kept the earlier experiment's branch folder(s) bulk" in warnings
