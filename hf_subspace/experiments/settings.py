@@ -115,7 +115,7 @@ PREFIXES: dict[str, str] = {
     "sgd": "minibatch SGD (the optimizer on minibatches of per_device_train_batch_size)",
     "gd": "full-batch GD (the optimizer on the gradient of the whole training set)",
 }
-"""The optimizers of the shared prefix (``run_experiment(prefix=...)``, ``--prefix``)."""
+"""The optimizers of the shared prefix (``ExperimentPlan.prefix``, ``--prefix``)."""
 
 
 def parse_prefix(prefix: str) -> str:
