@@ -12,7 +12,6 @@ from .settings import DEFAULT_MODES, PREFIXES, ExperimentError, parse_modes, par
 
 if TYPE_CHECKING:
     from ..training_args import SubspaceTrainingArguments
-    from .experiment import ExperimentResult
 
 __all__ = ["SWITCH_RULES", "ExperimentPlan", "PreparedRecipe", "Recipe", "RecipeArguments"]
 
@@ -223,8 +222,9 @@ class PreparedRecipe:
     """More top-level entries of ``summary.json``."""
     record_trajectory: bool = False
     """Record the parameters at every step (models of at most 16 parameters): ``ExperimentResult.trajectories``."""
-    after: Callable[[ExperimentResult], list[Path]] | None = None
-    """Called on rank 0 with the result; returns extra files written (e.g. the toy's trajectory plot)."""
+    after: Callable[[Any], list[Path]] | None = None
+    """Called on rank 0 with the :class:`~.experiment.ExperimentResult` when figures are written; returns the extra
+    files it wrote (e.g. the toy's trajectory plot)."""
 
 
 @dataclass(frozen=True)
