@@ -153,9 +153,9 @@ def test_edge_of_stability_branches_and_sharpness_figure(tmp_path):
     sharp = sharpness_summary(s)
     assert sharp["two_over_lr"] == pytest.approx(40.0) and sharp["max_prefix"] > 0
     claims = {c.claim: c for c in evaluate_claims("eos", s)}
-    for text in ("GD reaches the edge of stability (λ₁ ≈ 2/η)", "Dom-GD fails at the edge of stability",
+    for text in ("GD reaches the edge of stability (λ₁ ≈ 2/η)", "Dom-GD fails to train at the edge of stability",
                  "Bulk-GD is as effective as GD at the edge of stability"):  # fmt: skip
-        assert claims[text].answer in ("yes", "no", "inconclusive") and paper_answer(text) == "yes"
+        assert claims[text].answer in ("yes", "no", "different regime", "inconclusive") and paper_answer(text) == "yes"
     assert s["runs"]["dominant-gd"]["curves"]["eigenvalue_top_01"]
 
 
@@ -180,7 +180,7 @@ def test_optimizer_variants_dom_and_bulk(tmp_path, options, label):
     row = effective_lr_table(s)
     assert row is not None and row["optimizer"] == label and row["measurements"] == 1  # step 0 of the prefix
     texts = [c.claim for c in evaluate_claims(label, s)]
-    assert f"Dom-{label} stalls" in texts and f"Bulk-{label} tracks {label}" in texts
+    assert f"Dom-{label} fails to train" in texts and f"Bulk-{label} is as effective as {label}" in texts
     amplification = f"{label} amplifies the bulk effective LR over the dominant one"
     assert (amplification in texts) == (label != "SAM")  # Table 1's claim is about momentum and Adam
 

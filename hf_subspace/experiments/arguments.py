@@ -62,6 +62,20 @@ class ExperimentPlan:
             "choices": list(PREFIXES),
         },
     )
+    switch_measure_steps: int = field(
+        default=1,
+        metadata={
+            "help": "With --switch_rule ema: measure χ_k (and update its EMA) every this many prefix steps (the "
+            "paper: 1)."
+        },
+    )
+    resume_experiment: bool = field(
+        default=False,
+        metadata={
+            "help": "Continue an interrupted experiment in --output_dir: reuse its finished prefix and branches, and "
+            "resume an unfinished branch from its latest checkpoint (saved with --save_strategy steps)."
+        },
+    )
     basis_audit_steps: int = field(
         default=0,
         metadata={
@@ -91,6 +105,8 @@ class ExperimentPlan:
         self.prefix = parse_prefix(self.prefix)
         if self.switch_rule not in SWITCH_RULES:
             raise ExperimentError(f"--switch_rule={self.switch_rule!r} must be fixed or ema.")
+        if self.switch_measure_steps < 1:
+            raise ExperimentError(f"--switch_measure_steps={self.switch_measure_steps} must be at least 1.")
         if self.basis_audit_steps < 0:
             raise ExperimentError(f"--basis_audit_steps={self.basis_audit_steps} must be 0 (never) or positive.")
 

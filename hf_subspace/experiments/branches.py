@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -16,10 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from .. import distributed
 from ..metrics import METRIC_PREFIX
+from ..trainer import SubspaceTrainer
+from ..training_args import SubspaceTrainingArguments
 from .arguments import ExperimentPlan, PreparedRecipe
-from .settings import BRANCHES, OUTPUT_NAMES
+from .settings import BRANCHES, OUTPUT_NAMES, PREFIX_DIR, ExperimentError
 
 __all__ = [
     "BasisAudit",
@@ -33,7 +39,9 @@ __all__ = [
     "card_description",
     "clean_outputs",
     "default_alignment_steps",
+    "first_trainer",
     "format_results_table",
+    "make_trainer",
     "optimizer_label",
     "quiet_runs",
     "recorded_arguments",
@@ -231,18 +239,27 @@ class StopWhenAligned(TrainerCallback):
     """The paper's switch: stop the prefix once the χ_k EMA of the full-batch gradient reaches ``threshold``, or at
     step ``cap`` at the latest, and save a checkpoint there.
 
-    The measurement logged at step t is of θ_t, taken before the update of step t; the prefix stops at the end of that
-    step, so the branches start from θ_{t+1} (the EMA crossed at t, the first projected update is t + 1's).
+    The EMA takes its first measurement as is, so one high value at step 0 would trigger it: the rule only applies
+    once the EMA has averaged ``min_measurements`` values (default ``ceil(1 / (1 − decay))``, its time constant; 10
+    for the paper's 0.9), i.e. once χ_k has stayed high. The measurement logged at step t is of θ_t, taken before
+    the update of step t; the prefix stops at the end of that step, so the branches start from θ_{t+1}.
     :attr:`crossed_at` is t (``None`` when the cap was reached first).
     """
 
-    def __init__(self, threshold: float, cap: int, tag: str = "subspace/chi_k_full_grad_ema") -> None:
+    def __init__(
+        self, threshold: float, cap: int, decay: float = 0.9, tag: str = "subspace/chi_k_full_grad_ema"
+    ) -> None:
         self.threshold, self.cap, self.tag = threshold, cap, tag
+        self.min_measurements = math.ceil(1.0 / (1.0 - decay) - 1e-9)
+        self.seen = 0
         self.crossed_at: int | None = None
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         value = (kw.get("logs") or {}).get(self.tag)
-        if self.crossed_at is None and value is not None and value >= self.threshold:
+        if value is None:
+            return
+        self.seen += 1
+        if self.crossed_at is None and self.seen >= self.min_measurements and value >= self.threshold:
             self.crossed_at = state.global_step
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
@@ -347,6 +364,52 @@ class TrajectoryRecorder(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         self._record(state, kw.get("model"))
+
+
+# ----------------------------------------------------------------------------------------------- trainers
+
+
+def make_trainer(
+    model: Any,
+    args: SubspaceTrainingArguments,
+    name: str,
+    common: Mapping[str, Any],
+    callbacks: list[TrainerCallback],
+) -> SubspaceTrainer:
+    """A branch's (or the prefix's) trainer: a fresh copy of ``model`` (or a new one from a factory), a compact progress
+    bar instead of the Trainer's printing ones, and its TensorBoard run named by the branch."""
+    fresh = model() if not isinstance(model, torch.nn.Module) and callable(model) else copy.deepcopy(model)
+    trainer = SubspaceTrainer(model=fresh, args=args, callbacks=callbacks, **common)
+    # The Trainer's progress callbacks print every (long) log dictionary; a compact bar replaces them.
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(CompactProgress(name, enabled=not args.disable_tqdm))
+    # TensorBoard: one run per branch, named by it (the run's own folder, or $TENSORBOARD_LOGGING_DIR/<name>),
+    # instead of the Trainer's output_dir/runs/<date>_<host>.
+    from transformers.integrations import TensorBoardCallback
+
+    root = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.tb_writer is None:
+            callback.logging_dir = str(Path(root).expanduser() / name) if root else str(args.output_dir)
+    return trainer
+
+
+def first_trainer(
+    model: Any, args: SubspaceTrainingArguments, common: Mapping[str, Any], callbacks: list[TrainerCallback]
+) -> SubspaceTrainer:
+    """The prefix's trainer, built before anything is written: its refusal (e.g. ``subspace_k`` too large for the
+    model; the rule lives in :class:`~hf_subspace.SubspaceTrainer`) becomes an :class:`ExperimentError`, and the
+    folders its construction created are removed again, so a refused experiment leaves no trace."""
+    created = [p for p in (Path(args.output_dir).parent, Path(args.output_dir)) if not p.exists()]
+    try:
+        return make_trainer(model, args, PREFIX_DIR, common, callbacks)
+    except ValueError as err:
+        if distributed.is_main_process():
+            for path in reversed(created):
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+        raise ExperimentError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------------------------- curves

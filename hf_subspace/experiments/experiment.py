@@ -38,7 +38,6 @@ The curves include the shared prefix (steps < ``switch_step``), which is the sam
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import json
@@ -46,15 +45,15 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, TrainerCallback
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from .. import distributed
 from ..tensor_dataset import to_tensor_dataset
@@ -63,7 +62,6 @@ from ..training_args import SubspaceTrainingArguments
 from .arguments import ExperimentPlan, PreparedRecipe
 from .branches import (
     BasisAudit,
-    CompactProgress,
     StopAtStep,
     StopWhenAligned,
     TrajectoryRecorder,
@@ -73,7 +71,9 @@ from .branches import (
     card_description,
     clean_outputs,
     default_alignment_steps,
+    first_trainer,
     format_results_table,
+    make_trainer,
     optimizer_label,
     quiet_runs,
     recorded_arguments,
@@ -102,7 +102,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ModelSource = PreTrainedModel | Callable[[], PreTrainedModel]
 CallbackFactory = Callable[[str], Iterable[TrainerCallback]]
 
 
@@ -163,10 +162,6 @@ def _full_batch(num_train: int, args: SubspaceTrainingArguments) -> dict[str, An
     }
 
 
-def _make_model(model: ModelSource) -> PreTrainedModel:
-    return model() if not isinstance(model, torch.nn.Module) and callable(model) else copy.deepcopy(model)
-
-
 def check_experiment(args: SubspaceTrainingArguments, plan: ExperimentPlan) -> None:
     """The runner's gate on the training arguments, before any data is loaded or anything written.
 
@@ -208,7 +203,7 @@ def check_experiment(args: SubspaceTrainingArguments, plan: ExperimentPlan) -> N
             "--push_to_hub is not supported by the experiment (every branch would push to the same repository); "
             "push the branch folders output_dir/<mode> separately afterwards."
         )
-    check_output_dir(args.output_dir, plan.overwrite_output_dir)
+    check_output_dir(args.output_dir, plan.overwrite_output_dir or plan.resume_experiment)
 
 
 def _check_data(prepared: PreparedRecipe) -> None:
@@ -230,46 +225,6 @@ def _check_data(prepared: PreparedRecipe) -> None:
 
 def _branch_args(args: SubspaceTrainingArguments, output_dir: Path, **changes: Any) -> SubspaceTrainingArguments:
     return dataclasses.replace(args, output_dir=str(output_dir), **changes)
-
-
-def _make_trainer(
-    model: ModelSource,
-    args: SubspaceTrainingArguments,
-    name: str,
-    common: Mapping[str, Any],
-    callbacks: list[TrainerCallback],
-) -> SubspaceTrainer:
-    trainer = SubspaceTrainer(model=_make_model(model), args=args, callbacks=callbacks, **common)
-    # The Trainer's progress callbacks print every (long) log dictionary; a compact bar replaces them.
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(CompactProgress(name, enabled=not args.disable_tqdm))
-    # TensorBoard: one run per branch, named by it (the run's own folder, or $TENSORBOARD_LOGGING_DIR/<name>),
-    # instead of the Trainer's output_dir/runs/<date>_<host>.
-    from transformers.integrations import TensorBoardCallback
-
-    root = os.environ.get("TENSORBOARD_LOGGING_DIR")
-    for callback in trainer.callback_handler.callbacks:
-        if isinstance(callback, TensorBoardCallback) and callback.tb_writer is None:
-            callback.logging_dir = str(Path(root).expanduser() / name) if root else str(args.output_dir)
-    return trainer
-
-
-def _first_trainer(
-    model: ModelSource, args: SubspaceTrainingArguments, common: Mapping[str, Any], callbacks: list[TrainerCallback]
-) -> SubspaceTrainer:
-    """The prefix's trainer, built before anything is written: its refusal (e.g. ``subspace_k`` too large for the
-    model; the rule lives in :class:`~hf_subspace.SubspaceTrainer`) becomes an :class:`ExperimentError`, and the
-    folders its construction created are removed again, so a refused experiment leaves no trace."""
-    created = [p for p in (Path(args.output_dir).parent, Path(args.output_dir)) if not p.exists()]
-    try:
-        return _make_trainer(model, args, PREFIX_DIR, common, callbacks)
-    except ValueError as err:
-        if distributed.is_main_process():
-            for path in reversed(created):
-                if path.is_dir() and not any(path.iterdir()):
-                    path.rmdir()
-        raise ExperimentError(str(err)) from None
 
 
 def _quietly(function: Callable[..., ExperimentResult]) -> Callable[..., ExperimentResult]:
@@ -314,6 +269,7 @@ class _Prefix:
     trajectory: list[list[float]]
     args: SubspaceTrainingArguments
     crossed_at: int | None
+    min_measurements: int | None
 
 
 @_quietly
@@ -430,50 +386,72 @@ def _run_prefix(run: _Run) -> _Prefix:
     )  # fmt: skip
     stopper: StopAtStep | StopWhenAligned = StopAtStep(plan.switch_step)
     if plan.switch_rule == "ema":
-        # The paper's protocol: χ_k and its EMA at every prefix step.
-        prefix_args = dataclasses.replace(prefix_args, subspace_alignment_steps=1)
-        stopper = StopWhenAligned(args.subspace_auto_start_threshold, plan.switch_step)
-    recorder = TrajectoryRecorder() if run.prepared.record_trajectory else None
-    callbacks = [stopper, *([recorder] if recorder else []), *run.run_callbacks(PREFIX_DIR)]
-    start = time.perf_counter()
-    trainer = _first_trainer(run.prepared.model, prefix_args, run.common, callbacks)
-    if distributed.is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
-        if plan.overwrite_output_dir:
-            labels = [branch_name(mode, run.optimizer) for mode in plan.branches]
-            clean_outputs(out, labels)
-    distributed.barrier()
-    trainer.train()
-    switch_step = trainer.state.global_step
-    checkpoint = out / PREFIX_DIR / f"checkpoint-{switch_step}"
+        # The paper's protocol: χ_k and its EMA at every prefix step (or every switch_measure_steps).
+        prefix_args = dataclasses.replace(prefix_args, subspace_alignment_steps=plan.switch_measure_steps)
+        stopper = StopWhenAligned(args.subspace_auto_start_threshold, plan.switch_step, args.subspace_ema_decay)
+    minimum = getattr(stopper, "min_measurements", None)
+    record_path = out / PREFIX_DIR / "prefix_record.json"
+    if plan.resume_experiment and record_path.is_file():
+        saved = json.loads(record_path.read_text())
+        logger.info(
+            "hf-subspace %s: reusing the finished prefix (switch at step %d)", plan.recipe, saved["switch_step"]
+        )
+    else:
+        saved = _train_prefix(run, prefix_args, stopper)
+        if distributed.is_main_process():
+            record_path.write_text(json.dumps(saved, default=float))
+    checkpoint = out / PREFIX_DIR / f"checkpoint-{saved['switch_step']}"
     prefix = _Prefix(
-        switch_step=switch_step,
-        hvps=trainer.subspace_state.hvps_total,
-        history=list(trainer.state.log_history),
-        seconds=time.perf_counter() - start,
-        checkpoint=checkpoint,
-        trajectory=[[s, *p] for s, p in zip(recorder.steps, recorder.points)] if recorder else [],
-        args=prefix_args,
-        crossed_at=getattr(stopper, "crossed_at", None),
-    )
-    del trainer
+        saved["switch_step"], saved["hvps"], saved["history"], saved["seconds"], checkpoint, saved["trajectory"],
+        prefix_args, saved["crossed_at"], minimum,
+    )  # fmt: skip
     distributed.barrier()  # the checkpoint is complete before any rank resumes from it
     if not checkpoint.is_dir():
         raise RuntimeError(f"the prefix did not save its checkpoint {checkpoint}; was training stopped early?")
     return prefix
 
 
+def _train_prefix(
+    run: _Run, prefix_args: SubspaceTrainingArguments, stopper: StopAtStep | StopWhenAligned
+) -> dict[str, Any]:
+    """Train the prefix; its record (``prefix/prefix_record.json``, what a resumed experiment reuses)."""
+    recorder = TrajectoryRecorder() if run.prepared.record_trajectory else None
+    callbacks = [stopper, *([recorder] if recorder else []), *run.run_callbacks(PREFIX_DIR)]
+    start = time.perf_counter()
+    trainer = first_trainer(run.prepared.model, prefix_args, run.common, callbacks)
+    if distributed.is_main_process():
+        run.out.mkdir(parents=True, exist_ok=True)
+        if run.plan.overwrite_output_dir and not run.plan.resume_experiment:
+            clean_outputs(run.out, [branch_name(mode, run.optimizer) for mode in run.plan.branches])
+    distributed.barrier()
+    trainer.train()
+    saved = {
+        "switch_step": trainer.state.global_step,
+        "history": list(trainer.state.log_history),
+        "seconds": time.perf_counter() - start,
+        "hvps": trainer.subspace_state.hvps_total,
+        "crossed_at": getattr(stopper, "crossed_at", None),
+        "trajectory": [[s, *p] for s, p in zip(recorder.steps, recorder.points)] if recorder else [],
+    }
+    del trainer
+    return saved
+
+
 def _run_branch(run: _Run, prefix: _Prefix, mode: str, label: str) -> tuple[dict[str, Any], list[list[float]] | None]:
     """One branch from the prefix checkpoint: trains, evaluates, saves the model, its card and its record."""
     plan, args, switch_step = run.plan, run.args, prefix.switch_step
     spec = BRANCHES[mode]
+    done = run.out / label / "branch_record.json"
+    if plan.resume_experiment and done.is_file():
+        logger.info("hf-subspace %s: reusing the finished branch %s", plan.title, label)
+        return json.loads(done.read_text()), None
     logger.info("hf-subspace %s: branch %s (%s) from step %d", plan.title, label, spec.description, switch_step)
     changes: dict[str, Any] = {"subspace_mode": spec.subspace_mode, "subspace_start_step": switch_step, **run.base}
     if spec.full_batch:
         changes.update(_full_batch(len(run.common["train_dataset"]), args))
     recorder = TrajectoryRecorder() if run.prepared.record_trajectory else None
     start = time.perf_counter()
-    trainer = _make_trainer(
+    trainer = make_trainer(
         run.prepared.model,
         _branch_args(args, run.out / label, **changes),
         label,
@@ -482,7 +460,9 @@ def _run_branch(run: _Run, prefix: _Prefix, mode: str, label: str) -> tuple[dict
     )
     audit = BasisAudit(trainer, plan.basis_audit_steps)
     trainer.add_callback(audit)  # after the subspace callback: it sees the basis each step projects onto
-    trainer.train(resume_from_checkpoint=str(prefix.checkpoint))
+    resumable = plan.resume_experiment and (run.out / label).is_dir()
+    latest = get_last_checkpoint(str(run.out / label)) if resumable else None
+    trainer.train(resume_from_checkpoint=latest or str(prefix.checkpoint))
     record = _run_record(prefix.history, trainer.state.log_history, switch_step, spec, time.perf_counter() - start)
     record["hvps_branch"] = trainer.subspace_state.hvps_total - prefix.hvps  # the prefix's are checkpointed too
     record["basis_error_audit"] = audit_summary(audit.records)
@@ -493,6 +473,7 @@ def _run_branch(run: _Run, prefix: _Prefix, mode: str, label: str) -> tuple[dict
     trainer.save_model()
     if trainer.is_world_process_zero():
         _write_card_and_record(trainer, run, mode, label, switch_step)
+        done.write_text(json.dumps(record, default=float))
     trajectory = None
     if recorder is not None:
         trajectory = [[s, *p] for s, p in zip(recorder.steps, recorder.points) if s >= switch_step]
@@ -530,12 +511,14 @@ def _summary(run: _Run, prefix: _Prefix, runs: dict[str, dict[str, Any]]) -> dic
         "name": plan.title,
         "k": args.subspace_k,
         "switch_step": prefix.switch_step,
+        "seed": args.seed,
         "switch_rule": {
             "rule": plan.switch_rule,
             "cap": plan.switch_step,
             "threshold": args.subspace_auto_start_threshold if ema else None,
             "ema_decay": args.subspace_ema_decay if ema else None,
             "crossed_at": prefix.crossed_at,
+            "min_measurements": prefix.min_measurements,
         },
         "prefix_optimizer": plan.prefix,
         "runs": runs,
@@ -545,6 +528,7 @@ def _summary(run: _Run, prefix: _Prefix, runs: dict[str, dict[str, Any]]) -> dic
         "world_size": args.world_size,
         "alignment_steps": run.base["subspace_alignment_steps"],
         "refresh_steps": args.subspace_refresh_steps,
+        "basis_tol": args.subspace_basis_tol,
         "learning_rate": args.learning_rate,
         "optimizer": str(getattr(args.optim, "value", args.optim)),
         "optim_args": args.optim_args,
