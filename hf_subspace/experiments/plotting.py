@@ -430,18 +430,15 @@ def _plain_log_labels(ax: Any) -> None:
     notation when the data span less than a decade)."""
     from matplotlib.ticker import FuncFormatter
 
-    plain = FuncFormatter(lambda value, _: f"{value:.3g}")
-    low, high = ax.get_ylim()
+    plain, (low, high) = FuncFormatter(lambda value, _: f"{value:.3g}"), ax.get_ylim()
     ax.yaxis.set_major_formatter(plain)
     if low > 0 and high / low < 10:  # under a decade: the minor ticks carry the labels
         ax.yaxis.set_minor_formatter(plain)
 
 
 def _zigzags(points: np.ndarray, span: float) -> bool:
-    """Whether a path crosses θ₁ = 0 back and forth (minibatch SGD bouncing across the valley), by more than a
-    thousandth of the plotted range ``span`` (rounding noise around 0 is no bounce)."""
-    x = points[:, 0]
-    big = x[np.abs(x) > 1e-3 * span]
+    """Whether a path crosses θ₁ = 0 back and forth (SGD bouncing across the valley) by over 1e-3 × ``span``."""
+    big = points[np.abs(points[:, 0]) > 1e-3 * span, 0]  # rounding noise around 0 is no bounce
     return int(np.count_nonzero(np.sign(big[1:]) * np.sign(big[:-1]) < 0)) >= 3
 
 
@@ -451,12 +448,25 @@ def _zigzag_inset(ax: Any, paths: Mapping[str, np.ndarray], modes: Sequence[str]
     inset = ax.inset_axes((0.64, 0.16, 0.34, 0.3))
     for mode, points in paths.items():
         style = branch_style(mode, modes)
-        part = points[: steps + 1]
-        inset.plot(part[:, 0], part[:, 1], color=style.color, lw=0.8, marker=".", ms=4)
-        inset.plot(*part[0], marker="o", color=style.color, ms=5, mfc="white", mew=1.0, ls="none")
+        inset.plot(points[: steps + 1, 0], points[: steps + 1, 1], color=style.color, lw=0.8, marker=".", ms=4)
+        inset.plot(*points[0], marker="o", color=style.color, ms=5, mfc="white", mew=1.0, ls="none")
     inset.tick_params(labelsize="xx-small")
     inset.set_title(f"first {steps} steps, every step", fontsize="x-small")
     inset.grid(True, alpha=0.3)
+
+
+def _scale_note(ax: Any, xlim: tuple[float, float], ylim: tuple[float, float]) -> None:
+    """Say by how much the axes are out of scale when the two ranges differ by more than 2×."""
+    x_span, y_span = float(xlim[1]) - float(xlim[0]), float(ylim[1]) - float(ylim[0])
+    if x_span > 0 and y_span > 0 and not 0.5 <= x_span / y_span <= 2:
+        ax.text(
+            0.02, 0.02, f"axes not to scale: the horizontal range ({x_span:.3g}) is {y_span / x_span:.3g}× smaller\n"
+            f"than the vertical one ({y_span:.3g})" if x_span < y_span else
+            f"axes not to scale: the vertical range ({y_span:.3g}) is {x_span / y_span:.3g}× smaller\n"
+            f"than the horizontal one ({x_span:.3g})",
+            transform=ax.transAxes, fontsize="x-small", color="0.3", va="bottom",
+            bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.9},
+        )  # fmt: skip
 
 
 def _split_steps(traj: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
@@ -517,16 +527,7 @@ def trajectory_figure(
     ax.set_ylim(*ylim)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    x_span, y_span = float(xlim[1]) - float(xlim[0]), float(ylim[1]) - float(ylim[0])
-    if x_span > 0 and y_span > 0 and not 0.5 <= x_span / y_span <= 2:
-        ax.text(
-            0.02, 0.02, f"axes not to scale: the horizontal range ({x_span:.3g}) is {y_span / x_span:.3g}× smaller\n"
-            f"than the vertical one ({y_span:.3g})" if x_span < y_span else
-            f"axes not to scale: the vertical range ({y_span:.3g}) is {x_span / y_span:.3g}× smaller\n"
-            f"than the horizontal one ({x_span:.3g})",
-            transform=ax.transAxes, fontsize="x-small", color="0.3", va="bottom",
-            bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.9},
-        )  # fmt: skip
+    _scale_note(ax, xlim, ylim)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small", title="○ start, ★ end", title_fontsize="small", loc="upper left")
     ax.set_title("loss contours and paths")
