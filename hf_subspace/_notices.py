@@ -12,6 +12,7 @@ from . import distributed
 from .operator import LinearOperator
 
 if TYPE_CHECKING:
+    from .hessian import HessianOperator
     from .training_args import SubspaceTrainingArguments
 
 __all__ = ["CostNotes", "ProgressOperator", "alignment_interval", "first_refresh_note"]
@@ -86,6 +87,15 @@ class CostNotes:
         self.streak = streak  # consecutive 1-step intervals that make refreshing "every step"
         self.every_step = 0
         self.warned: set[str] = set()
+        self.last_products: int | None = None  # the last refresh's Hessian-vector products (the next bar's total)
+        self.last_seconds = 0.0
+
+    def after_solve(self, seconds: float, products: int, operator: HessianOperator) -> None:
+        """Record a refresh's cost; the first one of a run, when it took long, says what it cost and what trades it."""
+        if self.last_products is None and seconds > BAR_DELAY_S:
+            batch = max(operator.batch_sizes, default=None)
+            logger.warning(first_refresh_note(seconds, products, operator.num_samples, batch))
+        self.last_products, self.last_seconds = products, seconds
 
     def after_refresh(self, step: int, out: Mapping[str, float | None], tol: float | None) -> None:
         """``out``: the refresh's metrics (``eigengap``, ``tolerance_unreachable``, ``refresh_interval``, ...)."""

@@ -41,7 +41,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from . import distributed
-from ._notices import BAR_DELAY_S, CostNotes, ProgressOperator, alignment_interval, first_refresh_note
+from ._notices import CostNotes, ProgressOperator, alignment_interval
 from ._step_checks import copy_into, finite_values, step_context
 from .eigensolvers import top_eigenpairs
 from .hessian import HessianOperator
@@ -56,7 +56,7 @@ from .metrics import (
 )
 from .optim import SAM
 from .subspace import SubspaceBasis, fraction_in_span, projected_update_, sparse_coefficients, vectors_norm
-from .subspace_state import SubspaceState, subspace_settings
+from .subspace_state import SubspaceState, run_summary, subspace_settings
 from .tracking import refresh_schedule
 from .training_args import SubspaceTrainingArguments
 
@@ -113,7 +113,6 @@ class SubspaceCallback(TrainerCallback):
         self._seen_grad = [False] * len(self.params)
         self._loaded = False  # a checkpoint's state was loaded since the last run began
         self._notes = CostNotes()
-        self._last_refresh_hvps: int | None = None
         self._log_step: int | None = None
         self._log_tags: set[str] = set()
 
@@ -181,7 +180,7 @@ class SubspaceCallback(TrainerCallback):
         desc = f"basis refresh at step {step}"
         with (
             self._counting(step, "the basis refresh"),
-            ProgressOperator(self.operator, self._last_refresh_hvps, desc) as op,
+            ProgressOperator(self.operator, self._notes.last_products, desc) as op,
         ):
             result = top_eigenpairs(
                 op,
@@ -193,11 +192,7 @@ class SubspaceCallback(TrainerCallback):
                 seed=args.seed + step,
                 progress=args.subspace_progress,
             )
-        seconds = time.perf_counter() - start
-        if self._last_refresh_hvps is None and seconds > BAR_DELAY_S:
-            batch = max(self.operator.batch_sizes, default=None)
-            logger.warning(first_refresh_note(seconds, result.num_matvecs, self.operator.num_samples, batch))
-        self._last_refresh_hvps = result.num_matvecs
+        self._notes.after_solve(time.perf_counter() - start, result.num_matvecs, self.operator)
         basis = SubspaceBasis(result.eigenvectors[:, :k], result.eigenvalues[:k])
         out: dict[str, float | None] = {}
         old = st.basis if st.basis is not None and st.basis.dim == basis.dim else None
@@ -213,7 +208,7 @@ class SubspaceCallback(TrainerCallback):
             out[eigenvalue_tag(i, k, logged)] = value
         out["eigengap"] = values[k - 1] - values[k] if num > k else result.eigengap
         out["solver_hvps"] = result.num_matvecs
-        out["solver_seconds"] = seconds
+        out["solver_seconds"] = self._notes.last_seconds
         out["solver_max_residual"] = float(result.residuals.max().item())
         out["solver_converged"] = float(result.converged)
         self._record(out)
@@ -277,23 +272,7 @@ class SubspaceCallback(TrainerCallback):
 
     def summary(self) -> dict[str, Any]:
         """Settings and results of the subspace run (for the model card and recipes)."""
-        args, st = self.args, self.state
-        return {
-            "mode": args.subspace_mode,
-            "k": args.subspace_k,
-            "start_step": args.subspace_start_step,
-            "auto_start": args.subspace_auto_start,
-            "switch_step": st.switch_step,
-            "refresh_steps": args.subspace_refresh_steps,
-            "basis_tol": args.subspace_basis_tol,
-            "target": args.subspace_target,
-            "solver": args.subspace_solver,
-            "hessian_num_samples": self.operator.num_samples,
-            "parameter_filter": args.subspace_parameter_filter,
-            "sam_rho": args.sam_rho,
-            "at_switch": st.at_switch,
-            "last": st.last_measurement,
-        }
+        return run_summary(self.args, self.state, self.operator.num_samples)
 
     def _write_tensorboard(self, step: int, *, header: bool) -> None:
         """The settings (again at the switch, with its step), and at train begin the layout and metric definitions."""

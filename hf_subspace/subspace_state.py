@@ -17,7 +17,7 @@ from .tracking import BasisTracker, FixedInterval, RefreshSchedule
 if TYPE_CHECKING:
     from .training_args import SubspaceTrainingArguments
 
-__all__ = ["StepScratch", "SubspaceState", "subspace_settings"]
+__all__ = ["StepScratch", "SubspaceState", "run_summary", "subspace_settings"]
 
 logger = logging.getLogger("hf_subspace.callback")
 
@@ -222,4 +222,24 @@ def subspace_settings(
         "refresh_steps": args.subspace_refresh_steps,
         "hessian_num_samples": args.hessian_num_samples,
         "hessian_seed": args.hessian_seed,
+    }
+
+
+def run_summary(args: SubspaceTrainingArguments, state: SubspaceState, num_samples: int) -> dict[str, Any]:
+    """Settings and results of a subspace run (for the model card and the recipes)."""
+    return {
+        "mode": args.subspace_mode,
+        "k": args.subspace_k,
+        "start_step": args.subspace_start_step,
+        "auto_start": args.subspace_auto_start,
+        "switch_step": state.switch_step,
+        "refresh_steps": args.subspace_refresh_steps,
+        "basis_tol": args.subspace_basis_tol,
+        "target": args.subspace_target,
+        "solver": args.subspace_solver,
+        "hessian_num_samples": num_samples,
+        "parameter_filter": args.subspace_parameter_filter,
+        "sam_rho": args.sam_rho,
+        "at_switch": state.at_switch,
+        "last": state.last_measurement,
     }

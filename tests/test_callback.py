@@ -215,7 +215,7 @@ def test_tensorboard_has_one_value_per_tag_and_step_and_defines_every_metric(tmp
 def test_a_long_refresh_shows_progress_and_says_what_it_costs(tmp_path, dataset, monkeypatch, caplog) -> None:
     """A refresh past the delay gets its own bar (products done / expected); the first one names its cost and the
     options that trade it. The delay is set to 0 here so the test needs no slow refresh."""
-    import hf_subspace.callback as callback
+    import hf_subspace._notices as notices
 
     bars: list[Any] = []
     original = ProgressOperator.__init__
@@ -225,7 +225,7 @@ def test_a_long_refresh_shows_progress_and_says_what_it_costs(tmp_path, dataset,
         bars.append(self)
 
     monkeypatch.setattr(ProgressOperator, "__init__", record)
-    monkeypatch.setattr(callback, "BAR_DELAY_S", 0.0)
+    monkeypatch.setattr(notices, "BAR_DELAY_S", 0.0)
     trainer = _trainer(tmp_path, dataset, subspace_mode="bulk", subspace_start_step=0, subspace_refresh_steps=4)
     with caplog.at_level(logging.WARNING, logger="hf_subspace.callback"):
         trainer.train()
@@ -233,3 +233,27 @@ def test_a_long_refresh_shows_progress_and_says_what_it_costs(tmp_path, dataset,
     assert bars[0].bar.total is None and bars[1].bar.total == bars[0].bar.n > 0  # the last refresh's count
     notes = [r.getMessage() for r in caplog.records if "first basis refresh" in r.getMessage()]
     assert len(notes) == 1 and "hessian_num_samples (now 200)" in notes[0] and "hessian_batch_size" in notes[0]
+
+
+# -- checkpoints ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tracked", [False, True])
+def test_a_version_2_checkpoint_state_still_loads(tmp_path, dataset, tracked: bool) -> None:
+    """Version 2 kept the tracker's state under "tracker" (None without tracking) beside "last_refresh_step"."""
+    settings: dict[str, Any] = {"subspace_mode": "bulk", "subspace_start_step": 0, "subspace_alignment_steps": 0}
+    if tracked:
+        settings["subspace_basis_tol"] = 0.05
+    trainer = _trainer(tmp_path / "a", dataset, **settings)
+    trainer.train()
+    saved = trainer.subspace_state.state_dict()
+    schedule = saved.pop("schedule")
+    old = {**saved, "version": 2, "tracker": schedule if tracked else None}
+    other = _trainer(tmp_path / "b", dataset, **settings)
+    other.subspace_callback.load_state_dict(old)
+    st = other.subspace_state
+    assert st.last_refresh_step == saved["last_refresh_step"] is not None
+    got, expected = st.schedule.state_dict(), trainer.subspace_state.schedule.state_dict()
+    assert sorted(got) == sorted(expected)
+    for key, value in expected.items():
+        same = torch.equal(got[key], value) if isinstance(value, torch.Tensor) else got[key] == value
+        assert same, key
+    assert torch.equal(st.basis.vectors, trainer.subspace_state.basis.vectors)
