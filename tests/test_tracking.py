@@ -575,3 +575,25 @@ def test_the_trainer_warns_and_logs_when_the_tolerance_cannot_be_certified(tmp_p
     assert len(flags) == 4  # a refresh at every step, each flagged
     warnings = [r.getMessage() for r in caplog.records if "cannot be certified" in r.getMessage()]
     assert len(warnings) == 1 and "subspace_basis_tol=1e-06" in warnings[0]
+
+
+def test_a_longer_interval_is_tried_only_when_the_fit_keeps_it_within_tol() -> None:
+    """Drift 0.03 after one step (within 0.8 · tol): two steps would be predicted at 0.06 > tol, so the interval
+    stays 1; drift 0.02 predicts 0.04 for two steps, which is tried (a second length tells offset from rate)."""
+    for drift, expected in ((0.03, 1), (0.02, 2)):
+        tracker = BasisTracker(0.05, 100, probes_per_interval=0)
+        tracker.observe_refresh(0, None, _identity_basis(10, 3), torch.zeros(3), 1.0)
+        tracker.observe_refresh(
+            1, _identity_basis(10, 3), _identity_basis(10, 3, math.asin(drift)), torch.zeros(3), 1.0
+        )
+        assert tracker.interval == expected, drift
+
+
+def test_short_intervals_get_a_probe() -> None:
+    """A 2-step interval is probed at its second step (the one step the basis is used unrefreshed)."""
+    d, k = 20, 3
+    tracker = BasisTracker(0.05, 100, probes_per_interval=4)
+    tracker.observe_refresh(0, None, _identity_basis(d, k), torch.zeros(k), float(_spectrum(d, k)[k]))
+    tracker.interval = 2
+    assert tracker.probe_due(1) and not tracker.refresh_due(1)
+    assert tracker.refresh_due(2)
