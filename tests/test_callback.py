@@ -1,28 +1,23 @@
-"""SubspaceTrainer's callback on edge cases: NaN, parameters without gradient, changed settings on resume, the
-eigengap, and a switch step beyond the end of training. Each checks the value against an independent reference."""
+"""SubspaceCallback: one schedule per run, clean logs, and a summary of the model the trainer ends with."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import sys
+import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from _torchrun import torchrun_two
-from _trainer_fixtures import DigitsMLP, base_args, digits_dataset, losses
-from datasets import Dataset
-from safetensors.torch import load_file
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from _trainer_fixtures import DigitsMLP, base_args, digits_dataset
+from transformers import EarlyStoppingCallback, TrainerCallback
 
 from hf_subspace import SubspaceTrainer, SubspaceTrainingArguments
+from hf_subspace._notices import ProgressOperator
+from hf_subspace.metrics import METRIC_DESCRIPTIONS
 
-WORKERS = Path(__file__).resolve().parent / "distributed"
-CALLBACK_LOGGER = "hf_subspace.callback"
+PREFIX = "subspace/"
 
 
 @pytest.fixture(scope="module")
@@ -30,291 +25,235 @@ def dataset():
     return digits_dataset(500)
 
 
-def _trainer(tmp_path: Path, dataset, model: torch.nn.Module | None = None, **overrides: Any) -> SubspaceTrainer:
+def _trainer(
+    out: Path, dataset: Any, *, callbacks: list[Any] | None = None, eval_dataset: Any = None, **overrides: Any
+) -> SubspaceTrainer:
     torch.manual_seed(0)
-    args = SubspaceTrainingArguments(**base_args(str(tmp_path), **overrides))
-    return SubspaceTrainer(model=model or DigitsMLP(), args=args, train_dataset=dataset)
-
-
-def _plain_args(output_dir: Path) -> TrainingArguments:
-    drop = ("subspace_k", "hessian_num_samples", "hessian_batch_size")
-    return TrainingArguments(**{k: v for k, v in base_args(str(output_dir)).items() if k not in drop})
-
-
-def _all_logged_numbers_finite(history: list[dict[str, Any]]) -> bool:
-    return all(math.isfinite(v) for h in history for v in h.values() if isinstance(v, (int, float)))
-
-
-# -- NaN ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("mode", "alignment"), [("bulk", 1), ("none", 0)])
-def test_nan_in_a_training_batch_stops_before_a_nan_checkpoint(tmp_path, dataset, mode, alignment):
-    # Reference for which step draws the bad example: a plain Trainer's own data order, read from a copy of the
-    # data whose first feature holds the example's index.
-    x = np.array(dataset["x"], dtype=np.float32)
-    labels = np.array(dataset["labels"])
-    tagged = x.copy()
-    tagged[:, 0] = np.arange(len(x))
-    probe = Trainer(
-        model=DigitsMLP(),
-        args=_plain_args(tmp_path / "probe"),
-        train_dataset=Dataset.from_dict({"x": tagged, "labels": labels}),
+    args = SubspaceTrainingArguments(**base_args(str(out), **overrides))
+    return SubspaceTrainer(
+        model=DigitsMLP(), args=args, train_dataset=dataset, eval_dataset=eval_dataset, callbacks=callbacks
     )
-    order = [int(i) for batch in probe.get_train_dataloader() for i in batch["x"][:, 0].tolist()]
-    bad_step = 3
-    bad = order[bad_step * 50 + 7]
-    x[bad, 5] = np.nan
-    poisoned = Dataset.from_dict({"x": x, "labels": labels})
-    torch.manual_seed(0)
-    args = SubspaceTrainingArguments(
-        **base_args(
-            str(tmp_path / "run"),
-            subspace_mode=mode,
-            subspace_start_step=1,
-            subspace_alignment_steps=alignment,
-            save_strategy="steps",
-            save_steps=1,
-            max_steps=6,
-        )
-    )
-    # The Hessian set is clean, so only the training batch carries the NaN.
-    trainer = SubspaceTrainer(model=DigitsMLP(), args=args, train_dataset=poisoned, hessian_dataset=dataset)
-    with pytest.raises(FloatingPointError, match=f"at step {bad_step} is not finite") as err:
-        trainer.train()
-    assert "NaN" in str(err.value)
-    folders = sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*"))
-    assert folders == [f"checkpoint-{s}" for s in range(1, bad_step + 1)]
-    for name in folders:  # every checkpoint written holds finite weights, the last one included
-        weights = load_file(tmp_path / "run" / name / "model.safetensors")
-        assert all(bool(torch.isfinite(t).all()) for t in weights.values()), name
-    history = trainer.state.log_history
-    assert _all_logged_numbers_finite(history)
-    assert max(h["step"] for h in history) <= bad_step
-    assert all(h.get("subspace/chi_k_minibatch_grad", 0.0) < 1.0 for h in history)
 
 
-def test_nan_in_the_hessian_set_names_the_step(tmp_path, dataset):
-    x = np.array(dataset["x"], dtype=np.float32)
-    x[3, 0] = np.nan
-    bad = Dataset.from_dict({"x": x[:200], "labels": np.array(dataset["labels"])[:200]})
-    torch.manual_seed(0)
-    args = SubspaceTrainingArguments(**base_args(str(tmp_path), subspace_mode="bulk", subspace_start_step=2))
-    trainer = SubspaceTrainer(model=DigitsMLP(), args=args, train_dataset=dataset, hessian_dataset=bad)
-    with pytest.raises(FloatingPointError, match="at step 0"):
-        trainer.train()
-    assert _all_logged_numbers_finite(trainer.state.log_history)
+def _steps_with(history: list[dict[str, Any]], name: str) -> list[int]:
+    return [h["step"] for h in history if PREFIX + name in h]
 
 
-# -- parameters without a gradient ----------------------------------------------------------------------------
-class GradientRecorder(TrainerCallback):
-    """Placed before the subspace callback: each step's raw minibatch gradient (None kept) and the basis it met."""
+def _subspace_records(history: list[dict[str, Any]], after: int) -> dict[int, dict[str, float]]:
+    out: dict[int, dict[str, float]] = {}
+    for h in history:
+        if h["step"] > after:
+            out.setdefault(h["step"], {}).update({k: v for k, v in h.items() if k.startswith(PREFIX)})
+    return out
 
-    def __init__(self, trainer: SubspaceTrainer) -> None:
-        self.trainer = trainer
-        self.steps: list[tuple[list[torch.Tensor | None], Any]] = []
-        callbacks = trainer.callback_handler.callbacks
-        callbacks.insert(callbacks.index(trainer.subspace_callback), self)
+
+# -- a second train() -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tracked", [False, True])
+def test_a_second_train_call_refreshes_and_probes_again(tmp_path, dataset, tracked: bool) -> None:
+    """The step counter restarts with each train(): so does the refresh schedule (before, the second call reused
+    the first call's last refresh step and never refreshed)."""
+    settings: dict[str, Any] = {"subspace_mode": "bulk", "subspace_start_step": 0, "subspace_refresh_steps": 3}
+    settings["subspace_alignment_steps"] = 0
+    if tracked:
+        settings["subspace_basis_tol"] = 0.05
+    trainer = _trainer(tmp_path, dataset, **settings)
+    trainer.train()
+    first = _steps_with(trainer.state.log_history, "solver_hvps")
+    trainer.train()
+    second = _steps_with(trainer.state.log_history, "solver_hvps")
+    assert second and second[0] == 1  # the refresh at step 0 is logged with step 1's record
+    if not tracked:
+        assert first == second == [1, 4, 7]
+    tracker = trainer.subspace_state.tracker
+    assert not tracked or (tracker is not None and tracker.num_refreshes == len(second))
+
+
+# -- interrupted and resumed on the same object -----------------------------------------------------------------
+class _Interrupt(TrainerCallback):
+    def __init__(self, at: int) -> None:
+        self.at = at
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self.grads = [None if p.grad is None else p.grad.detach().clone() for p in self.trainer.subspace_params]
-
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self.steps.append((self.grads, self.trainer.subspace_state.basis))  # the basis of this step's refresh
+        if state.global_step == self.at:
+            raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("target", ["update", "gradient"])
-@pytest.mark.parametrize("mode", ["dominant", "bulk"])
-def test_parameter_without_gradient_is_measured_as_zero_and_stays_fixed(tmp_path, dataset, mode, target):
-    torch.manual_seed(0)
-    model = DigitsMLP(unused=True)
-    initial = model.unused.detach().clone()
+def test_resume_on_the_same_trainer_logs_nothing_of_the_abandoned_steps(tmp_path, dataset) -> None:
+    """Interrupted at step 6 (a refresh and two window values queued), resumed from checkpoint-4 on the same object:
+    the log after the resume equals that of a fresh trainer resumed from the same checkpoint."""
+    settings = {
+        "subspace_mode": "bulk",
+        "subspace_start_step": 0,
+        "subspace_refresh_steps": 3,
+        "subspace_alignment_steps": 0,
+        "logging_steps": 4,
+        "save_strategy": "steps",
+        "save_steps": 4,
+        "max_steps": 12,
+    }
+    stop = _Interrupt(6)
+    trainer = _trainer(tmp_path / "a", dataset, callbacks=[stop], **settings)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    trainer.remove_callback(stop)
+    checkpoint = str(tmp_path / "a" / "checkpoint-4")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    fresh = _trainer(tmp_path / "b", dataset, **settings)
+    fresh.train(resume_from_checkpoint=checkpoint)
+    got, expected = (_subspace_records(t.state.log_history, 4) for t in (trainer, fresh))
+    assert sorted(got) == sorted(expected) == [8, 12]
+    for step, record in expected.items():
+        assert sorted(got[step]) == sorted(record), step
+        for name, value in record.items():
+            if name == PREFIX + "solver_seconds":
+                continue  # wall-clock time
+            assert got[step][name] == pytest.approx(value, rel=1e-6, abs=1e-9), (step, name)
+
+
+# -- logging_steps as a ratio -----------------------------------------------------------------------------------
+def test_logging_steps_ratio_sets_the_measurement_interval(tmp_path, dataset) -> None:
+    """logging_steps=0.25 of 8 steps is every 2 steps (the Trainer's own reading), not every step."""
+    trainer = _trainer(tmp_path, dataset, subspace_mode="none", logging_steps=0.25)
+    trainer.train()
+    assert _steps_with(trainer.state.log_history, "full_train_loss") == [0, 2, 4, 6, 8]
+
+
+# -- the end of a run -------------------------------------------------------------------------------------------
+class _StopAt(TrainerCallback):
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.global_step == self.at:
+            control.should_training_stop = True
+
+
+def _full_loss(trainer: SubspaceTrainer) -> float:
+    loss, _ = trainer.hessian_operator.loss_and_gradient()
+    return loss
+
+
+def test_a_run_stopped_at_an_evaluation_is_measured_at_its_last_step(tmp_path, dataset) -> None:
     trainer = _trainer(
         tmp_path,
         dataset,
-        model=model,
-        subspace_mode=mode,
-        subspace_target=target,
-        subspace_start_step=1,
-        subspace_alignment_steps=1,
-        max_steps=5,
-        optim_args="momentum=0.9",
-    )
-    recorder = GradientRecorder(trainer)
-    trainer.train()
-    assert torch.equal(model.unused.detach(), initial)  # exactly, not up to rounding of V's rows
-    logged = [h["subspace/chi_k_minibatch_grad"] for h in trainer.state.log_history if "subspace/chi_k_update" in h]
-    assert len(logged) == 5
-    # Reference: χ_k of the flat gradient with zeros for the unused parameter, from the basis' matrix.
-    expected = []
-    slot = trainer.subspace_param_names.index("unused")
-    for grads, basis in recorder.steps:
-        assert grads[slot] is None
-        flat = torch.cat(
-            [
-                (g if g is not None else torch.zeros_like(p)).reshape(-1).double()
-                for g, p in zip(grads, trainer.subspace_params)
-            ]
-        )
-        v = basis.vectors.double()
-        expected.append(float(torch.linalg.norm(v.T @ flat) / torch.linalg.norm(flat)))
-    assert logged == pytest.approx(expected, rel=1e-5)
-    assert all(0.0 < chi < 1.0 for chi in logged)
-
-
-def _torchrun(worker: str, *argv: str) -> None:
-    torchrun_two([str(WORKERS / worker), *argv], {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-
-
-@pytest.mark.distributed
-def test_parameter_without_gradient_on_two_processes_matches_one(tmp_path):
-    sys.path.insert(0, str(WORKERS))
-    from worker_trainer import run
-
-    _torchrun("worker_trainer.py", str(tmp_path / "ddp"), "unused")
-    r0, r1 = (json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1))
-    assert r0["world"] == r1["world"] == 2 and r0["unused_fixed"] and r1["unused_fixed"]
-    single = run(str(tmp_path / "single"), 50, unused=True)
-    history = single.state.log_history
-    chi = [h["subspace/chi_k_minibatch_grad"] for h in history if "subspace/chi_k_minibatch_grad" in h]
-    assert len(chi) == len(r0["minibatch_chi"]) == 4
-    assert r0["minibatch_chi"] == pytest.approx(chi, rel=1e-4)
-    assert r0["minibatch_chi"] == r1["minibatch_chi"]
-
-
-# -- resume with changed settings ------------------------------------------------------------------------------
-RESUME = {
-    "subspace_mode": "bulk",
-    "subspace_start_step": 2,
-    "subspace_refresh_steps": 4,
-    "subspace_alignment_steps": 0,
-    "max_steps": 8,
-    "save_strategy": "steps",
-    "save_steps": 4,
-}
-
-
-class BasisRecorder(TrainerCallback):
-    """After the subspace callback: per step, the basis used and χ_k / bulk fraction of the applied update."""
-
-    def __init__(self, trainer: SubspaceTrainer) -> None:
-        self.trainer = trainer
-        self.records: dict[int, tuple[int, int, float, float]] = {}
-
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self.before = [p.detach().clone() for p in self.trainer.subspace_params]
-        self.basis = self.trainer.subspace_state.basis
-
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        delta = [p.detach() - b for p, b in zip(self.trainer.subspace_params, self.before)]
-        b = self.basis
-        self.records[state.global_step] = (b.dim, b.k, b.dominant_fraction(delta), b.bulk_fraction(delta))
-
-
-@pytest.mark.parametrize(
-    ("changed", "expect_k", "expect_dim", "message"),
-    [
-        ({"subspace_k": 3}, 3, 1210, "k 5 → 3"),
-        ({"subspace_k": 8}, 8, 1210, "k 5 → 8"),
-        ({"subspace_parameter_filter": "^fc2"}, 5, 170, "parameter_filter None → '^fc2'"),
-    ],
-)
-def test_resume_with_changed_subspace_settings_refreshes_with_the_new_ones(
-    tmp_path, dataset, caplog, changed, expect_k, expect_dim, message
-):
-    first = _trainer(tmp_path, dataset, **RESUME)
-    first.train()
-    checkpoint = tmp_path / "checkpoint-4"
-    resumed = _trainer(tmp_path / "resumed", dataset, **{**RESUME, **changed})
-    recorder = BasisRecorder(resumed)
-    resumed.add_callback(recorder)
-    with caplog.at_level(logging.WARNING, logger=CALLBACK_LOGGER):
-        resumed.train(resume_from_checkpoint=str(checkpoint))
-    assert any(message in r.getMessage() and "recomputed" in r.getMessage() for r in caplog.records), caplog.text
-    assert sorted(recorder.records) == [4, 5, 6, 7]
-    for step, (dim, k, chi, bulk) in recorder.records.items():
-        assert (dim, k) == (expect_dim, expect_k), step
-        assert chi <= 1e-5 and bulk > 0.99, step  # projected out of the new subspace
-    # Refreshed at the resumed step with the new settings, then on the unchanged schedule (every 4 steps).
-    assert resumed.subspace_state.last_refresh_step == 4 and resumed.subspace_state.switch_step == 2
-    assert len(losses(resumed.state.log_history)) == 8
-
-
-def test_resume_with_unchanged_settings_keeps_the_saved_basis(tmp_path, dataset, caplog):
-    first = _trainer(tmp_path, dataset, **RESUME)
-    first.train()
-    saved = torch.load(tmp_path / "checkpoint-4" / "subspace_state.pt", weights_only=False)
-    resumed = _trainer(tmp_path / "resumed", dataset, **{**RESUME, "max_steps": 5})
-    with caplog.at_level(logging.WARNING, logger=CALLBACK_LOGGER):
-        resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
-    assert "changed subspace settings" not in caplog.text
-    assert resumed.subspace_state.last_refresh_step == saved["last_refresh_step"] == 2  # no refresh at 4
-    assert torch.equal(resumed.subspace_state.basis.vectors, saved["basis"]["vectors"])
-
-
-# -- eigengap ---------------------------------------------------------------------------------------------------
-def _dense_spectrum(model: DigitsMLP, dataset, indices: np.ndarray) -> torch.Tensor:
-    """Eigenvalues (descending) of the dense float64 Hessian of the mean loss over the Hessian subset.
-
-    The MLP's loss is written out by hand (½‖tanh(xW₁ᵀ + b₁)W₂ᵀ + b₂ − onehot(y)‖² averaged over examples).
-    """
-    from torch.autograd.functional import hessian
-
-    x = torch.tensor(np.array(dataset["x"])[indices], dtype=torch.float64)
-    target = torch.nn.functional.one_hot(torch.tensor(np.array(dataset["labels"])[indices]), 10).double()
-    tensors = [t.detach().double() for t in (model.fc1.weight, model.fc1.bias, model.fc2.weight, model.fc2.bias)]
-    sizes, shapes = [t.numel() for t in tensors], [t.shape for t in tensors]
-
-    def loss(flat: torch.Tensor) -> torch.Tensor:
-        w1, b1, w2, b2 = (t.reshape(s) for t, s in zip(flat.split(sizes), shapes))
-        out = torch.tanh(x @ w1.T + b1) @ w2.T + b2
-        return 0.5 * ((out - target) ** 2).sum(-1).mean()
-
-    h = hessian(loss, torch.cat([t.reshape(-1) for t in tensors]))
-    return torch.linalg.eigvalsh(h).flip(0)
-
-
-@pytest.mark.parametrize("extra", [0, 2])
-def test_logged_eigengap_matches_the_dense_hessian(tmp_path, dataset, extra):
-    from hf_subspace.trainer import hessian_subset_indices
-
-    trainer = _trainer(
-        tmp_path,
-        dataset,
-        subspace_extra_eigenvalues=extra,
-        subspace_solver_tol=1e-5,
-        subspace_alignment_steps=1,
-        max_steps=1,
-    )
-    torch.manual_seed(0)
-    reference_model = DigitsMLP()  # the same initial weights as the trainer's model
-    values = _dense_spectrum(reference_model, dataset, hessian_subset_indices(500, trainer.args))
-    trainer.train()
-    first = next(h for h in trainer.state.log_history if "subspace/eigenvalue_top_01" in h)
-    assert first["step"] == 0
-    assert first["subspace/eigenvalue_top_05"] == pytest.approx(float(values[4]), rel=1e-4)
-    gap = float(values[4] - values[5])
-    if extra:
-        assert first["subspace/eigengap"] == pytest.approx(gap, rel=1e-3)
-    elif "subspace/eigengap" in first:  # the solver's own estimate: a Ritz value never exceeds λ_{k+1}
-        assert first["subspace/eigengap"] >= gap - 1e-3 * float(values[0])
-
-
-# -- a switch step that training never reaches -------------------------------------------------------------------
-def test_start_step_beyond_max_steps_warns_and_spends_no_hessian_products(tmp_path, dataset, caplog):
-    trainer = _trainer(tmp_path, dataset, subspace_mode="bulk", subspace_start_step=100, max_steps=4)
-    with caplog.at_level(logging.WARNING, logger=CALLBACK_LOGGER):
-        trainer.train()
-    assert "subspace_start_step=100 is not below max_steps=4" in caplog.text and "never" in caplog.text
-    assert trainer.hessian_operator.num_passes == 0 and trainer.subspace_state.basis is None
-    assert not any(k.startswith("subspace/") for h in trainer.state.log_history for k in h)
-    # Measurements the user asked for explicitly still happen (and only those: steps 0, 2 and the end).
-    asked = _trainer(
-        tmp_path / "asked",
-        dataset,
+        callbacks=[_StopAt(3)],
         subspace_mode="bulk",
-        subspace_start_step=100,
-        max_steps=4,
+        subspace_start_step=0,
         subspace_alignment_steps=2,
+        eval_strategy="steps",
+        eval_steps=1,
+        eval_dataset=digits_dataset(100),
     )
-    asked.train()
-    measured = [h["step"] for h in asked.state.log_history if "subspace/full_train_loss" in h]
-    assert measured == [0, 2, 4] and asked.subspace_state.switch_step is None
+    trainer.train()
+    assert trainer.state.global_step == 3
+    last = trainer.subspace_summary()["last"]
+    assert last["step"] == 3
+    assert last["full_train_loss"] == pytest.approx(_full_loss(trainer), rel=1e-6)
+
+
+def test_load_best_model_at_end_summarises_the_model_it_loads(tmp_path, dataset) -> None:
+    """Early stopping with load_best_model_at_end: the card's "at the end" describes the loaded checkpoint."""
+    trainer = _trainer(
+        tmp_path,
+        dataset,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=2)],
+        subspace_mode="bulk",
+        subspace_start_step=0,
+        subspace_alignment_steps=2,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=True,  # the loss falls: the first evaluation stays the "best", training stops at step 3
+        eval_dataset=digits_dataset(100),
+    )
+    trainer.train()
+    assert trainer.state.best_global_step == 1 and trainer.state.global_step == 3
+    last = trainer.subspace_summary()["last"]
+    assert last["step"] == 1
+    assert last["full_train_loss"] == pytest.approx(_full_loss(trainer), rel=1e-6)
+
+
+# -- TensorBoard ------------------------------------------------------------------------------------------------
+def test_tensorboard_has_one_value_per_tag_and_step_and_defines_every_metric(tmp_path, dataset) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = _trainer(
+        tmp_path,
+        dataset,
+        report_to="tensorboard",
+        subspace_mode="dominant",
+        subspace_start_step=3,
+        subspace_alignment_steps=2,
+        subspace_basis_tol=0.2,
+        logging_steps=2,
+        max_steps=10,
+    )
+    trainer.train()
+    (folder,) = {p.parent for p in tmp_path.rglob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    tags = [t for t in acc.Tags()["scalars"] if t.startswith("train/" + PREFIX)]
+    assert "train/subspace/chi_k_update" in tags and "train/subspace/switch_step" in tags
+    for tag in tags:
+        steps = [e.step for e in acc.Scalars(tag)]
+        assert len(steps) == len(set(steps)), (tag, steps)
+        name = re.sub(r"_\d+$", "_NN", tag.removeprefix("train/" + PREFIX))
+        defined = f"`{name}`" in METRIC_DESCRIPTIONS or (
+            name.startswith("solver_") and "`solver_*`" in METRIC_DESCRIPTIONS
+        )
+        assert defined or name == "chi_k_full_grad_ema", f"{name} is not defined in the metric definitions"
+    settings = acc.Tensors("subspace/settings/text_summary")
+    shown = [json.loads(e.tensor_proto.string_val[0].decode())["switch_step"] for e in settings]
+    assert shown[-1] == 3 and settings[-1].step == 3
+
+
+# -- long refreshes ---------------------------------------------------------------------------------------------
+def test_a_long_refresh_shows_progress_and_says_what_it_costs(tmp_path, dataset, monkeypatch, caplog) -> None:
+    """A refresh past the delay gets its own bar (products done / expected); the first one names its cost and the
+    options that trade it. The delay is set to 0 here so the test needs no slow refresh."""
+    import hf_subspace._notices as notices
+
+    bars: list[Any] = []
+    original = ProgressOperator.__init__
+
+    def record(self: ProgressOperator, operator: Any, expected: int | None, desc: str, delay: float = 0.0) -> None:
+        original(self, operator, expected, desc, delay=0.0)
+        bars.append(self)
+
+    monkeypatch.setattr(ProgressOperator, "__init__", record)
+    monkeypatch.setattr(notices, "BAR_DELAY_S", 0.0)
+    trainer = _trainer(tmp_path, dataset, subspace_mode="bulk", subspace_start_step=0, subspace_refresh_steps=4)
+    with caplog.at_level(logging.WARNING, logger="hf_subspace.callback"):
+        trainer.train()
+    assert len(bars) >= 2 and all(bar.bar is not None for bar in bars)
+    assert bars[0].bar.total is None and bars[1].bar.total == bars[0].bar.n > 0  # the last refresh's count
+    notes = [r.getMessage() for r in caplog.records if "first basis refresh" in r.getMessage()]
+    assert len(notes) == 1 and "hessian_num_samples (now 200)" in notes[0] and "hessian_batch_size" in notes[0]
+
+
+# -- checkpoints ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tracked", [False, True])
+def test_a_version_2_checkpoint_state_still_loads(tmp_path, dataset, tracked: bool) -> None:
+    """Version 2 kept the tracker's state under "tracker" (None without tracking) beside "last_refresh_step"."""
+    settings: dict[str, Any] = {"subspace_mode": "bulk", "subspace_start_step": 0, "subspace_alignment_steps": 0}
+    if tracked:
+        settings["subspace_basis_tol"] = 0.05
+    trainer = _trainer(tmp_path / "a", dataset, **settings)
+    trainer.train()
+    saved = trainer.subspace_state.state_dict()
+    schedule = saved.pop("schedule")
+    old = {**saved, "version": 2, "tracker": schedule if tracked else None}
+    other = _trainer(tmp_path / "b", dataset, **settings)
+    other.subspace_callback.load_state_dict(old)
+    st = other.subspace_state
+    assert st.last_refresh_step == saved["last_refresh_step"] is not None
+    got, expected = st.schedule.state_dict(), trainer.subspace_state.schedule.state_dict()
+    assert sorted(got) == sorted(expected)
+    for key, value in expected.items():
+        same = torch.equal(got[key], value) if isinstance(value, torch.Tensor) else got[key] == value
+        assert same, key
+    assert torch.equal(st.basis.vectors, trainer.subspace_state.basis.vectors)
