@@ -151,6 +151,20 @@ def _scrub(value: Any, record: Mapping[str, Any]) -> Any:
     return text if isinstance(value, str) else json.loads(text)
 
 
+def _compact(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """A seed's summary with only the curves the claims and the seed figure read (the largest eigenvalue, λ_k and
+    λ_{k+1}, the effective learning rates and the χ_k EMA): the other eigenvalue curves stay in seed 0's."""
+    keep = {"effective_lr_dominant", "effective_lr_bulk", "chi_k_full_grad_ema"}
+    runs = {}
+    for name, branch in (summary.get("runs") or {}).items():
+        curves = branch.get("curves") or {}
+        top = sorted(c for c in curves if c.startswith("eigenvalue_top_"))
+        nxt = sorted(c for c in curves if c.startswith("eigenvalue_next_"))
+        wanted = keep | set(top[:1] + top[-1:] + nxt[:1])
+        runs[name] = {**branch, "curves": {c: v for c, v in curves.items() if c in wanted}}
+    return {**summary, "runs": runs}
+
+
 def _write_run(run: ReferenceRun, record: Mapping[str, Any], dest: Path) -> dict[str, Any]:
     result = record["result"]
     summary = dict(result.summary)

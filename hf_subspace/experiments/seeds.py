@@ -3,7 +3,7 @@
 The seeds of a run leave their shared prefix at different steps when the switch follows the χ_k EMA rule, so each
 seed's curves are drawn thin, and the mean with its min–max band only over the steps every seed measured. The prefix
 (steps before each seed's switch) is grey, as in :func:`~hf_subspace.experiments.plotting.summary_figure`; the χ_k
-panel adds the prefix's χ_k EMA (the quantity the switch rule watches) as a dashed grey line.
+panel adds the prefix's χ_k EMA (the quantity the switch rule watches) as a dashed purple line.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .plotting import PREFIX_COLOR, branch_style, prefix_label
+from .plotting import branch_style, prefix_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -74,8 +74,8 @@ def seeds_figure(summaries: Sequence[Mapping[str, Any]]) -> Figure:
             ]  # fmt: skip
             for i, pts in enumerate(p for p in emas if p):
                 xs = sorted(pts)
-                ax.plot(xs, [pts[x] for x in xs], color=PREFIX_COLOR, ls="--", lw=1.0,
-                        label="χ_k EMA (switch rule)" if i == 0 else None)  # fmt: skip
+                ax.plot(xs, [pts[x] for x in xs], color="tab:purple", ls="--", lw=1.4, zorder=5,
+                        label="χ_k EMA of the prefix (switch rule)" if i == 0 else None)  # fmt: skip
     switches = sorted({int(s["switch_step"]) for s in summaries})
     for ax in (ax_loss, ax_chi):
         for x in switches:
