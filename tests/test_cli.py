@@ -75,6 +75,24 @@ def test_run_then_spectrum(tmp_path, capsys):
     record = json.loads((tmp_path / "spec" / "spectrum.json").read_text())
     assert record["recipe"] == "toy_quadratic" and record["eigenvalues"][0] == pytest.approx(1000.0, rel=1e-4)
     assert (tmp_path / "spec" / "spectrum.png").is_file()
+    assert "trace" not in record and "density" not in record
+    spec2 = tmp_path / "spec2"
+    args = [
+        "spectrum",
+        str(out / "sgd"),
+        "--k",
+        "1",
+        "--trace",
+        "--density",
+        "--log_density",
+        "--output_dir",
+        str(spec2),
+    ]
+    assert cli.main(args) == 0
+    record = json.loads((spec2 / "spectrum.json").read_text())
+    assert record["trace"]["estimate"] == pytest.approx(1001.0, rel=1e-4)  # tr diag(1000, 1); d = 2: exact
+    assert record["density"]["mean_eigenvalue"] == pytest.approx(500.5, rel=0.5)
+    assert (spec2 / "spectral_density.png").is_file() and (spec2 / "spectral_density.npz").is_file()
     assert cli.main(["spectrum", str(tmp_path / "nothing")]) == 2
 
 

@@ -23,6 +23,7 @@ from .arguments import RecipeArguments
 from .plotting import plot_spectrum
 from .quickstart import quiet_libraries
 from .recipes import get_recipe, prepare_recipe
+from .spectral_figure import spectral_record
 
 __all__ = ["load_saved_model", "run_spectrum", "trained_loss_fn"]
 
@@ -150,10 +151,14 @@ def run_spectrum(ns: Any) -> int:
         "seconds": time.perf_counter() - started,
     }
     out.mkdir(parents=True, exist_ok=True)
+    title = f"Hessian spectrum of {model_dir} ({n} samples)"
+    record.update(spectral_record(operator, ns, out, values, title))  # --trace / --density, if asked
     (out / "spectrum.json").write_text(json.dumps(record, indent=2))
-    figure = plot_spectrum(values, out / "spectrum.png", k=ns.k, title=f"Hessian spectrum of {model_dir} ({n} samples)")
+    figure = plot_spectrum(values, out / "spectrum.png", k=ns.k, title=title)
     print(f"top {num} Hessian eigenvalues ({n} samples, {result.num_matvecs} Hessian-vector products):")
     for i, value in enumerate(values, start=1):
         print(f"  λ_{i:<3d} {value: .6g}" + ("   ← dominant" if i <= ns.k else ""))
-    print(f"wrote {out / 'spectrum.json'} and {figure}")
+    if "trace" in record:
+        print(f"trace {record['trace']['estimate']:.6g} ± {record['trace']['standard_error']:.2g} (Hutch++)")
+    print(f"wrote {out / 'spectrum.json'} and {figure}" + (" and spectral_density.png" if "density" in record else ""))
     return 0
