@@ -105,6 +105,11 @@ class SubspaceTrainer(Trainer):
             tensorboard=lambda: tensorboard_writers(self.callback_handler.callbacks),
         )
         self.add_callback(self.subspace_callback)
+        if self.args.subspace_trace_steps:
+            from .trace_logging import HessianTraceCallback
+
+            every, matvecs = self.args.subspace_trace_steps, self.args.subspace_trace_matvecs
+            self.add_callback(HessianTraceCallback(self.hessian_operator, every, matvecs, self.args.seed, self.log))
 
     # -- the Hessian dataset and loss -------------------------------------------------------------------------
     def _hessian_batches(self) -> list[Any]:
