@@ -196,6 +196,13 @@ def _add_spectrum_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default=None, choices=["lanczos", "lobpcg", "eigsh"], help="eigensolver")
     parser.add_argument("--output_dir", default=None, help="where to write spectrum.json/png (default: model_dir)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the start vectors")
+    parser.add_argument(
+        "--loss",
+        default=None,
+        choices=["model", "mse", "cross_entropy"],
+        help="loss whose Hessian to take: the model's own (model(**batch).loss), or MSE / cross-entropy on its logits "
+        "(default: the loss the run trained)",
+    )
     parser.add_argument("--trace", action="store_true", help="also estimate the Hessian trace (Hutch++)")
     parser.add_argument("--trace_matvecs", type=int, default=99, help="Hessian-vector products of the trace")
     parser.add_argument("--density", action="store_true", help="also the spectral density (stochastic Lanczos)")

@@ -199,3 +199,9 @@ def test_spectrum_uses_the_loss_the_run_trained(tmp_path, monkeypatch):
         top_ce = float(torch.linalg.eigvalsh(hessian(cross_entropy)(flat))[-1])
     assert abs(top_mse - top_ce) > 0.1 * top_mse  # the test tells the two losses apart
     assert record["eigenvalues"][0] == pytest.approx(top_mse, rel=2e-3)
+    assert record["loss"].startswith("MSE")  # the recipe's description of the loss it trained
+    # --loss: the model's own loss (here BERT's cross-entropy), named as such in spectrum.json
+    assert cli.main([*args, "--loss", "model", "--output_dir", str(tmp_path / "own")]) == 0
+    own = json.loads((tmp_path / "own" / "spectrum.json").read_text())
+    assert own["eigenvalues"][0] == pytest.approx(top_ce, rel=2e-3)
+    assert own["loss"] == "model's own loss (BertForSequenceClassification)"

@@ -62,6 +62,28 @@ def trained_loss_fn(compute_loss_func: Callable[..., torch.Tensor] | None) -> Ca
     return loss_fn
 
 
+def _hessian_loss(choice: str | None, prepared: Any, model: Any) -> tuple[Any, str]:
+    """The ``HessianOperator`` loss and the name recorded in ``spectrum.json`` for ``--loss`` (``None``: as trained).
+
+    The model's own loss is named by its config's ``loss_type`` where it has one (the recipes' models), so the record
+    names the loss whose eigenvalues it holds, not the recipe's default.
+    """
+    own = f"model's own loss ({getattr(model.config, 'loss_type', type(model).__name__)})"
+    if choice is None:
+        if prepared.compute_loss_func is not None:
+            return trained_loss_fn(prepared.compute_loss_func), str(prepared.loss)
+        return None, own
+    if choice == "model":
+        return None, own
+
+    def loss_fn(m: Any, batch: Mapping[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        inputs = dict(batch)
+        labels = inputs.pop("labels")
+        return models.classification_loss(m(**inputs).logits, labels, choice)
+
+    return loss_fn, choice
+
+
 def _resolve_recorded_paths(options: dict[str, Any], model_dir: Path) -> None:
     """Make the data paths of an experiment record usable from any folder: absolute paths stay; a relative one
     (records written before paths were stored absolute) is looked up beside the branch folder and its experiment."""
@@ -132,8 +154,9 @@ def run_spectrum(ns: Any) -> int:
         for s in range(0, n, ns.batch_size)
     ]
     model = load_saved_model(model_dir).to(ta.device)
-    # The Hessian of the loss the run trained (a recipe's compute_loss_func, e.g. finetune --loss_type mse).
-    operator = HessianOperator(model, batches, trained_loss_fn(prepared.compute_loss_func))
+    # The Hessian of the loss the run trained (a recipe's compute_loss_func, e.g. finetune --loss_type mse), or --loss.
+    loss_fn, loss_name = _hessian_loss(getattr(ns, "loss", None), prepared, model)
+    operator = HessianOperator(model, batches, loss_fn)
     num = ns.num_eigenvalues or min(2 * ns.k, operator.dim - 1)
     started = time.perf_counter()
     result = top_eigenpairs(operator, num, method=ns.method, seed=ns.seed, progress=True)
@@ -143,7 +166,7 @@ def run_spectrum(ns: Any) -> int:
         "model_dir": str(model_dir),
         "recipe": spec.name,
         "num_samples": n,
-        "loss": prepared.loss,
+        "loss": loss_name,
         "k": ns.k,
         "eigenvalues": values,
         "converged": bool(result.converged),
