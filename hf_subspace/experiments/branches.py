@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -19,9 +20,12 @@ from ..metrics import METRIC_PREFIX
 from .settings import OUTPUT_NAMES
 
 __all__ = [
+    "BasisAudit",
     "CompactProgress",
     "StopAtStep",
+    "StopWhenAligned",
     "TrajectoryRecorder",
+    "audit_summary",
     "branch_curves",
     "branch_name",
     "clean_outputs",
@@ -162,6 +166,81 @@ class StopAtStep(TrainerCallback):
         if state.global_step >= self.step:
             control.should_save = True
             control.should_training_stop = True
+
+
+class StopWhenAligned(TrainerCallback):
+    """The paper's switch: stop the prefix once the χ_k EMA of the full-batch gradient reaches ``threshold``, or at
+    step ``cap`` at the latest, and save a checkpoint there.
+
+    The EMA takes its first measurement as is, so one high value at step 0 would trigger it: the rule only applies
+    once the EMA has averaged ``min_measurements`` values (default ``ceil(1 / (1 − decay))``, its time constant; 10
+    for the paper's 0.9), i.e. once χ_k has stayed high. The measurement logged at step t is of θ_t, taken before
+    the update of step t; the prefix stops at the end of that step, so the branches start from θ_{t+1}.
+    :attr:`crossed_at` is t (``None`` when the cap was reached first).
+    """
+
+    def __init__(
+        self, threshold: float, cap: int, decay: float = 0.9, tag: str = "subspace/chi_k_full_grad_ema"
+    ) -> None:
+        self.threshold, self.cap, self.tag = threshold, cap, tag
+        self.min_measurements = math.ceil(1.0 / (1.0 - decay) - 1e-9)
+        self.seen = 0
+        self.crossed_at: int | None = None
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        value = (kw.get("logs") or {}).get(self.tag)
+        if value is None:
+            return
+        self.seen += 1
+        if self.crossed_at is None and self.seen >= self.min_measurements and value >= self.threshold:
+            self.crossed_at = state.global_step
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if self.crossed_at is not None or state.global_step >= self.cap:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class BasisAudit(TrainerCallback):
+    """Exact checks of the basis a projected run uses: every ``every`` projected steps, the distance
+    ‖P_used − P_exact‖₂ between the basis the step projects onto and the top-k eigenspace at θ_t, solved from scratch
+    with ARPACK (``eigsh``, relative residual 1e-6) on the trainer's own Hessian operator.
+
+    Add it with ``trainer.add_callback`` after the trainer is built, so it runs after the subspace callback has
+    refreshed (or kept) the basis for the step. Its products are not counted in ``subspace/hvps_total``.
+    :attr:`records` holds ``[step, distance]`` pairs; :func:`audit_summary` gives median / p95 / max.
+    """
+
+    def __init__(self, trainer: Any, every: int) -> None:
+        self.trainer, self.every = trainer, every
+        self.records: list[list[float]] = []
+
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        from ..eigensolvers import top_eigenpairs
+        from ..subspace import projector_distance
+
+        sub = self.trainer.subspace_state
+        step = state.global_step
+        if self.every <= 0 or not sub.projecting or sub.basis is None or step % self.every:
+            return
+        result = top_eigenpairs(self.trainer.hessian_operator, sub.basis.k, method="eigsh", tol=1e-6, seed=step)
+        self.records.append([step, projector_distance(sub.basis.vectors, result.eigenvectors)])
+
+
+def audit_summary(records: Sequence[Sequence[float]]) -> dict[str, Any] | None:
+    """``{"n", "median", "p95", "max", "points"}`` of :class:`BasisAudit` records (``None`` without any)."""
+    if not records:
+        return None
+    values = np.asarray([r[1] for r in records], dtype=float)
+    return {
+        "n": len(values),
+        "median": float(np.median(values)),
+        "p95": float(np.percentile(values, 95)),
+        "max": float(values.max()),
+        "points": [list(r) for r in records],
+    }
 
 
 class CompactProgress(TrainerCallback):
