@@ -117,6 +117,8 @@ def run_setup(name: str, args: argparse.Namespace, baseline: Any) -> dict[str, A
         row["ratio"] = row["mean"] / rows["baseline"]["mean"]
     top = ", ".join(f"{v:.4g}" for v in ref.eigenvalues.tolist())
     print(f"{name}: d={op.dim} Hessian samples={args.hessian_samples[name]} k={k} reference top-{k + 4}: {top}")
+    for solver, row in rows.items():  # as soon as the setup is done: a long run keeps what it measured
+        print(f"  {solver}: HVPs mean {row['mean']:.1f} ({row['ratio']:.2f}x), wrong {row['wrong']}/{args.starts}")
     return {"d": op.dim, "reference": ref.eigenvalues.tolist(), "solvers": rows}
 
 
