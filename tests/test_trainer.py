@@ -535,7 +535,10 @@ def test_lanczos_refreshes_warm_start_from_the_previous_basis(tmp_path, dataset)
     trainer.train()
     hvps = [h["subspace/solver_hvps"] for h in trainer.state.log_history if "subspace/solver_hvps" in h]
     assert len(hvps) >= 3
-    assert max(hvps[1:]) <= 0.7 * hvps[0], hvps  # cold starts would each cost about as much as the first
+    # Cold starts would each cost about as much as the first. Both pay the same final check (verify_steps=10
+    # products: the guarantee that no eigenvalue above lambda_k was missed), so the saving is on the sweep.
+    check = 10
+    assert max(hvps[1:]) - check <= 0.7 * (hvps[0] - check), hvps
 
 
 def test_trace_is_logged_every_n_steps_and_matches_the_dense_hessian(tmp_path, dataset):
