@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .spectrum import hessian_eigenpairs
     from .subspace import SubspaceBasis
     from .tracking import BasisTracker
-    from .trainer import SubspaceTrainer
+    from .trainer import SubspaceTrainer, SubspaceTrainerMixin
     from .training_args import SubspaceTrainingArguments
 
 __version__ = "0.1.0"
@@ -34,6 +34,7 @@ __all__ = [
     "SubspaceBasis",
     "SubspaceCallback",
     "SubspaceTrainer",
+    "SubspaceTrainerMixin",
     "SubspaceTrainingArguments",
     "__version__",
     "hessian_eigenpairs",
@@ -53,6 +54,7 @@ _HOMES = {
     "SubspaceBasis": "subspace",
     "SubspaceCallback": "callback",
     "SubspaceTrainer": "trainer",
+    "SubspaceTrainerMixin": "trainer",
     "SubspaceTrainingArguments": "training_args",
     "BasisTracker": "tracking",
 }

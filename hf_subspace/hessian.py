@@ -42,7 +42,7 @@ from ._loss_items import (
     evaluate_loss,
     model_shifts_labels,
 )
-from ._model_state import exact_mode, state_fingerprint, unwrap_model
+from ._model_state import exact_mode, full_precision_weights, state_fingerprint, unwrap_model
 from ._params import select_parameters, split_like
 from .operator import LinearOperator
 
@@ -217,7 +217,11 @@ class HessianOperator(LinearOperator):
         products = split_like(total[: m * self.dim].view(m, self.dim), self.params) if m else []
         grad_parts = split_like(total[m * self.dim : -2], self.params) if want_grad else []
         v_parts = split_like(block, self.params) if block is not None else []
-        with exact_mode(self.model, self.eval_mode, self.device), torch.set_grad_enabled(want_grad):
+        with (
+            exact_mode(self.model, self.eval_mode, self.device),
+            full_precision_weights(self.model, self.dtype),
+            torch.set_grad_enabled(want_grad),
+        ):
             for items, batch in self._iter_batches(desc):
                 loss, n = evaluate_loss(self.loss_fn, self.model, batch, items, self.device)
                 if n == 0:

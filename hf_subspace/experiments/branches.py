@@ -17,7 +17,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..metrics import METRIC_PREFIX
-from .settings import OUTPUT_NAMES
+from .settings import OUTPUT_NAMES, BranchSpec
 
 __all__ = [
     "BasisAudit",
@@ -28,11 +28,13 @@ __all__ = [
     "audit_summary",
     "branch_curves",
     "branch_name",
+    "branch_record",
     "clean_outputs",
     "default_alignment_steps",
     "format_results_table",
     "optimizer_label",
     "quiet_runs",
+    "switch_record",
     "value_at",
 ]
 
@@ -199,6 +201,18 @@ class StopWhenAligned(TrainerCallback):
         if self.crossed_at is not None or state.global_step >= self.cap:
             control.should_save = True
             control.should_training_stop = True
+
+
+def switch_record(stopper: TrainerCallback, rule: str, cap: int, crossed_at: int | None) -> dict[str, Any]:
+    """``summary["switch_rule"]``: the rule, the cap and, for the EMA rule, its settings and the step it crossed."""
+    ema = isinstance(stopper, StopWhenAligned)
+    return {
+        "rule": rule,
+        "cap": cap,
+        "threshold": stopper.threshold if ema else None,
+        "min_measurements": stopper.min_measurements if ema else None,
+        "crossed_at": crossed_at,
+    }
 
 
 class BasisAudit(TrainerCallback):
@@ -382,3 +396,32 @@ def format_results_table(summary: Mapping[str, Any]) -> str:
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def branch_record(
+    prefix_history: list[dict[str, Any]],
+    branch_history: list[dict[str, Any]],
+    switch_step: int,
+    spec: BranchSpec,
+    seconds: float,
+    curves: dict[str, list[list[float]]],
+) -> dict[str, Any]:
+    """One branch's entry of ``summary["runs"]``: its curves (the shared prefix, then the branch), the loss and χ_k at
+    the switch and at the end, the mean χ_k after the switch, and ``curves`` (:func:`.diagnostics.metric_curves`)."""
+    loss_curve, chi_curve = branch_curves(prefix_history, branch_history, switch_step)
+    after = [c for s, c in chi_curve if s > switch_step]
+    at_switch = value_at(loss_curve, switch_step)
+    return {
+        "loss_at_switch": at_switch,
+        "final_loss": loss_curve[-1][1] if loss_curve else None,
+        "loss_curve": loss_curve,
+        "chi_k_curve": chi_curve,
+        "mean_chi_k": float(np.mean(after)) if after else None,
+        "chi_k_at_switch": value_at(chi_curve, switch_step),
+        "final_chi_k": chi_curve[-1][1] if chi_curve else None,
+        "subspace_mode": spec.subspace_mode,
+        "full_batch": spec.full_batch,
+        "wall_time_s": seconds,
+        # eigenvalues, eigengap, effective learning rates (prefix, then branch): :mod:`.diagnostics`
+        "curves": curves,
+    }

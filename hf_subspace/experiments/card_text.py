@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .claims import (
     TABLE1_STEPS,
@@ -22,9 +22,6 @@ from .claims import (
     paper_answer,
     ratio,
 )
-
-if TYPE_CHECKING:
-    from .cards import ReferenceRun
 
 __all__ = [
     "branch_card_section",
@@ -67,7 +64,7 @@ def _audit_text(b: Mapping[str, Any]) -> str:
 
 
 def branch_card_section(
-    run: ReferenceRun, branch: str, summary: Mapping[str, Any], record: Mapping[str, Any], figures: Sequence[str]
+    run: Any, branch: str, summary: Mapping[str, Any], record: Mapping[str, Any], figures: Sequence[str]
 ) -> str:
     """The "Reference run" section added to a branch card (numbers from ``summary.json``)."""
     b = summary["runs"][branch]

@@ -50,7 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -67,14 +66,14 @@ from .branches import (
     StopWhenAligned,
     TrajectoryRecorder,
     audit_summary,
-    branch_curves,
     branch_name,
+    branch_record,
     clean_outputs,
     default_alignment_steps,
     format_results_table,
     optimizer_label,
     quiet_runs,
-    value_at,
+    switch_record,
 )
 from .diagnostics import metric_curves
 from .evaluation import accuracy_metrics
@@ -85,7 +84,6 @@ from .settings import (
     PREFIX_DIR,
     PREFIXES,
     SUMMARY_NAME,
-    BranchSpec,
     ExperimentError,
     check_output_dir,
     parse_modes,
@@ -344,15 +342,12 @@ def run_experiment(
             :class:`TensorDataset` (same items, much faster batching).
         switch_step: the step at which the branches leave the shared prefix (``1 <= switch_step < max_steps``);
             with ``switch_rule="ema"`` the latest such step (a cap).
-        switch_rule: ``"fixed"`` (at ``switch_step``) or ``"ema"``, the paper's rule: the prefix measures χ_k of the
-            full-batch gradient at every step and stops at the end of the first step t whose EMA (decay
-            ``args.subspace_ema_decay``) reaches ``args.subspace_auto_start_threshold``, so the branches start at
-            t + 1 (:class:`~.branches.StopWhenAligned`); ``summary["switch_step"]`` is that step and
-            ``summary["switch_rule"]`` records the rule and the cap.
+        switch_rule: ``"fixed"`` (at ``switch_step``) or ``"ema"``, the paper's rule (:class:`~.branches.StopWhenAligned`:
+            the prefix stops after the first step whose χ_k EMA reaches ``args.subspace_auto_start_threshold``);
+            ``summary["switch_step"]`` is where the branches start, ``summary["switch_rule"]`` the rule and cap.
         switch_measure_steps: with ``switch_rule="ema"``, the prefix's measurement interval (the paper: 1).
-        resume: continue an interrupted experiment in ``output_dir``: a finished prefix (its
-            ``prefix/prefix_record.json``) and finished branches (``<branch>/branch_record.json``) are reused, an
-            unfinished branch resumes from its latest checkpoint (``save_strategy="steps"``) or from the switch.
+        resume: continue an interrupted experiment in ``output_dir``: reuse a finished prefix and finished branches
+            (their ``*_record.json``); resume others from their latest checkpoint (``save_strategy="steps"``).
         basis_audit_steps: every that many steps of a projected branch, the distance of the basis in use to the
             exact top-k eigenspace (:class:`~.branches.BasisAudit`), in each run's ``basis_error_audit``; 0: never.
         modes: branch kinds (``"sgd,dominant,bulk"``; see :data:`BRANCHES`: also ``gd``, ``dominant-gd``,
@@ -364,8 +359,7 @@ def run_experiment(
             prefix at the same global step; the Trainer then skips ``switch_step mod (batches per epoch)`` batches
             of their first epoch, so their data order differs from that of an uninterrupted SGD run.
         recipe: name recorded in the summary, the figure title and the model cards.
-        eval_dataset: optional validation set: every branch reports ``eval_accuracy`` (through ``evaluate``) and
-            ``eval_loss`` at the end.
+        eval_dataset: optional validation set: every branch reports ``eval_accuracy`` and ``eval_loss`` at the end.
         hessian_dataset: dataset of the Hessian, full-batch gradient and logged loss, shared by every run (default:
             :func:`hessian_subset`: the whole ``train_dataset`` if ``args.hessian_num_samples`` covers it, else the
             trainer's seeded subset of that many examples; ``hessian_num_samples`` is ignored when this is given).
@@ -397,6 +391,8 @@ def run_experiment(
         ExperimentError: for invalid settings, before anything is trained or written.
     """
     _ = args.device  # sets up the process group under torchrun / accelerate before anything else
+    if switch_rule not in ("fixed", "ema"):
+        raise ExperimentError(f"switch_rule={switch_rule!r} must be 'fixed' or 'ema'.")
     names, prefix = validate_experiment(
         model,
         args,
@@ -456,8 +452,6 @@ def run_experiment(
         **prefix_changes,
         **base,
     )
-    if switch_rule not in ("fixed", "ema"):
-        raise ExperimentError(f"switch_rule={switch_rule!r} must be 'fixed' or 'ema'.")
     stopper: TrainerCallback = StopAtStep(switch_step)
     if switch_rule == "ema":
         # The paper's protocol: χ_k and its EMA at every prefix step (or every switch_measure_steps).
@@ -526,7 +520,10 @@ def run_experiment(
         latest = get_last_checkpoint(str(out / label)) if resume and (out / label).is_dir() else None
         trainer.train(resume_from_checkpoint=latest or str(checkpoint))
         seconds = time.perf_counter() - start
-        run = _run_record(prefix_history, trainer.state.log_history, switch_step, spec, seconds)
+        history = trainer.state.log_history
+        run = branch_record(
+            prefix_history, history, switch_step, spec, seconds, metric_curves(prefix_history, history, switch_step)
+        )
         run["hvps_branch"] = trainer.subspace_state.hvps_total - prefix_hvps  # the prefix's are checkpointed too
         run["basis_error_audit"] = audit_summary(audit.records)
         run["mode"] = mode
@@ -560,14 +557,7 @@ def run_experiment(
         "k": args.subspace_k,
         "switch_step": switch_step,
         "seed": args.seed,
-        "switch_rule": {
-            "rule": switch_rule,
-            "cap": cap,
-            "threshold": args.subspace_auto_start_threshold if switch_rule == "ema" else None,
-            "ema_decay": args.subspace_ema_decay if switch_rule == "ema" else None,
-            "crossed_at": crossed_at,
-            "min_measurements": getattr(stopper, "min_measurements", None),
-        },
+        "switch_rule": switch_record(stopper, switch_rule, cap, crossed_at),
         "prefix_optimizer": prefix,
         "runs": runs,
         "dataset": dataset_name,
@@ -608,29 +598,3 @@ def run_experiment(
         logger.info("hf-subspace %s: wrote %s", recipe, summary_path)
     _barrier()
     return ExperimentResult(out, summary, summary_path, figure_path, branch_dirs, checkpoint, trajectories)
-
-
-def _run_record(
-    prefix_history: list[dict[str, Any]],
-    branch_history: list[dict[str, Any]],
-    switch_step: int,
-    spec: BranchSpec,
-    seconds: float,
-) -> dict[str, Any]:
-    loss_curve, chi_curve = branch_curves(prefix_history, branch_history, switch_step)
-    after = [c for s, c in chi_curve if s > switch_step]
-    at_switch = value_at(loss_curve, switch_step)
-    return {
-        "loss_at_switch": at_switch,
-        "final_loss": loss_curve[-1][1] if loss_curve else None,
-        "loss_curve": loss_curve,
-        "chi_k_curve": chi_curve,
-        "mean_chi_k": float(np.mean(after)) if after else None,
-        "chi_k_at_switch": value_at(chi_curve, switch_step),
-        "final_chi_k": chi_curve[-1][1] if chi_curve else None,
-        "subspace_mode": spec.subspace_mode,
-        "full_batch": spec.full_batch,
-        "wall_time_s": seconds,
-        # eigenvalues, eigengap, effective learning rates (prefix, then branch): :mod:`.diagnostics`
-        "curves": metric_curves(prefix_history, branch_history, switch_step),
-    }
