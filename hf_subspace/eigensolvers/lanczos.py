@@ -106,7 +106,7 @@ PAIR_FLOOR = 1e-2
 r"""A pair's tolerance is ``tol · max(|θ_i|, PAIR_FLOOR · max_j |θ_j|)``: the floor keeps an eigenvalue near 0 (an
 indefinite spectrum) from asking for a residual below the rounding error of a float32 product."""
 
-DEFAULT_VERIFY_STEPS = 10
+DEFAULT_VERIFY_STEPS = 5
 """Steps of the final deflated check (operator columns); ``verify_steps=0`` switches the check off."""
 
 
