@@ -8,13 +8,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-__all__ = [
-    "flatten",
-    "num_elements",
-    "select_parameters",
-    "split_like",
-    "unflatten",
-]
+__all__ = ["flatten", "select_parameters", "split_like"]
 
 
 def select_parameters(model: nn.Module, name_pattern: str | None = None) -> list[tuple[str, nn.Parameter]]:
@@ -47,11 +41,6 @@ def select_parameters(model: nn.Module, name_pattern: str | None = None) -> list
     return selected
 
 
-def num_elements(tensors: Iterable[torch.Tensor]) -> int:
-    """Total number of elements, i.e. the length ``d`` of the flat vector."""
-    return sum(t.numel() for t in tensors)
-
-
 def flatten(tensors: Iterable[torch.Tensor | None], like: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """Concatenate tensors into one flat vector; ``None`` entries become zeros shaped like ``like[i]``."""
     parts = []
@@ -76,8 +65,3 @@ def split_like(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch
     if offset != vector.shape[-1]:
         raise ValueError(f"vector has {vector.shape[-1]} entries but the parameters have {offset}")
     return out
-
-
-def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Alias of :func:`split_like` for a flat ``[d]`` vector."""
-    return split_like(vector, like)

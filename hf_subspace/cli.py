@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .experiments.settings import RECIPE_NAMES, recipe_name
+from .experiments.settings import RECIPE_NAMES
 
 __all__ = [
     "COMMANDS",
@@ -173,7 +173,6 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_recipe(ns: argparse.Namespace) -> int:
-    recipe_name(ns.recipe)  # an unknown name is refused before the heavy imports
     from .experiments.recipes import console_main  # the error path shared with python recipes/<recipe>.py
 
     return console_main(ns.recipe, ns.options)
@@ -304,15 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hf-subspace`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["run"] and len(argv) >= 3 and argv[2] in ("-h", "--help"):
-        try:
-            recipe = recipe_name(argv[1])
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        from .experiments.recipes import parse_recipe_arguments  # the recipe's own option list
-
-        parse_recipe_arguments(recipe, ["--help"])
-        return 0
+        return _run_recipe(argparse.Namespace(recipe=argv[1], options=["--help"]))  # the recipe's own option list
     forwarded = argv[:1] and argv[0] in COMMANDS and COMMANDS[argv[0]].forward
     ns = argparse.Namespace(command=argv[0], argv=argv[1:]) if forwarded else build_parser().parse_args(argv)
     try:

@@ -33,6 +33,7 @@ __all__ = [
     "effective_learning_rates",
     "eigenvalue_tag",
     "tensorboard_writers",
+    "write_settings",
     "write_tensorboard_header",
 ]
 
@@ -109,6 +110,14 @@ gradient counts as zero) |
 | `effective_lr_bulk` | η_bulk = −⟨Δθ, (I−P)g⟩ / ‖(I−P)g‖² |
 | `basis_overlap` | ‖V_oldᵀV_new‖_F² / k at a refresh (1: same subspace) |
 | `solver_*` | Hessian-vector products, seconds, largest residual ‖Hv − λv‖ and convergence of each refresh |
+| `full_train_loss` | the training loss over the whole Hessian dataset at the logged step (the minibatch loss is `loss`) |
+| `switch_step` | the step from which updates are projected (logged once, at that step) |
+| `projecting` | 1 while updates are projected, 0 before the switch |
+| `hvps_total` | Hessian-vector products of the run so far (refreshes, probes), a resumed run included |
+| `basis_error_estimate` | with `subspace_basis_tol`: the estimated distance ‖P_used − P_exact‖₂ of the basis in use to the exact top-k eigenspace (a refresh's own Davis–Kahan bound, or a probe's calibrated estimate) |
+| `basis_drift` | ‖P_old − P_new‖₂ at a refresh: how far the eigenspace moved since the previous refresh |
+| `refresh_interval` | steps until the next planned refresh (certified tracking) |
+| `tolerance_unreachable` | 1 at a refresh where `subspace_basis_tol` cannot be certified (no gap at λ_k, or the refresh's own bound above it) |
 
 For gradient descent with learning rate η, η_dom = η_bulk = η. Dom-SGD has η_bulk = 0 and Bulk-SGD η_dom = 0. \
 An effective learning rate is negative when the update climbs that part of the full-batch gradient: SGD's minibatch \
@@ -131,6 +140,7 @@ def custom_scalar_layout(
         spectrum["eigenvalues k+1..2k"] = ["Multiline", [f"{p}eigenvalue_next_\\d+$"]]
     spectrum["gap λ_k − λ_k+1"] = ["Multiline", [f"{p}eigengap$"]]
     spectrum["basis overlap with previous"] = ["Multiline", [f"{p}basis_overlap$"]]
+    spectrum["basis error and drift"] = ["Multiline", [f"{p}basis_(error_estimate|drift)$"]]
     return {
         "Alignment χ_k": {
             "gradients and update": ["Multiline", [f"{p}chi_k_(minibatch_grad|full_grad|update)$"]],
@@ -164,6 +174,12 @@ def write_tensorboard_header(writer: Any, summary: dict[str, Any], extra_eigenva
     """Write the custom-scalars layout, the run's subspace settings and the metric definitions to a writer."""
     if hasattr(writer, "add_custom_scalars"):
         writer.add_custom_scalars(custom_scalar_layout(extra_eigenvalues=extra_eigenvalues))
+    write_settings(writer, summary, 0)
     if hasattr(writer, "add_text"):
-        writer.add_text("subspace/settings", json.dumps(summary, default=str))
         writer.add_text("subspace/metric_definitions", METRIC_DESCRIPTIONS)
+
+
+def write_settings(writer: Any, summary: dict[str, Any], step: int) -> None:
+    """The run's subspace settings as JSON text at ``step`` (again at the switch, where ``switch_step`` is known)."""
+    if hasattr(writer, "add_text"):
+        writer.add_text("subspace/settings", json.dumps(summary, default=str), global_step=step)

@@ -115,17 +115,36 @@ class SubspaceBasis:
             return x - dom
         return [t - d for t, d in zip(x, dom)]
 
-    def project_dominant_(self, tensors: Sequence[torch.Tensor]) -> None:
-        """Replace each tensor in place by its part in span(V) (hot path: no flat copy)."""
-        coeffs = self.coefficients(tensors)
-        for block, t in zip(self.row_blocks(tensors), tensors):
-            t.copy_((block @ coeffs).reshape(t.shape))
+    def project_dominant_(
+        self, tensors: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor] | None = None
+    ) -> None:
+        """Replace each tensor in place by its part in span(V) (hot path: no flat copy).
 
-    def project_bulk_(self, tensors: Sequence[torch.Tensor]) -> None:
-        """Remove each tensor's part in span(V), in place."""
-        coeffs = self.coefficients(tensors)
-        for block, t in zip(self.row_blocks(tensors), tensors):
-            t.sub_((block @ coeffs).reshape(t.shape).to(t.dtype))
+        ``None`` entries count as zero blocks and stay None; ``params`` (the basis' row order) then gives the sizes.
+        """
+        self._project_(tensors, params, dominant=True)
+
+    def project_bulk_(
+        self, tensors: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor] | None = None
+    ) -> None:
+        """Remove each tensor's part in span(V), in place (``None`` entries as in :meth:`project_dominant_`)."""
+        self._project_(tensors, params, dominant=False)
+
+    def _project_(
+        self, tensors: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor] | None, dominant: bool
+    ) -> None:
+        sizes = params if params is not None else [t for t in tensors if t is not None]
+        if len(sizes) != len(tensors):
+            raise ValueError("None entries need params= to give their sizes")
+        coeffs = sparse_coefficients(self, sizes, tensors)
+        for block, t in zip(self.row_blocks(sizes), tensors):
+            if t is None:
+                continue
+            part = (block @ coeffs).reshape(t.shape).to(t.dtype)
+            if dominant:
+                t.copy_(part)
+            else:
+                t.sub_(part)
 
     # -- alignment --------------------------------------------------------------------------------------------
     def dominant_fraction(self, x: Vectors) -> float:

@@ -26,17 +26,14 @@ At a refresh :math:`\beta` is exact (the solver's residuals are the columns of :
 *probe* estimates it from ``p`` Hessian-vector products in one pass: with :math:`\Omega \in \mathbb{R}^{k \times p}`
 standard Gaussian, :math:`\mathbb{E} \lVert (I - VV^\top) H V D^{-1} \Omega \rVert_F^2 = p \, \beta_t^2`. The
 estimate is unbiased in :math:`\beta^2` but has the variance of a :math:`\chi^2_p / p` variable when one direction
-dominates. In practice it overestimates the distance (:math:`\lVert X \rVert_F` and the column-wise gaps against
-:math:`\lVert X \rVert_2`): along a Bulk-SGD trajectory of the MNIST MLP a one-vector probe read 1.6–3.8× the
-measured distance (5th to 90th percentile of 200 probes, never below 1.15×; ``benchmarks/tracking_cost.py``), so a
-probe above ``probe_threshold · tol`` (default 1) triggers a refresh.
+dominates, and it reads above the distance (:math:`\lVert X \rVert_F` and the column-wise gaps against
+:math:`\lVert X \rVert_2`); a probe above ``probe_threshold · tol`` (default 1) triggers a refresh.
 
 **Drift controller**. After each refresh the distance between the old and the new basis,
 :math:`\delta = \lVert P_{\mathrm{old}} - P_{\mathrm{new}} \rVert_2`, is the error the old basis had reached at the
-end of its interval :math:`T` (up to the new refresh's own error). Measured along MNIST trajectories
-(``benchmarks/tracking_cost.py``), that error is not proportional to the age of the basis: one step after a refresh
-it already jumps to an *offset* (0.015–0.02 along SGD and Dom-SGD: the exact top-k eigenspace jitters from minibatch to
-minibatch), then grows slowly (≈ 7e-4 per step). The controller therefore fits
+end of its interval :math:`T` (up to the new refresh's own error). That error is not proportional to the age of the
+basis: one step after a refresh it jumps to an *offset* (the exact top-k eigenspace jitters from minibatch to
+minibatch), then grows slowly. The controller therefore fits
 
 .. math::
 
@@ -49,32 +46,56 @@ lifting the line over every observation (an upper envelope, so no measured inter
 one interval length observed it assumes :math:`\hat\varepsilon(T) = \delta T_j^{-1} T` (no offset: the conservative
 extrapolation). The next interval is the largest :math:`T` with :math:`\hat\varepsilon(T) \le \mathrm{safety} \cdot
 \mathrm{tol}`; while only one interval length has been seen, at least one step longer than the last when its
-measured :math:`\delta` was within that target (so a second length tells offset from rate). It grows at most
+measured :math:`\delta` was within that target and the fitted line keeps the longer one within ``tol`` (so a second
+length tells offset from rate without exceeding ``tol``). It grows at most
 ``growth``-fold per refresh and is capped at ``max_interval``.
 
-**Probe calibration**. The residual estimate reads high (1.1–5× the measured distance in the benchmark). The last
-probe :math:`\hat\beta_s` of an interval and the distance :math:`\delta` measured at its end (:math:`\ge` the error at
-step ``s`` while the error grows with age) give a ratio :math:`c = \hat\beta_s / \delta` that *under*-states the
-over-reading; probes are divided by the median ratio of the last ``window`` intervals (clipped to [0.25, 10]).
-Dividing by the smallest ratio instead left half of all refreshes forced by probes along Dom-SGD on MNIST (99 of 207,
-at errors of 0.02–0.03 for tol 0.05).
+**Probe calibration**. The residual estimate reads high. The last probe :math:`\hat\beta_s` of an interval and the
+distance :math:`\delta` measured at its end (:math:`\ge` the error at step ``s`` while the error grows with age) give a
+ratio :math:`c = \hat\beta_s / \delta` that *under*-states the over-reading; probes are divided by the median ratio of
+the last ``window`` intervals, clipped to [0.25, 4] (one probe can read far above its typical over-reading, and a
+divisor learnt from it would hide a real error).
 
-Probes run every ``max(2, interval // probes_per_interval)`` steps inside an interval; a probe whose estimate exceeds
+Probes run every ``max(1, interval // probes_per_interval)`` steps inside an interval; a probe whose estimate exceeds
 ``probe_threshold · tol`` triggers a refresh at that very step, so the basis used for the update is fresh. Every
 decision depends only on all-reduced products and on generators seeded by ``(seed, step)``, so all ranks agree and
 a resumed run (:meth:`BasisTracker.state_dict`) takes the same decisions as an uninterrupted one.
+
+Where ``tol`` cannot be certified (no gap between λ_k and λ_{k+1}, or a refresh whose own bound exceeds ``tol``)
+:meth:`BasisTracker.observe_refresh` says so (``tolerance_unreachable``) instead of passing silently. Measurements of
+cost and accuracy along real trajectories are in ``docs/performance.md`` ("Certified tracking").
+
+Both :class:`BasisTracker` and :class:`FixedInterval` (``subspace_refresh_steps`` without a tolerance) implement
+:class:`RefreshSchedule`, the one interface :class:`~hf_subspace.callback.SubspaceCallback` asks each step.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
 from .subspace import SubspaceBasis, projector_distance
 
-__all__ = ["BasisTracker", "projector_distance", "residual_bound"]
+if TYPE_CHECKING:
+    from .training_args import SubspaceTrainingArguments
+
+__all__ = [
+    "Action",
+    "BasisTracker",
+    "FixedInterval",
+    "RefreshSchedule",
+    "projector_distance",
+    "refresh_schedule",
+    "residual_bound",
+]
+
+#: What a schedule asks for at a step: recompute the basis, probe its error (then ask again), or nothing.
+Action = Literal["refresh", "probe"] | None
+
+#: Largest divisor of a probe: the over-reading measured along MNIST trajectories reached 3.8x (90th percentile).
+_MAX_CALIBRATION = 4.0
 
 
 def residual_bound(residuals: torch.Tensor, ritz_values: torch.Tensor, next_eigenvalue: float) -> float:
@@ -117,6 +138,114 @@ def _envelope_fit(samples: list[tuple[int, float]]) -> tuple[float, float]:
     return a + e, b
 
 
+class RefreshSchedule(Protocol):
+    """When the dominant basis is recomputed, and how; the callback asks it once per step (twice after a probe).
+
+    ``last_refresh_step`` is the step whose parameters the basis in use belongs to (None: no basis); setting it to
+    None makes the next step that needs a basis refresh it. :meth:`state_dict` is what a checkpoint keeps.
+    """
+
+    last_refresh_step: int | None
+
+    def due(self, step: int, *, projecting: bool, measure: bool) -> Action:
+        """What to do before the basis is used at ``step`` (to project an update, or to measure alignment)."""
+        ...
+
+    def num_eigenpairs(self, k: int, extra: int) -> int:
+        """Eigenpairs a refresh solves for, given ``subspace_k`` and ``subspace_extra_eigenvalues``."""
+        ...
+
+    def refresh_tol(self, requested: float | None, dtype: torch.dtype) -> float | None:
+        """The solver's tolerance for the next refresh (``requested``: ``subspace_solver_tol``; None: its default)."""
+        ...
+
+    def observe_probe(self, step: int, basis: SubspaceBasis, block: torch.Tensor, products: torch.Tensor) -> float:
+        """Record a probe (``products = H @ block``, ``block`` from :meth:`BasisTracker.probe_block`); its estimate."""
+        ...
+
+    def observe_refresh(
+        self,
+        step: int,
+        old: SubspaceBasis | None,
+        new: SubspaceBasis,
+        residuals: torch.Tensor,
+        next_eigenvalue: float | None,
+    ) -> dict[str, float]:
+        """Record a refresh at ``step``; returns the metrics to log with it."""
+        ...
+
+    def reset(self) -> None:
+        """Forget everything tied to step numbers (a new run restarts the step counter)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class FixedInterval:
+    """The paper's schedule: a refresh every ``every`` steps while projecting, and before each measurement outside
+    projection (so χ_k is measured against the basis at the measured parameters).
+
+    Args:
+        every: ``subspace_refresh_steps``, ``>= 1``.
+    """
+
+    def __init__(self, every: int) -> None:
+        if every < 1:
+            raise ValueError(f"every={every} must be >= 1 (subspace_refresh_steps).")
+        self.every = int(every)
+        self.last_refresh_step: int | None = None
+
+    def due(self, step: int, *, projecting: bool, measure: bool) -> Action:
+        last = self.last_refresh_step
+        if not (measure or projecting) or last == step:
+            return None
+        if last is not None and projecting and step - last < self.every:
+            return None
+        return "refresh"
+
+    def num_eigenpairs(self, k: int, extra: int) -> int:
+        return k + extra
+
+    def refresh_tol(self, requested: float | None, dtype: torch.dtype) -> float | None:
+        return requested
+
+    def observe_probe(self, step: int, basis: SubspaceBasis, block: torch.Tensor, products: torch.Tensor) -> float:
+        raise RuntimeError("FixedInterval never asks for a probe.")
+
+    def observe_refresh(
+        self,
+        step: int,
+        old: SubspaceBasis | None,
+        new: SubspaceBasis,
+        residuals: torch.Tensor,
+        next_eigenvalue: float | None,
+    ) -> dict[str, float]:
+        self.last_refresh_step = int(step)
+        return {}
+
+    def reset(self) -> None:
+        self.last_refresh_step = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_refresh_step": self.last_refresh_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_refresh_step = state.get("last_refresh_step")
+
+    def __repr__(self) -> str:
+        return f"FixedInterval(every={self.every}, last_refresh_step={self.last_refresh_step})"
+
+
+def refresh_schedule(args: SubspaceTrainingArguments) -> RefreshSchedule:
+    """The schedule the arguments ask for: :class:`BasisTracker` with ``subspace_basis_tol``, else
+    :class:`FixedInterval` every ``subspace_refresh_steps``."""
+    if args.subspace_basis_tol is None:
+        return FixedInterval(args.subspace_refresh_steps)
+    return BasisTracker(args.subspace_basis_tol, args.subspace_refresh_steps, seed=args.seed)
+
+
 class BasisTracker:
     """Refresh schedule that keeps the basis in use within ``tol`` of the exact top-k eigenspace.
 
@@ -134,7 +263,7 @@ class BasisTracker:
         max_interval: longest interval between refreshes (``subspace_refresh_steps``), ``>= 1``.
         safety: the drift controller aims at ``safety · tol`` at the end of an interval, in (0, 1].
         probe_threshold: a probe estimate above ``probe_threshold · tol`` triggers a refresh, in (0, 1].
-        probes_per_interval: probes are spaced ``max(2, interval // probes_per_interval)`` steps apart (0: no
+        probes_per_interval: probes are spaced ``max(1, interval // probes_per_interval)`` steps apart (0: no
             probes).
         probe_vectors: ``p``, Gaussian combinations per probe (one pass over the data for all of them).
         growth: largest factor by which the interval may grow per refresh, ``>= 1``.
@@ -175,7 +304,10 @@ class BasisTracker:
         self.growth = float(growth)
         self.window = int(window)
         self.seed = int(seed)
-        # state (checkpointed)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the state (everything :meth:`state_dict` holds); the options stay."""
         self.last_refresh_step: int | None = None
         self.interval = 1
         self.drift_rate: float | None = None  # b of the fit
@@ -194,6 +326,29 @@ class BasisTracker:
         self.num_probe_refreshes = 0
 
     # -- decisions --------------------------------------------------------------------------------------------
+    def due(self, step: int, *, projecting: bool, measure: bool) -> Action:
+        """A refresh when the interval has run out or a probe found the basis off; a probe on the probe steps and
+        before a measurement (its pass also gives the loss and gradient the measurement reuses); else nothing."""
+        last = self.last_refresh_step
+        if not (measure or projecting) or last == step:
+            return None
+        if self.refresh_due(step):
+            return "refresh"
+        if self.weights is not None and self.last_estimate_step != step and (measure or self.probe_due(step)):
+            return "probe"
+        return None
+
+    def num_eigenpairs(self, k: int, extra: int) -> int:
+        """At least one pair beyond k: λ_{k+1} gives the gap of the error bound."""
+        return k + max(1, extra)
+
+    def refresh_tol(self, requested: float | None, dtype: torch.dtype) -> float | None:
+        """``requested`` when given, else :meth:`solver_tol` with the defaults and floors of ``dtype``."""
+        if requested is not None:
+            return requested
+        double = dtype == torch.float64
+        return self.solver_tol(1e-6 if double else 1e-3, floor=1e-9 if double else 1e-4)
+
     def refresh_due(self, step: int) -> bool:
         """Whether the basis must be recomputed before it is used at ``step``."""
         if self.last_refresh_step is None or self.force_refresh:
@@ -204,7 +359,7 @@ class BasisTracker:
         """Steps between probes in the current interval (0: no probes)."""
         if self.probes_per_interval == 0 or self.weights is None:
             return 0
-        every = max(2, self.interval // self.probes_per_interval)
+        every = max(1, self.interval // self.probes_per_interval)
         return every if every < self.interval else 0
 
     def probe_due(self, step: int) -> bool:
@@ -289,7 +444,7 @@ class BasisTracker:
         any interval has had a probe)."""
         if not self.probe_ratios:
             return 1.0
-        return float(min(10.0, max(0.25, float(torch.tensor(self.probe_ratios).median().item()))))
+        return float(min(_MAX_CALIBRATION, max(0.25, float(torch.tensor(self.probe_ratios).median().item()))))
 
     # -- refreshes --------------------------------------------------------------------------------------------
     def observe_refresh(
@@ -312,7 +467,8 @@ class BasisTracker:
 
         Returns:
             metrics: ``basis_drift`` (when ``old`` is given), ``basis_error_estimate`` (the refresh's own bound) and
-            ``refresh_interval`` (the interval planned next).
+            ``refresh_interval`` (the interval planned next), and ``tolerance_unreachable`` (1) when ``tol`` cannot
+            be certified: no gap below the block, or the refresh's own bound above ``tol``.
         """
         out: dict[str, float] = {}
         forced = self.force_refresh and self.last_refresh_step is not None
@@ -346,6 +502,8 @@ class BasisTracker:
         self.num_refreshes += 1
         out["basis_error_estimate"] = self.refresh_bound
         out["refresh_interval"] = float(self.interval)
+        if self.weights is None or self.refresh_bound > self.tol:
+            out["tolerance_unreachable"] = 1.0
         return out
 
     def _next_interval(self, elapsed: int, drift: float) -> int:
@@ -359,9 +517,10 @@ class BasisTracker:
             interval = cap
         else:
             interval = int(min(cap, max(1, math.floor((target - self.drift_offset) / rate + 1e-9))))
-        if drift <= target and len({t for t, _ in self.drift_samples}) < 2:
+        longer = min(cap, elapsed + 1)
+        if drift <= target and len({t for t, _ in self.drift_samples}) < 2 and drift * longer / elapsed <= self.tol:
             # one interval length seen, within target: try one step longer, so the fit can tell offset from rate
-            interval = max(interval, min(cap, elapsed + 1))
+            interval = max(interval, longer)
         return interval
 
     # -- checkpoints ------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from .hessian import HessianOperator, LossFn, unwrap_model
 from .metrics import AlignmentEMA
 from .optim import SAM
 from .subspace import SubspaceBasis
+from .tracking import refresh_schedule
 from .training_args import SubspaceTrainingArguments
 
 __all__ = ["SUBSPACE_STATE_NAME", "SubspaceTrainer", "SubspaceTrainerMixin", "hessian_subset_indices"]
@@ -93,10 +94,10 @@ class SubspaceTrainerMixin(_TrainerBase):
         self.subspace_param_names = [n for n, _ in named]
         self.subspace_params = [p for _, p in named]
         dim = sum(p.numel() for p in self.subspace_params)
-        # Certified tracking (subspace_basis_tol) solves for at least one eigenpair beyond k (the spectral gap).
-        extra = max(self.args.subspace_extra_eigenvalues, int(self.args.subspace_basis_tol is not None))
-        num_vectors = self.args.subspace_k + extra
+        schedule = refresh_schedule(self.args)
+        num_vectors = schedule.num_eigenpairs(self.args.subspace_k, self.args.subspace_extra_eigenvalues)
         if num_vectors >= dim:
+            extra = num_vectors - self.args.subspace_k
             raise ValueError(
                 f"subspace_k={self.args.subspace_k} (+ {extra} extra eigenvalue(s): subspace_extra_eigenvalues, or "
                 "1 for subspace_basis_tol) must be smaller than the number of covered parameters "
@@ -114,7 +115,7 @@ class SubspaceTrainerMixin(_TrainerBase):
         self.hessian_operator = HessianOperator(
             self.model, batches, loss_fn, params=self.subspace_params, progress=self.args.subspace_progress
         )
-        self.subspace_state = SubspaceState(ema=AlignmentEMA(decay=self.args.subspace_ema_decay))
+        self.subspace_state = SubspaceState(AlignmentEMA(decay=self.args.subspace_ema_decay), schedule)
         self.subspace_callback = SubspaceCallback(
             self.hessian_operator,
             self.subspace_params,
@@ -221,7 +222,7 @@ class SubspaceTrainerMixin(_TrainerBase):
         # on_pre_optimizer_step, so the optimizer steps from θ with the perturbed gradient.
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.subspace_state.basis is not None:
-            self.subspace_state.raw_grads = [
+            self.subspace_state.scratch.raw_grads = [
                 None if p.grad is None else p.grad.detach().clone() for p in self.subspace_params
             ]
         sam.first_step(zero_grad=True)

@@ -8,12 +8,8 @@ Launch (any option also works as a flag, e.g. ``--max_steps 500 --optim_args mom
     accelerate launch --config_file recipes/accelerate/single_cpu.yaml recipes/mlp_mnist.py recipes/configs/mlp_mnist.yaml
 
 Variants: ``--loss_type cross_entropy``, ``--optim sgd --optim_args momentum=0.9``, ``--optim adamw_torch``,
-``--sam_rho 0.05``; branches with ``--modes sgd,dominant,bulk,gd``.
-
-Measured wall times of the reference cards on MNIST-1k (1 thread on a 2-core machine shared with other jobs, so 7-10x
-the process's CPU time; ``hf-subspace cards --only NAME``): edge of stability (``mlp_mnist_eos``: ``--prefix gd
---modes gd,dominant-gd,bulk-gd --learning_rate 0.05``, 800 steps) 34 min; SGD with 20 eigenvalues and a GD branch
-(``mlp_mnist_sgd``, 1,500 steps) 21 min; momentum 7 min, Adam 5 min, SAM 8 min (1,500 steps each).
+``--sam_rho 0.05``; branches with ``--modes sgd,dominant,bulk,gd``. Wall times of the reference runs:
+``docs/performance.md`` (Reference runs).
 """
 
 from __future__ import annotations

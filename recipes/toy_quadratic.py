@@ -2,7 +2,7 @@
 """The paper's 2-D ill-conditioned valley: two per-sample losses ½(a x² + b y²) ± c·x·y (k = 1).
 
 SGD keeps χ_1 ≈ 0.95 (noise bounces it across the valley), GD drops to χ_1 ≈ 0, Dom-SGD plateaus at its loss at the
-switch, Bulk-SGD converges like SGD. Writes figure.png and trajectory.png (paths on the loss contours). Seconds on CPU.
+switch, Bulk-SGD converges like SGD. Writes figure.png and trajectory.png (paths on the loss contours).
 
 Launch (any option also works as a flag, e.g. ``--max_steps 500 --optim_args momentum=0.9``)::
 

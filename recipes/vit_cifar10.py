@@ -5,12 +5,9 @@ on CIFAR-10 images normalised by a ``ViTImageProcessor(do_resize=False, image_me
 subset's per-channel statistics; cross-entropy (the model's own loss; ``--loss_type mse`` for the paper's), SGD lr 0.1,
 batch 50, k = 10. The processor is saved with every branch model.
 
-Offline: --train_file ../shared/data/cifar10/train.npz --validation_file ../shared/data/cifar10/test.npz.
-
-Measured (1 CPU thread on a busy 2-core machine): the reference card ``model_cards/vit_cifar10`` (800 steps, switch
-at step 50, Hessian on a 128-image subset, refresh every 100 steps) took 9 min wall (176 s CPU): SGD 2.099 -> 1.849,
-Dom-SGD -> 2.083, Bulk-SGD -> 1.775. A top-10 refresh costs ~30-60 Hessian-vector products, each ~0.6 s over 128
-images here: use a GPU for the config's 3,000 steps with refreshes every 20 steps over 1,000 images.
+Offline: --train_file ../shared/data/cifar10/train.npz --validation_file ../shared/data/cifar10/test.npz. A refresh
+over the config's 5,000-image Hessian set is slow on a CPU: use a GPU for the config's 3,000 steps (wall times of the
+reference run: ``docs/performance.md``, Reference runs).
 
 Launch (any option also works as a flag, e.g. ``--max_steps 500 --optim_args momentum=0.9``)::
 

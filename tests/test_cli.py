@@ -1,13 +1,23 @@
-"""The ``hf-subspace`` command: subcommands, error exits, a tiny quick start, and ``spectrum``."""
+"""The ``hf-subspace`` command: subcommands, one-line errors, help texts, a tiny quick start and its README block,
+and ``spectrum``."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hf_subspace import cli
 from hf_subspace.experiments import quickstart
+from hf_subspace.experiments.quickstart import README_BEGIN, README_END, render_readme_block, update_readme
+from hf_subspace.experiments.recipes import parse_recipe_arguments
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_help_lists_the_subcommands(capsys):
@@ -205,3 +215,147 @@ def test_spectrum_uses_the_loss_the_run_trained(tmp_path, monkeypatch):
     own = json.loads((tmp_path / "own" / "spectrum.json").read_text())
     assert own["eigenvalues"][0] == pytest.approx(top_ce, rel=2e-3)
     assert own["loss"] == "model's own loss (BertForSequenceClassification)"
+
+
+# ----------------------------------------------------------------------------------------------- a run from a newcomer's folder, one-line errors, help texts, the README block
+
+
+def _tiny_mnist(path: Path, n: int = 120) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.integers(0, 255, size=(n, 6, 6), dtype=np.uint8), y=np.arange(n) % 10)
+
+
+def test_run_names_branches_and_spectrum_works_from_another_folder(tmp_path, monkeypatch, capfd):
+    """A relative --train_file, a momentum run (branch named `momentum`), a quiet console; then `spectrum` on the
+    branch from another folder, after the validation file is gone."""
+    work, other = tmp_path / "work", tmp_path / "elsewhere"
+    (work / "data").mkdir(parents=True)
+    other.mkdir()
+    _tiny_mnist(work / "data" / "train.npz")
+    _tiny_mnist(work / "data" / "val.npz", 30)
+    monkeypatch.chdir(work)
+    code = cli.main([
+        "run", "mlp_mnist", "--train_file", "data/train.npz", "--validation_file", "data/val.npz",
+        "--num_train", "100", "--hidden_sizes", "8", "--max_steps", "6", "--switch_step", "3",
+        "--subspace_alignment_steps", "3", "--subspace_refresh_steps", "3", "--logging_steps", "3",
+        "--optim_args", "momentum=0.9", "--modes", "sgd,gd,bulk", "--output_dir", "out", "--disable_tqdm", "true",
+        "--experiment_name", "tiny_momentum",
+    ])  # fmt: skip
+    assert code == 0
+    printed = capfd.readouterr()
+    console = printed.out + printed.err
+    for noise in ("Writing model shards", "do not match", "pin_memory", "apply from the resumed step"):
+        assert noise not in console, noise
+    summary = json.loads((work / "out" / "summary.json").read_text())
+    assert list(summary["runs"]) == ["momentum", "momentum-gd", "bulk"]  # named by what they ran
+    assert summary["runs"]["momentum"]["mode"] == "sgd" and summary["name"] == "tiny_momentum"
+    assert summary["global_train_batch_size"] == 50 and summary["loss_type"] == "mse"
+    assert "MSE" in summary["loss"] and "the first 100 training examples" in summary["dataset_description"]
+    assert "tiny_momentum (data/train.npz): k = 10, switch at step 3 of 6, global batch 50" in printed.out
+    branch = work / "out" / "momentum"
+    assert list(branch.glob("events.out.tfevents.*")), "the TensorBoard run is named by its branch"
+    assert not (branch / "runs").exists()
+    card = (branch / "README.md").read_text()
+    assert "# tiny_momentum-momentum" in card and "Loss: MSE" in card
+    assert str((work / "data" / "train.npz").resolve()) in card  # the data, not just a file name
+    record = json.loads((branch / "hf_subspace_experiment.json").read_text())["recipe_args"]
+    assert Path(record["train_file"]).is_absolute() and record["loss_type"] == "mse"
+
+    (work / "data" / "val.npz").unlink()  # spectrum needs only the training data
+    monkeypatch.chdir(other)
+    assert cli.main(["spectrum", str(branch), "--k", "2", "--num_samples", "50", "--output_dir", "spec"]) == 0
+    spectrum = json.loads((other / "spec" / "spectrum.json").read_text())
+    assert spectrum["num_samples"] == 50 and len(spectrum["eigenvalues"]) == 4
+
+
+def test_readme_block_is_generated_from_the_quickstart_report(tmp_path):
+    report = {
+        "runs": {"toy_quadratic": {"table": "toy table"}, "mlp_digits": {"table": "digits table"}},
+        "seconds": 72.4, "threads": 1, "command": "hf-subspace quickstart", "date": "2026-11-30",
+    }  # fmt: skip
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nMeasured (152 s): typed numbers\n{README_END}\noutro\n")
+    assert update_readme(readme, report) is True
+    text = readme.read_text()
+    assert "typed numbers" not in text and "toy table\n\ndigits table" in text and "72 s" in text
+    assert text.startswith("intro\n") and text.endswith("outro\n")
+    assert update_readme(readme, report) is False  # idempotent
+    assert render_readme_block(report) in text
+    for path in (REPO / "README.md", REPO / "recipes" / "README.md"):
+        assert README_BEGIN in path.read_text(), f"{path} has no generated quick-start block"
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--modes", "sgd,dom"], "unknown mode 'dom'"),
+        (["--max_step", "5"], "did you mean --max_steps"),
+        (["--subspace_mode", "bulky"], "invalid choice: 'bulky'"),
+        (["--standardize", "sideways"], "--standardize"),
+    ],
+)
+def test_run_errors_are_one_short_line(tmp_path, capsys, options, expected):
+    code = cli.main(["run", "toy_quadratic", "--output_dir", str(tmp_path / "o"), *options])
+    assert code == 2
+    assert expected in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_recipe_options_fail_before_torch_is_imported(tmp_path):
+    """A wrong branch name, prefix, switch rule or missing file is refused before torch and the data stack load
+    (the error took seconds of imports to appear)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("HF_SUBSPACE_DEBUG", None)
+    cases = [["--modes", "sgd,dom"], ["--prefix", "adam"], ["--switch_rule", "never"], ["--train_file", "nope.npz"]]
+    code = (
+        "import sys\nfrom hf_subspace import cli\n"
+        f"for options in {cases!r}:\n"
+        f"    assert cli.main(['run', 'mlp_mnist', '--output_dir', {str(tmp_path / 'o')!r}, *options]) == 2\n"
+        "assert 'torch' not in sys.modules, 'torch was imported before the error'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 4 and "unknown mode 'dom'" in errors[0] and "nope.npz" in errors[3]
+    assert not (tmp_path / "o").exists()
+
+
+def test_recipe_script_errors_are_one_line(tmp_path):
+    """`python recipes/<recipe>.py` shares the error path of `hf-subspace run` (it was a 20-line traceback)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("HF_SUBSPACE_DEBUG", None)
+    script = REPO / "recipes" / "toy_quadratic.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--modes", "sgd,sideways", "--output_dir", str(tmp_path / "o")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "unknown mode 'sideways'" in _one_error_line(done.stderr)
+
+
+def test_help_texts(capsys):
+    with pytest.raises(SystemExit):
+        parse_recipe_arguments("mlp_mnist", ["--help"])
+    mlp_help = capsys.readouterr().out
+    assert "--hidden_sizes" in mlp_help and "--standardize" in mlp_help
+    for text_only in ("--tokenizer_name", "--max_seq_length", "--text_column", "--label_column", "--task"):
+        assert text_only not in mlp_help, text_only
+    assert "--no_plot" in mlp_help and "Write no figures" in mlp_help
+    with pytest.raises(SystemExit):
+        parse_recipe_arguments("transformer_sst2", ["--help"])
+    assert "--label_column" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["quickstart", "--help"])
+    quick_help = capsys.readouterr().out
+    assert "15x" not in quick_help and "--update_readme" in quick_help
+    # an invalid top-level choice: the error first, in one line, no usage block
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["spectrum", "x", "--method", "power"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'power'" in _one_error_line(capsys.readouterr().err)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import socket
 import struct
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, EvalPrediction
 
-from hf_subspace.experiments import _data_io
+from hf_subspace.experiments import _data_io, _hub
 from hf_subspace.experiments.data import (
     DatasetLoadError,
     build_tokenizer,
@@ -333,3 +335,80 @@ def test_shared_sst2(shared_data: Path) -> None:
     tok = build_tokenizer(dd["train"]["sentence"][:], vocab_size=3000, max_length=64)
     enc = tokenize_dataset(dd, tok, max_length=64)
     assert len(enc["validation"][0]["input_ids"]) == 64
+
+
+# ----------------------------------------------------------------------------------------------- offline fail-fast and data errors
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """No ``HF_HUB_OFFLINE``, and every name lookup fails (a machine without network); yields the lookup count."""
+    import huggingface_hub.constants
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_EVALUATE_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    for module in ("datasets.config", "evaluate.config"):
+        if module in sys.modules:
+            for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
+                if hasattr(sys.modules[module], flag):
+                    monkeypatch.setattr(sys.modules[module], flag, False)
+    monkeypatch.setattr(_hub, "_state", {})
+    lookups: list[object] = []
+
+    def unreachable(host, *args, **kwargs):
+        lookups.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unreachable)
+    return lookups  # monkeypatch restores the flags and variables that offline mode sets
+
+
+def test_unreachable_hub_falls_back_offline_after_one_probe(no_network, caplog):
+    """Without a network, one connection attempt decides (no minutes of Hub retries for a tokenizer),
+    the process goes offline (no request of transformers reaches the network), and one line says so."""
+    from hf_subspace.experiments.data import build_tokenizer
+
+    name = "hf-subspace-tests/no-such-tokenizer"  # a Hub id no cache holds (bert-base-uncased in the issue)
+    with caplog.at_level("WARNING"):
+        tokenizer = build_tokenizer(["a good movie", "a bad film"], name_or_path=name)
+        again = build_tokenizer(["x"], name_or_path=name)
+    assert tokenizer.convert_ids_to_tokens(tokenizer("good movie")["input_ids"]) == ["good", "movie"]  # word level
+    assert again is not None
+    assert len(no_network) == 1, no_network  # the probe's one lookup; no retries of the Hub client
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(unreachable) == 1 and "HF_HUB_OFFLINE=1" in unreachable[0].getMessage()
+
+
+def test_offline_variable_means_no_probe(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(_hub, "_state", {})
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: pytest.fail("probed although HF_HUB_OFFLINE=1"))
+    assert _hub.ensure_hub_or_offline() is False
+
+
+def test_text_data_errors_name_the_missing_column_and_the_option(tmp_path):
+    from hf_subspace.experiments.data import DatasetLoadError, load_text_classification
+
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("sentence\tstars\na fine film\t1\na dull film\t0\n")
+    with pytest.raises(DatasetLoadError) as err:
+        load_text_classification(None, train_file=tsv)
+    message = str(err.value)
+    assert "no label column" in message and "--label_column" in message
+    assert "no text column" not in message and "'sentence' and" not in message
+    data = load_text_classification(None, train_file=tsv, label_column="stars")
+    assert data["train"]["label"] == [1, 0]
+
+
+def test_image_data_without_labels_names_what_is_missing(tmp_path):
+    import datasets
+
+    from hf_subspace.experiments.data import DatasetLoadError, load_image_classification
+
+    folder = tmp_path / "unlabelled"
+    datasets.Dataset.from_dict({"pixel_values": [[[0.0, 1.0], [1.0, 0.0]]] * 4}).save_to_disk(str(folder))
+    with pytest.raises(DatasetLoadError, match="has no labels") as err:
+        load_image_classification(str(folder), num_train=2)
+    assert "hessian_dataset" not in str(err.value)

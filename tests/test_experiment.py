@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -12,7 +13,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from hf_subspace.experiments.branches import default_alignment_steps, format_results_table
+from hf_subspace.experiments.arguments import ExperimentPlan, PreparedRecipe
+from hf_subspace.experiments.branches import branch_name, default_alignment_steps, format_results_table, optimizer_label
 from hf_subspace.experiments.claims import evaluate_claims
 from hf_subspace.experiments.experiment import hessian_subset, run_experiment
 from hf_subspace.experiments.settings import ExperimentError, parse_modes
@@ -61,15 +63,14 @@ def toy_run(tmp_path_factory):
     (out / "dominant" / "stale.txt").write_text("old")
     (out / "notes.txt").write_text("mine")
     result = run_experiment(
-        ToyQuadraticModel(ToyQuadraticConfig()),
+        PreparedRecipe(
+            ToyQuadraticModel(ToyQuadraticConfig()),
+            toy_quadratic_dataset(50),
+            record_trajectory=True,
+            extras={"note": "test"},
+        ),
         toy_args(out),
-        toy_quadratic_dataset(50),
-        switch_step=50,
-        modes=MODES,
-        recipe="toy_quadratic",
-        overwrite_output_dir=True,
-        record_trajectory=True,
-        extras={"note": "test"},
+        ExperimentPlan(switch_step=50, modes=MODES, recipe="toy_quadratic", overwrite_output_dir=True),
     )
     return out, result
 
@@ -168,11 +169,9 @@ def test_validation_errors_leave_output_untouched(tmp_path, changes, message):
     overwrite = bool(changes)  # the first case checks the output-folder refusal itself
     with pytest.raises(ExperimentError, match=message):
         run_experiment(
-            ToyQuadraticModel(ToyQuadraticConfig()),
+            PreparedRecipe(ToyQuadraticModel(ToyQuadraticConfig()), toy_quadratic_dataset(5)),
             toy_args(out, **changes.get("args", {})),
-            toy_quadratic_dataset(5),
-            overwrite_output_dir=overwrite,
-            **kwargs,
+            ExperimentPlan(overwrite_output_dir=overwrite, **kwargs),
         )
     assert snapshot(out) == before
 
@@ -220,7 +219,11 @@ def test_multi_process_launch_without_use_cpu_is_refused(tmp_path, monkeypatch):
     assert args.world_size == 1  # device set up in this single process
     monkeypatch.setitem(os.environ, "WORLD_SIZE", "2")
     with pytest.raises(ExperimentError, match="use_cpu"):
-        run_experiment(ToyQuadraticModel(ToyQuadraticConfig()), args, toy_quadratic_dataset(5), switch_step=5)
+        run_experiment(
+            PreparedRecipe(ToyQuadraticModel(ToyQuadraticConfig()), toy_quadratic_dataset(5)),
+            args,
+            ExperimentPlan(switch_step=5),
+        )
     assert not (tmp_path / "x").exists()
 
 
@@ -245,13 +248,10 @@ def test_gd_prefix_then_sgd_restores_the_alignment(tmp_path):
     counts, starts = Counter(), {}
     out = tmp_path / "gd_prefix"
     result = run_experiment(
-        ToyQuadraticModel(ToyQuadraticConfig()),
+        # 30 samples: the minibatch branch resumes mid-epoch (step 20 of 30)
+        PreparedRecipe(ToyQuadraticModel(ToyQuadraticConfig()), toy_quadratic_dataset(15), record_trajectory=True),
         toy_args(out, max_steps=45, subspace_alignment_steps=5, subspace_refresh_steps=20, report_to="none"),
-        toy_quadratic_dataset(15),  # 30 samples: the minibatch branch resumes mid-epoch (step 20 of 30)
-        switch_step=20,
-        modes="sgd,gd",
-        prefix="GD",
-        record_trajectory=True,
+        ExperimentPlan(switch_step=20, modes="sgd,gd", prefix="GD"),
         callbacks=lambda name: [StepCounter(name, counts, starts)],
     )
     summary = json.loads((out / "summary.json").read_text())
@@ -291,12 +291,9 @@ def test_hessian_num_samples_subset_is_shared_by_every_run(tmp_path):
     assert mean_sign != 0.0  # 7 samples: the subset loss differs from the full loss (mean sign 0)
 
     result = run_experiment(
-        ToyQuadraticModel(ToyQuadraticConfig()),
+        PreparedRecipe(ToyQuadraticModel(ToyQuadraticConfig()), data, record_trajectory=True),
         args,
-        data,
-        switch_step=10,
-        modes="sgd,dominant",
-        record_trajectory=True,
+        ExperimentPlan(switch_step=10, modes="sgd,dominant"),
     )
     summary = result.summary
     assert summary["hessian_num_samples"] == 7 and summary["num_train"] == 100
@@ -314,3 +311,94 @@ def test_hessian_num_samples_subset_is_shared_by_every_run(tmp_path):
         assert curve[10] == pytest.approx(subset_loss(traj[mode][10]), rel=1e-5)
         assert curve[20] == pytest.approx(subset_loss(traj[mode][20]), rel=1e-5)
     assert subset_loss(traj["prefix"][0]) != pytest.approx(0.5 * (cfg.sharpness * 0.02**2 + 1.0), rel=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------- EMA switch, audits
+
+
+@pytest.mark.parametrize("threshold", [0.8, 1.0])
+def test_ema_switch_stops_after_the_crossing_or_at_the_cap_and_audits_the_basis(tmp_path, threshold):
+    """--switch_rule ema: the prefix measures χ_k at every step and stops at the end of the first step whose EMA
+    reaches the threshold (the branches start one step later), or at --switch_step (the cap); --basis_audit_steps
+    records the exact distance of the basis in use every N projected steps (the toy's Hessian is constant: ≈ 0)."""
+    out = tmp_path / "ema"
+    args = toy_args(out, max_steps=50, subspace_alignment_steps=10, subspace_refresh_steps=10, report_to="none")
+    args = dataclasses.replace(args, subspace_auto_start_threshold=threshold)
+    start = ToyQuadraticConfig(init_point=(0.0, 1.0))  # χ_1 = 0 at step 0: the EMA rises over many steps
+    result = run_experiment(
+        PreparedRecipe(ToyQuadraticModel(start), toy_quadratic_dataset(20)),
+        args,
+        ExperimentPlan(switch_step=40, switch_rule="ema", modes="sgd,dominant", basis_audit_steps=5, plot=False),
+    )
+    summary = result.summary
+    switch = summary["switch_step"]
+    state = json.loads((out / "prefix" / f"checkpoint-{switch}" / "trainer_state.json").read_text())
+    ema = [(e["step"], e["subspace/chi_k_full_grad_ema"]) for e in state["log_history"] if "step" in e and
+           "subspace/chi_k_full_grad_ema" in e]  # fmt: skip
+    assert [s for s, _ in ema] == list(range(switch))  # measured at every prefix step
+    crossed = next((s for s, v in ema if v >= threshold), None)
+    if threshold < 1.0:
+        assert crossed is not None and crossed > 5  # a real crossing, not the first measurement
+        assert switch == crossed + 1 and summary["switch_rule"]["crossed_at"] == crossed
+    else:
+        assert crossed is None and switch == 40 and summary["switch_rule"]["crossed_at"] is None
+    assert summary["switch_rule"] == {**summary["switch_rule"], "rule": "ema", "cap": 40, "threshold": threshold}
+    for run in summary["runs"].values():
+        assert [switch, run["loss_at_switch"]] in run["loss_curve"]  # every branch starts at the switch
+        assert run["hvps_branch"] >= 0 and summary["prefix_hvps"] > 0
+    assert summary["runs"]["sgd"]["basis_error_audit"] is None  # unprojected: nothing to audit
+    audit = summary["runs"]["dominant"]["basis_error_audit"]
+    assert [int(s) for s, _ in audit["points"]] == [s for s in range(switch, 50) if s % 5 == 0]
+    assert audit["n"] == len(audit["points"]) and audit["max"] < 1e-6 and audit["median"] <= audit["max"]
+
+
+# ----------------------------------------------------------------------------------------------- branch names, a training set without labels
+
+
+def test_branch_names_follow_the_optimizer():
+    assert optimizer_label("sgd") == "sgd"
+    assert optimizer_label("sgd", "momentum=0.9") == "momentum"
+    assert optimizer_label("sgd", "momentum=0.9,nesterov=True") == "nesterov"
+    assert optimizer_label("adamw_torch") == "adamw" and optimizer_label("adamw_torch_fused") == "adamw"
+    assert optimizer_label("sgd", sam_rho=0.05) == "sam-sgd"
+    assert [branch_name(m, "adamw") for m in ("sgd", "gd", "dominant", "bulk")] == [
+        "adamw", "adamw-gd", "dominant", "bulk",
+    ]  # fmt: skip
+    assert [branch_name(m, "sgd") for m in ("sgd", "gd", "bulk-gd")] == ["sgd", "gd", "bulk-gd"]
+
+
+def test_training_set_without_labels_is_refused_by_name(tmp_path):
+    import datasets
+
+    from hf_subspace import SubspaceTrainingArguments
+    from hf_subspace.experiments.arguments import ExperimentPlan, PreparedRecipe
+    from hf_subspace.experiments.experiment import run_experiment
+    from hf_subspace.experiments.settings import ExperimentError
+    from hf_subspace.models import MLPConfig, MLPForImageClassification
+
+    data = datasets.Dataset.from_dict({"pixel_values": [[[[0.0] * 4] * 4]] * 8})
+    args = SubspaceTrainingArguments(output_dir=str(tmp_path / "o"), max_steps=4, report_to="none", use_cpu=True)
+    model = MLPForImageClassification(MLPConfig(input_size=16, hidden_sizes=[4], num_labels=2))
+    with pytest.raises(ExperimentError, match="has no labels") as err:
+        run_experiment(PreparedRecipe(model, data), args, ExperimentPlan(switch_step=2))
+    assert "hessian_dataset" not in str(err.value) and not (tmp_path / "o").exists()
+
+
+def test_overwrite_keeps_branches_left_out_and_names_the_spectrum_files_it_removes(tmp_path, caplog):
+    """--overwrite_output_dir replaces what the new run writes; an earlier branch the new --modes leave out is kept,
+    and the `hf-subspace spectrum` files inside a replaced branch folder are named in a warning."""
+    out = tmp_path / "again"
+    args = toy_args(out, max_steps=6, subspace_alignment_steps=3, subspace_refresh_steps=3, report_to="none")
+    data = toy_quadratic_dataset(5)
+    run_experiment(PreparedRecipe(ToyQuadraticModel(ToyQuadraticConfig()), data), args,
+                   ExperimentPlan(switch_step=3, modes="sgd,bulk", plot=False))  # fmt: skip
+    (out / "sgd" / "spectrum.json").write_text("{}")
+    (out / "bulk" / "spectrum.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="hf_subspace"):
+        run_experiment(PreparedRecipe(ToyQuadraticModel(ToyQuadraticConfig()), data), args,
+                       ExperimentPlan(switch_step=3, modes="sgd", overwrite_output_dir=True, plot=False))  # fmt: skip
+    assert (out / "bulk" / "spectrum.json").is_file() and (out / "bulk" / "model.safetensors").is_file()
+    assert not (out / "sgd" / "spectrum.json").exists() and (out / "sgd" / "model.safetensors").is_file()
+    assert list(json.loads((out / "summary.json").read_text())["runs"]) == ["sgd"]
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert "sgd/spectrum.json" in warnings and "kept the earlier experiment's branch folder(s) bulk" in warnings

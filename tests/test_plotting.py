@@ -140,3 +140,105 @@ def test_plot_trajectory_2d(tmp_path: Path) -> None:
             lambda x, y: np.zeros_like(x), {}, tmp_path / "flat.png", (0, 1), (0, 1), title="flat"
         )
     )
+
+
+# ----------------------------------------------------------------------------------------------- what the figures show
+
+
+def _four_branches() -> dict:
+    steps = list(range(0, 201, 10))
+    runs = {}
+    for mode, sub, full, rate in (
+        ("sgd", "none", False, 0.02), ("gd", "none", True, 0.02), ("dominant", "dominant", False, 0.0),
+        ("bulk", "bulk", False, 0.02),
+    ):  # fmt: skip
+        loss = [2.0 * np.exp(-0.01 * s) if s <= 100 else 2.0 * np.exp(-1.0 - rate * (s - 100)) for s in steps]
+        chi = [0.9 if s <= 100 or mode != "gd" else 0.0 for s in steps]
+        runs[mode] = {
+            "loss_curve": [[s, v] for s, v in zip(steps, loss)],
+            "chi_k_curve": [[s, c] for s, c in zip(steps, chi)],
+            "subspace_mode": sub,
+            "full_batch": full,
+        }
+    return {"recipe": "mlp_mnist", "name": "mlp_digits", "dataset": "digits", "k": 10, "switch_step": 100, "runs": runs}
+
+
+def test_summary_figure_keeps_every_branch_visible():
+    figure = plotting.summary_figure(_four_branches())
+    ax_loss, ax_chi = figure.axes[:2]
+    assert figure.get_suptitle().startswith("mlp_digits")
+    for ax in (ax_loss, ax_chi):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert {"sgd", "gd", "dominant", "bulk", "shared SGD prefix"} <= set(lines)
+        prefix = lines["shared SGD prefix"]
+        assert prefix.get_xdata().max() == 100 and prefix.get_color() == plotting.PREFIX_COLOR  # drawn once
+        curves = [line for line in ax.get_lines() if not line.get_label().startswith("switch")]
+        assert sum(1 for line in curves if np.min(line.get_xdata()) < 100) == 1
+        branches = [lines[m] for m in ("sgd", "gd", "dominant", "bulk")]
+        assert all(np.min(line.get_xdata()) == 100 for line in branches)  # from the switch on
+        styles = {(line.get_linestyle(), line.get_marker()) for line in branches}
+        assert len(styles) == 4  # SGD stays visible under Bulk-SGD: no two branches share line style and marker
+        assert len({line.get_color() for line in branches} | {prefix.get_color()}) == 5
+    assert ax_loss.get_yscale() == "log" and ax_loss.get_xlabel() == "step"
+
+
+def test_unprojected_branch_named_after_its_optimizer_is_drawn_like_sgd():
+    summary = _four_branches()
+    summary["runs"] = {("adamw" if k == "sgd" else k): v for k, v in summary["runs"].items()}
+    lines = {line.get_label(): line for line in plotting.summary_figure(summary).axes[0].get_lines()}
+    assert lines["adamw"].get_color() == "black" and lines["adamw"].get_marker() == "o"
+
+
+def test_spectrum_figure_has_integer_index_ticks():
+    figure = plotting.spectrum_figure([40.0, 12.0, 5.0, 0.2, 0.1, 0.05, 0.01], k=3, title="spectrum")
+    (ax,) = figure.axes
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert "index" in ax.get_xlabel() and ax.get_title() == "spectrum"
+
+
+def test_toy_trajectory_figure_is_readable():
+    t = np.arange(0, 60)
+    sgd = np.stack([t, 0.003 * (-1.0) ** t, 1.0 - 0.005 * t], axis=1)  # bounces across the valley every step
+    gd = np.stack([t, 0.0 * t, 1.0 - 0.005 * t], axis=1)
+    figure = plotting.trajectory_figure(
+        lambda x, y: 0.5 * (1000 * x**2 + y**2), {"sgd": sgd, "gd": gd}, (-0.01, 0.01), (0.6, 1.05),
+        title="toy", xlabel="θ₁ (sharp)", ylabel="θ₂ (flat)",
+    )  # fmt: skip
+    contour_ax = figure.axes[0]
+    assert contour_ax.get_xlabel() == "θ₁ (sharp)" and contour_ax.get_ylabel() == "θ₂ (flat)"
+    assert any("not to scale" in text.get_text() for text in contour_ax.texts)  # the 40:1 stretch is stated
+    sgd_path = [
+        line for line in contour_ax.get_lines() if line.get_xdata().size == t.size and line.get_color() == "black"
+    ]
+    assert sgd_path and sgd_path[0].get_linestyle() == "None"  # dots, not a solid wedge of zigzags
+    markers = [line for line in contour_ax.get_lines() if line.get_marker() in ("o", "*")]
+    assert markers and all(not line.get_clip_on() for line in markers)  # start/end markers never clipped
+    assert len(figure.axes) == 3 and figure.axes[2].get_xlabel() == "step"  # coordinates over the steps
+
+
+def test_bouncing_path_gets_an_inset_of_its_first_steps_connected():
+    """At full length a path that bounces across the valley shows only its two envelopes (a V); the inset draws
+    its first steps connected, every step, so the zig-zag is visible. A path along the floor gets none."""
+    t = np.arange(0, 200)
+    sgd = np.stack([t, 0.003 * (-1.0) ** t * (1 - t / 400), 1.0 - 0.002 * t], axis=1)
+    gd = np.stack([t, 1e-12 * (-1.0) ** t, 1.0 - 0.002 * t], axis=1)  # rounding noise is no bounce
+    figure = plotting.trajectory_figure(lambda x, y: 0.5 * (1000 * x**2 + y**2), {"sgd": sgd, "gd": gd},
+                                        (-0.01, 0.01), (0.5, 1.05))  # fmt: skip
+    (inset,) = figure.axes[0].child_axes
+    paths = [line for line in inset.get_lines() if line.get_linestyle() == "-"]
+    assert len(paths) == 1 and paths[0].get_color() == "black"
+    assert np.allclose(paths[0].get_xdata(), sgd[:13, 1]) and np.allclose(paths[0].get_ydata(), sgd[:13, 2])
+    alone = plotting.trajectory_figure(lambda x, y: x * 0 + y, {"gd": gd}, (-0.01, 0.01), (0.5, 1.05))
+    assert not alone.axes[0].child_axes
+
+
+def test_loss_axis_labels_are_plain_numbers_within_a_decade():
+    summary = _summary()
+    for run in summary["runs"].values():
+        run["loss_curve"] = [[s, 2.3 - 0.0005 * s] for s, _ in run["loss_curve"]]  # 2.3 → 1.8: under a decade
+    ax = plotting.summary_figure(summary).axes[0]
+    ax.figure.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels() if t.get_text()]
+    assert labels and all("10^" not in text and "\\times" not in text for text in labels)
+    assert all(float(text) > 0 for text in labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from hf_subspace.experiments.recipes import (
     load_config_file,
     parse_recipe_arguments,
     prepare_recipe,
+    recipe_parser,
     run_recipe,
 )
 from hf_subspace.experiments.settings import ExperimentError
@@ -77,6 +79,35 @@ def test_shipped_configs_match_the_paper(name):
     assert (
         "MULTI_CPU" not in (REPO / "recipes" / "accelerate" / "multi_cpu.yaml").read_text().split("\n# Equivalent")[1]
     )
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_shipped_config_is_the_recipes_defaults(name):
+    """recipes/configs/<name>.yaml writes out the recipe's one source of defaults (settings.RECIPE_SPECS): parsing
+    it gives exactly the settings of no config at all, and every value it sets is the recipe's."""
+    spec = get_recipe(name)
+    with_config = parse_recipe_arguments(name, [str(CONFIGS / f"{name}.yaml")])
+    without = parse_recipe_arguments(name, [])
+    assert dataclasses.asdict(with_config[0]) == dataclasses.asdict(without[0])
+    assert with_config[1].to_dict() == without[1].to_dict()
+    for key, value in load_config_file(CONFIGS / f"{name}.yaml").items():
+        if key in spec.defaults:
+            assert value == spec.defaults[key], (name, key)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_help_shows_the_recipes_defaults(name, capsys):
+    """`hf-subspace run <recipe> --help` is generated from the recipe's defaults."""
+    spec = get_recipe(name)
+    parser = recipe_parser(name)
+    for key, value in spec.defaults.items():
+        assert parser.get_default(key) == value, (name, key)
+    with pytest.raises(SystemExit):
+        parse_recipe_arguments(name, ["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for key in ("learning_rate", "max_steps", "subspace_k", "switch_step", "per_device_eval_batch_size"):
+        entry = text[text.index(f", --{key.replace('_', '-')} ") :]
+        assert entry[entry.index("(default: ") :].startswith(f"(default: {spec.defaults[key]})"), (name, key)
 
 
 def test_missing_file_and_refused_output_dir_touch_nothing(tmp_path):
@@ -244,3 +275,48 @@ def test_two_processes_with_torchrun(tmp_path):
         events = list((out / run_dir).glob("events.out.tfevents.*"))  # the TensorBoard run is named by its branch
         assert events, run_dir
         assert len({e.name.split(".")[-2] for e in events}) == 1, events  # written by one process only
+
+
+# ----------------------------------------------------------------------------------------------- processes, the reference runs' options
+
+
+def test_paper_recipes_keep_the_global_batch_over_processes(monkeypatch, caplog):
+    from hf_subspace.experiments import recipes
+
+    monkeypatch.setattr(recipes, "_launched_processes", lambda: 2)  # as under torchrun --nproc_per_node 2
+    _, ta = parse_recipe_arguments("mlp_mnist", ["--report_to", "none"])
+    assert ta.per_device_train_batch_size == 25  # 2 × 25 = the paper's 50
+    _, ta = parse_recipe_arguments("mlp_mnist", ["--per_device_train_batch_size", "50", "--report_to", "none"])
+    assert ta.per_device_train_batch_size == 50  # given on the command line: per process
+    monkeypatch.setattr(recipes, "_launched_processes", lambda: 3)
+    with caplog.at_level("WARNING"):
+        _, ta = parse_recipe_arguments("mlp_mnist", ["--report_to", "none"])
+    assert ta.per_device_train_batch_size == 50  # 50 does not split over 3: kept, and said
+    assert "global batch is 150" in caplog.text and "--per_device_train_batch_size" in caplog.text
+
+
+def test_reference_runs_of_the_paper_extras_parse():
+    """The cards' commands (model_cards/regenerate.py) are valid recipe options, full and quick, and their data
+    exists in the shipped folder."""
+    import runpy
+
+    regen = runpy.run_path(str(Path(__file__).resolve().parents[1] / "model_cards" / "regenerate.py"))
+    runs = {r.name: r for r in regen["PAPER_EXTRA_RUNS"]}
+    expected = {
+        "mlp_mnist_eos",
+        "mlp_mnist_sgd",
+        "mlp_mnist_momentum",
+        "mlp_mnist_adam",
+        "mlp_mnist_adam_lr1e-4",
+        "mlp_mnist_sam",
+        "vit_cifar10",
+    }
+    assert set(runs) == expected and set(runs) <= {r.name for r in regen["REFERENCE_RUNS"]}
+    for run_ in runs.values():
+        for quick in (False, True):
+            ra, ta = parse_recipe_arguments(run_.recipe, run_.argv(SHARED_DATA, Path("out"), quick))
+            assert ra.switch_step < ta.max_steps and ta.report_to in ([], ["none"], "none")
+        if SHARED_DATA.is_dir():
+            assert all((SHARED_DATA / n).is_file() for n in run_.needs)
+    ra, ta = parse_recipe_arguments("mlp_mnist", runs["mlp_mnist_eos"].argv(SHARED_DATA, Path("out")))
+    assert (ra.prefix, ra.modes, ta.learning_rate) == ("gd", "gd,dominant-gd,bulk-gd", 0.05)

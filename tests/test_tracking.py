@@ -448,8 +448,152 @@ def test_refresh_bound_is_calibrated_like_a_probe() -> None:
     assert tracker.calibrated_refresh_bound() == pytest.approx(0.005)
     assert tracker.predicted_error(5) == pytest.approx(0.005 + 0.01 + 5e-3)
     # planning: (0.8 · 0.05 − 0.005 − offset) / rate with the fit of one (T, δ) pair per length
-    tracker.drift_samples = [(4, 0.014), (8, 0.018)]
-    tracker.drift_offset, tracker.drift_rate = 0.01, 1e-3
-    assert tracker._next_interval(8, 0.018) == 16  # capped by growth 2 × 8; uncalibrated it would be 10
-    tracker.growth = 100.0
-    assert tracker._next_interval(8, 0.018) == 25  # (0.04 − 0.015) / 1e-3, not 24 from rounding
+    # planning after a refresh at age 8 with drift 0.018, following one at age 4 with 0.014: the fit is offset 0.01,
+    # rate 1e-3, and the next interval (0.8 · 0.05 − 0.005 − 0.01) / 1e-3 = 25 steps, capped by growth 2 × 8 = 16
+    # (uncalibrated it would be 10).
+    for growth, expected in ((2.0, 16), (100.0, 25)):  # 25, not 24 from rounding
+        planned = BasisTracker(tol, 1000, safety=0.8, probes_per_interval=0, growth=growth)
+        planned.observe_refresh(0, None, basis, residuals, 1.0)
+        planned.probe_ratios = [4.0, 4.0, 4.0]
+        for step, drift in ((4, 0.014), (12, 0.018)):
+            new = SubspaceBasis(_identity_basis(10, 3, math.asin(drift)).vectors, torch.full((3,), 2.0))
+            planned.observe_refresh(step, basis, new, residuals, 1.0)
+        assert planned.drift_offset == pytest.approx(0.01) and planned.drift_rate == pytest.approx(1e-3)
+        assert planned.interval == expected
+
+
+# ------------------------------------------------------------------------------ the tolerance at every step
+
+
+class _SmallMLP(nn.Module):
+    """8-24-3 tanh MLP (d = 291), ½·Σ MSE to one-hot targets, in float32 or float64."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 24, dtype=dtype)
+        self.fc2 = nn.Linear(24, 3, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, Any]:
+        logits = self.fc2(torch.tanh(self.fc1(x.to(self.fc1.weight.dtype))))
+        out: dict[str, Any] = {"logits": logits}
+        if labels is not None:
+            out["loss"] = 0.5 * ((logits - nn.functional.one_hot(labels, 3).to(logits.dtype)) ** 2).sum(-1).mean()
+        return out
+
+
+class _EveryStep(TrainerCallback):
+    """After the subspace callback: (step, distance of the basis in use to the dense top-k eigenspace, its refresh)."""
+
+    def __init__(self, trainer: SubspaceTrainer) -> None:
+        self.trainer = trainer
+        self.rows: list[tuple[int, float, int]] = []
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        basis, st = self.trainer.subspace_basis, self.trainer.subspace_state
+        assert basis is not None and st.last_refresh_step is not None
+        h = dense_hessian(self.trainer.model, self.trainer.hessian_operator.batches).double()
+        exact = torch.linalg.eigh(h)[1].flip(1)[:, : basis.k]
+        self.rows.append((state.global_step, subspace_distance(basis.vectors.double(), exact), st.last_refresh_step))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "seed", "lr", "k"),
+    [
+        (torch.float32, 0, 0.1, 2),
+        (torch.float32, 0, 0.3, 3),
+        (torch.float32, 2, 0.1, 2),
+        (torch.float32, 2, 0.3, 3),
+        (torch.float64, 0, 0.1, 2),
+        (torch.float64, 0, 0.1, 3),
+    ],
+    ids=[
+        "f32-s0-lr0.1-k2",
+        "f32-s0-lr0.3-k3",
+        "f32-s2-lr0.1-k2",
+        "f32-s2-lr0.3-k3",
+        "f64-s0-lr0.1-k2",
+        "f64-s0-lr0.1-k3",
+    ],
+)
+def test_tolerance_holds_at_every_step_or_the_step_is_flagged(tmp_path, dtype, seed: int, lr: float, k: int) -> None:
+    """Along Bulk-SGD on a d = 291 MLP, the basis in use is within tol of the dense Hessian's exact top-k eigenspace
+    at every step, unless its refresh logged subspace/tolerance_unreachable."""
+    tol = 0.05
+    torch.manual_seed(seed)
+    settings = {**TRACKED_SMALL, "learning_rate": lr, "subspace_k": k, "seed": seed, "data_seed": seed}
+    args = SubspaceTrainingArguments(**base_args(str(tmp_path), **settings))
+    data = _worker().blobs_dataset()
+    trainer = SubspaceTrainer(model=_SmallMLP(dtype), args=args, train_dataset=data)
+    checker = _EveryStep(trainer)
+    trainer.add_callback(checker)
+    trainer.train()
+    history = trainer.state.log_history
+    flagged = {h["step"] - 1 for h in history if "subspace/tolerance_unreachable" in h}
+    assert len(checker.rows) == settings["max_steps"]
+    over = [(step, d) for step, d, refreshed in checker.rows if d > tol + 1e-5 and refreshed not in flagged]
+    assert not over, over
+
+
+TRACKED_SMALL = {
+    "subspace_mode": "bulk",
+    "subspace_start_step": 0,
+    "subspace_refresh_steps": 50,
+    "subspace_basis_tol": 0.05,
+    "subspace_alignment_steps": 0,
+    "max_steps": 14,
+    "per_device_train_batch_size": 25,
+    "logging_steps": 1,
+    "hessian_num_samples": 200,
+}
+
+
+def test_a_tolerance_that_cannot_be_certified_is_flagged(tmp_path, caplog) -> None:
+    """No gap at λ_k (a degenerate boundary): the refresh says so, with a warning and a logged flag."""
+    d, k = 12, 2
+    values = torch.tensor([5.0, 3.0, 3.0] + [1.0] * (d - 3), dtype=torch.float64)
+    basis = SubspaceBasis(torch.eye(d, dtype=torch.float64)[:, :k], values[:k])
+    tracker = BasisTracker(0.05, 10)
+    out = tracker.observe_refresh(0, None, basis, torch.zeros(k, dtype=torch.float64), float(values[k]))
+    assert out["tolerance_unreachable"] == 1.0
+    wide = tracker.observe_refresh(1, basis, basis, torch.full((k,), 1e-6, dtype=torch.float64), 1.0)
+    assert "tolerance_unreachable" not in wide
+    loose = tracker.observe_refresh(2, basis, basis, torch.full((k,), 0.5, dtype=torch.float64), 1.0)
+    assert loose["tolerance_unreachable"] == 1.0  # the refresh's own bound is above tol
+
+
+def test_the_trainer_warns_and_logs_when_the_tolerance_cannot_be_certified(tmp_path, caplog) -> None:
+    """A tolerance below what the float32 solver reaches: the steps are flagged in the log, one warning says why."""
+    import logging
+
+    overrides = {**TRACKED_SMALL, "max_steps": 4, "subspace_basis_tol": 1e-6, "subspace_solver_tol": 1e-2}
+    args = SubspaceTrainingArguments(**base_args(str(tmp_path), **overrides))
+    torch.manual_seed(0)
+    trainer = SubspaceTrainer(model=_SmallMLP(torch.float32), args=args, train_dataset=_worker().blobs_dataset())
+    with caplog.at_level(logging.WARNING, logger="hf_subspace.callback"):
+        trainer.train()
+    flags = [h for h in trainer.state.log_history if "subspace/tolerance_unreachable" in h]
+    assert len(flags) == 4  # a refresh at every step, each flagged
+    warnings = [r.getMessage() for r in caplog.records if "cannot be certified" in r.getMessage()]
+    assert len(warnings) == 1 and "subspace_basis_tol=1e-06" in warnings[0]
+
+
+def test_a_longer_interval_is_tried_only_when_the_fit_keeps_it_within_tol() -> None:
+    """Drift 0.03 after one step (within 0.8 · tol): two steps would be predicted at 0.06 > tol, so the interval
+    stays 1; drift 0.02 predicts 0.04 for two steps, which is tried (a second length tells offset from rate)."""
+    for drift, expected in ((0.03, 1), (0.02, 2)):
+        tracker = BasisTracker(0.05, 100, probes_per_interval=0)
+        tracker.observe_refresh(0, None, _identity_basis(10, 3), torch.zeros(3), 1.0)
+        tracker.observe_refresh(
+            1, _identity_basis(10, 3), _identity_basis(10, 3, math.asin(drift)), torch.zeros(3), 1.0
+        )
+        assert tracker.interval == expected, drift
+
+
+def test_short_intervals_get_a_probe() -> None:
+    """A 2-step interval is probed at its second step (the one step the basis is used unrefreshed)."""
+    d, k = 20, 3
+    tracker = BasisTracker(0.05, 100, probes_per_interval=4)
+    tracker.observe_refresh(0, None, _identity_basis(d, k), torch.zeros(k), float(_spectrum(d, k)[k]))
+    tracker.interval = 2
+    assert tracker.probe_due(1) and not tracker.refresh_due(1)
+    assert tracker.refresh_due(2)

@@ -5,8 +5,8 @@ It uses only the library's public API and is never imported by it. Modules, from
 - :mod:`~hf_subspace.experiments.settings`: branch and prefix names, the recipe registry's data, the quick start's
   options, and the validation rules every entry point runs once (plain Python, no torch);
 - :mod:`~hf_subspace.experiments.recipes` (registry, argument parsing, :func:`~hf_subspace.experiments.recipes.main`),
-  :mod:`~hf_subspace.experiments.arguments` (``RecipeArguments``), :mod:`~hf_subspace.experiments.builders` (model
-  and data of each recipe);
+  :mod:`~hf_subspace.experiments.arguments` (``ExperimentPlan``, ``RecipeArguments``, ``PreparedRecipe``),
+  :mod:`~hf_subspace.experiments.builders` (model and data of each recipe);
 - :mod:`~hf_subspace.experiments.experiment` (:func:`~hf_subspace.experiments.experiment.run_experiment`: shared
   prefix, branches, ``summary.json``) and :mod:`~hf_subspace.experiments.branches` (its callbacks, curves, table);
 - :mod:`~hf_subspace.experiments.data` / ``_data_io`` (datasets from the Hub or local files),

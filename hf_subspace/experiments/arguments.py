@@ -8,23 +8,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .settings import PREFIXES, parse_modes, parse_prefix
+from .settings import DEFAULT_MODES, PREFIXES, ExperimentError, parse_modes, parse_prefix
 
 if TYPE_CHECKING:
     from ..training_args import SubspaceTrainingArguments
-    from .experiment import ExperimentResult
 
-__all__ = ["PreparedRecipe", "Recipe", "RecipeArguments"]
+__all__ = ["SWITCH_RULES", "ExperimentPlan", "PreparedRecipe", "Recipe", "RecipeArguments"]
+
+
+SWITCH_RULES = ("fixed", "ema")
 
 
 @dataclass
-class RecipeArguments:
-    """Experiment, data and model options shared by every recipe (the training options are
-    :class:`~hf_subspace.SubspaceTrainingArguments`)."""
+class ExperimentPlan:
+    """How :func:`~hf_subspace.experiments.experiment.run_experiment` runs the protocol: the switch, the branches,
+    the prefix, and what it writes. Normalised and checked once, when built (the branch names and the prefix by
+    :func:`~.settings.parse_modes` / :func:`~.settings.parse_prefix`); the checks that need the training arguments
+    (steps, output folder, processes) are the runner's, before any data is loaded.
+
+    Raises:
+        ExperimentError: an unknown branch or prefix, an invalid switch rule or audit interval.
+    """
 
     modes: str = field(
-        default="sgd,dominant,bulk",
-        metadata={"help": "Comma-separated branches after the switch: sgd, dominant, bulk, gd, dominant-gd, bulk-gd."},
+        default=",".join(DEFAULT_MODES),
+        metadata={
+            "help": "Comma-separated branches after the switch: sgd, dominant, bulk, gd, dominant-gd, bulk-gd (a list "
+            "of names also works in Python)."
+        },
     )
     switch_step: int = field(
         default=1000,
@@ -39,7 +50,7 @@ class RecipeArguments:
             "help": "When the branches leave the prefix: fixed (at --switch_step) or ema (the paper's rule: once the "
             "EMA of χ_k of the full-batch gradient, measured at every prefix step with decay --subspace_ema_decay, "
             "reaches --subspace_auto_start_threshold; at --switch_step at the latest).",
-            "choices": ["fixed", "ema"],
+            "choices": list(SWITCH_RULES),
         },
     )
     prefix: str = field(
@@ -74,8 +85,52 @@ class RecipeArguments:
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Replace the results of an earlier experiment in --output_dir (otherwise it is an error)."},
+        metadata={
+            "help": "Replace the results of an earlier experiment in --output_dir (otherwise it is an error); what "
+            "is removed is listed first."
+        },
     )
+    plot: bool = field(default=True, metadata={"help": "Write the figure(s) (the default); --no_plot writes none."})
+    experiment_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Title of the experiment in summary.json, the results table, the figure and the model cards "
+            "(<name>-<branch>). Default: the recipe's name."
+        },
+    )
+    recipe: str = field(default="custom", metadata={"help": "The recipe's name (summary.json, cards, figure)."})
+
+    def __post_init__(self) -> None:
+        self.modes = ",".join(parse_modes(self.modes))
+        self.prefix = parse_prefix(self.prefix)
+        if self.switch_rule not in SWITCH_RULES:
+            raise ExperimentError(f"--switch_rule={self.switch_rule!r} must be fixed or ema.")
+        if self.switch_measure_steps < 1:
+            raise ExperimentError(f"--switch_measure_steps={self.switch_measure_steps} must be at least 1.")
+        if self.basis_audit_steps < 0:
+            raise ExperimentError(f"--basis_audit_steps={self.basis_audit_steps} must be 0 (never) or positive.")
+
+    @property
+    def branches(self) -> list[str]:
+        """The branch kinds, in order (keys of :data:`~.settings.BRANCHES`)."""
+        return self.modes.split(",")
+
+    @property
+    def title(self) -> str:
+        """The experiment's name: ``experiment_name``, else the recipe's."""
+        return self.experiment_name or self.recipe
+
+
+@dataclass
+class RecipeArguments(ExperimentPlan):
+    """A recipe's options: the protocol (:class:`ExperimentPlan`) and the data and model options shared by every
+    recipe (the training options are :class:`~hf_subspace.SubspaceTrainingArguments`). Checked when parsed.
+
+    Raises:
+        ExperimentError: (a ``ValueError``) an invalid value, a local file that does not exist.
+    """
+
+    recipe: str = field(default="custom", init=False)  # set by the parser: not an option
     dataset_name: str | None = field(
         default=None,
         metadata={
@@ -129,45 +184,48 @@ class RecipeArguments:
     max_seq_length: int = field(default=64, metadata={"help": "Token sequences are padded/truncated to this length."})
     text_column: str = field(default="sentence", metadata={"help": "Text column of a local text dataset."})
     label_column: str = field(default="label", metadata={"help": "Label column of a local text dataset."})
-    plot: bool = field(default=True, metadata={"help": "Write the figure(s) (the default); --no_plot writes none."})
-    experiment_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Title of the experiment in summary.json, the results table, the figure and the model cards "
-            "(<name>-<branch>). Default: the recipe's name."
-        },
-    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.standardize in ("none", "None", ""):
             self.standardize = None
         if self.standardize not in (None, "per_channel", "global"):
-            raise ValueError(f"--standardize={self.standardize!r} must be per_channel, global or none.")
+            raise ExperimentError(f"--standardize={self.standardize!r} must be per_channel, global or none.")
         if self.loss_type not in (None, "mse", "cross_entropy"):
-            raise ValueError(f"--loss_type={self.loss_type!r} must be mse or cross_entropy.")
+            raise ExperimentError(f"--loss_type={self.loss_type!r} must be mse or cross_entropy.")
         if self.task not in (None, "text", "image"):
-            raise ValueError(f"--task={self.task!r} must be text or image.")
-        if self.switch_rule not in ("fixed", "ema"):
-            raise ValueError(f"--switch_rule={self.switch_rule!r} must be fixed or ema.")
-        if self.switch_measure_steps < 1:
-            raise ValueError(f"--switch_measure_steps={self.switch_measure_steps} must be at least 1.")
+            raise ExperimentError(f"--task={self.task!r} must be text or image.")
         if self.num_train is not None and self.num_train < 1:
-            raise ValueError(f"--num_train={self.num_train} must be at least 1.")
-        # The recipe path's gate for the branch names and the prefix: normalised once, here, when parsed.
-        self.modes = ",".join(parse_modes(self.modes))
-        self.prefix = parse_prefix(self.prefix)
+            raise ExperimentError(f"--num_train={self.num_train} must be at least 1.")
+        for option in ("train_file", "validation_file"):
+            value = getattr(self, option)
+            if value and not Path(value).expanduser().exists():
+                raise ExperimentError(f"--{option} {value!r} does not exist.")
 
 
 @dataclass
 class PreparedRecipe:
-    """A recipe's model and data, ready for :func:`~hf_subspace.experiments.experiment.run_experiment`."""
+    """A model and its data, ready for :func:`~hf_subspace.experiments.experiment.run_experiment` (what a recipe's
+    builder returns; build one directly to run the protocol on your own model).
+
+    Attributes:
+        model: the model, or a function returning a fresh one; each run trains its own copy.
+        train_dataset: the training set (a ``datasets.Dataset`` of numeric columns becomes a :class:`TensorDataset`).
+        eval_dataset: optional validation set: each branch reports ``eval_accuracy`` and ``eval_loss`` at the end.
+        hessian_dataset: the set of the Hessian, the full-batch gradient and the logged loss, shared by every run
+            (default: :func:`~hf_subspace.experiments.experiment.hessian_subset`).
+        data_collator, processing_class, compute_loss_func: as for ``Trainer`` (the Hessian uses the same loss).
+        compute_metrics: evaluation metrics (default: accuracy through ``evaluate`` when there is an eval set).
+    """
 
     model: Any
     train_dataset: Any
     eval_dataset: Any = None
+    hessian_dataset: Any = None
     data_collator: Any = None
     processing_class: Any = None
     compute_loss_func: Callable[..., Any] | None = None
+    compute_metrics: Callable[[Any], dict[str, float]] | None = None
     dataset_name: str | None = None
     """A short name of the data (the table and figure titles): ``digits``, ``mnist``, ``train.npz``, ..."""
     dataset_description: str | None = None
@@ -177,9 +235,12 @@ class PreparedRecipe:
     loss: str | None = None
     """The loss function trained (and whose Hessian is taken), in words."""
     extras: dict[str, Any] = field(default_factory=dict)
+    """More top-level entries of ``summary.json``."""
     record_trajectory: bool = False
-    after: Callable[[ExperimentResult], list[Path]] | None = None
-    """Called on rank 0 with the result; returns extra files written (e.g. the toy's trajectory plot)."""
+    """Record the parameters at every step (models of at most 16 parameters): ``ExperimentResult.trajectories``."""
+    after: Callable[[Any], list[Path]] | None = None
+    """Called on rank 0 with the :class:`~.experiment.ExperimentResult` when figures are written; returns the extra
+    files it wrote (e.g. the toy's trajectory plot)."""
 
 
 @dataclass(frozen=True)
@@ -190,4 +251,7 @@ class Recipe:
     description: str
     defaults: Mapping[str, Any]
     prepare: Callable[[RecipeArguments, SubspaceTrainingArguments], PreparedRecipe]
-    runtime: str = ""
+    options: frozenset[str] = frozenset()
+    """The data and model options its builder reads (``--help`` lists only those)."""
+    required: tuple[str, ...] = ()
+    """Options it cannot run without."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -15,9 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from .. import distributed
 from ..metrics import METRIC_PREFIX
-from .settings import OUTPUT_NAMES, BranchSpec
+from ..trainer import SubspaceTrainer
+from ..training_args import SubspaceTrainingArguments
+from .arguments import ExperimentPlan, PreparedRecipe
+from .settings import BRANCHES, OUTPUT_NAMES, PREFIX_DIR, ExperimentError
 
 __all__ = [
     "BasisAudit",
@@ -28,15 +36,19 @@ __all__ = [
     "audit_summary",
     "branch_curves",
     "branch_name",
-    "branch_record",
+    "card_description",
     "clean_outputs",
     "default_alignment_steps",
+    "first_trainer",
     "format_results_table",
+    "make_trainer",
     "optimizer_label",
     "quiet_runs",
-    "switch_record",
+    "recorded_arguments",
     "value_at",
 ]
+
+logger = logging.getLogger(__name__)
 
 LOSS_KEY = METRIC_PREFIX + "full_train_loss"
 CHI_KEY = METRIC_PREFIX + "chi_k_full_grad"
@@ -92,23 +104,76 @@ def branch_name(mode: str, optimizer: str) -> str:
     return mode
 
 
-def clean_outputs(output_dir: Path) -> None:
-    """Remove what an earlier experiment wrote in ``output_dir``: the names in :data:`OUTPUT_NAMES` and the branch
-    folders its ``summary.json`` lists (branches named after their optimizer, e.g. ``adamw``)."""
-    names = list(OUTPUT_NAMES)
+def clean_outputs(output_dir: Path, branches: Sequence[str]) -> list[str]:
+    """Make room in ``output_dir`` for a new experiment with the given branch folders, and say what goes.
+
+    Removed: what the new experiment writes (the names in :data:`OUTPUT_NAMES` that are not branch folders, and the
+    folders of ``branches``, with anything else in them, such as the ``spectrum.*`` of ``hf-subspace spectrum``).
+    Kept: branch folders of the earlier experiment (known branch names, or those its ``summary.json`` lists) that
+    the new one does not run, and everything else. A warning names the ``spectrum.*`` files removed and the branch
+    folders kept.
+
+    Returns:
+        The names removed.
+    """
+    earlier = set(BRANCHES)
     try:
-        earlier = json.loads((output_dir / "summary.json").read_text())
-        names += [
-            str(n) for n in earlier.get("runs", {}) if str(n) and "/" not in str(n) and not str(n).startswith(".")
-        ]
+        runs = json.loads((output_dir / "summary.json").read_text()).get("runs", {})
+        earlier |= {str(n) for n in runs if str(n) and "/" not in str(n) and not str(n).startswith(".")}
     except (OSError, ValueError, AttributeError):
         pass
+    names = [n for n in OUTPUT_NAMES if n not in BRANCHES] + list(branches)
+    removed, extra = [], []
     for name in dict.fromkeys(names):
         path = output_dir / name
         if path.is_dir() and not path.is_symlink():
+            extra += [f"{name}/{p.name}" for p in sorted(path.iterdir()) if p.name.startswith("spectrum.")]
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+        else:
+            continue
+        removed.append(name)
+    kept = sorted(n for n in earlier - set(branches) if (output_dir / n).is_dir())
+    logger.info("--overwrite_output_dir: removed %s from %s", ", ".join(removed) or "nothing", output_dir)
+    if extra:
+        logger.warning(
+            "--overwrite_output_dir: removed %s from %s: files of `hf-subspace spectrum` on the earlier branch models",
+            ", ".join(extra), output_dir,
+        )  # fmt: skip
+    if kept:
+        logger.warning(
+            "--overwrite_output_dir: kept the earlier experiment's branch folder(s) %s in %s (not among this run's "
+            "branches); the new summary.json does not list them",
+            ", ".join(kept), output_dir,
+        )  # fmt: skip
+    return removed
+
+
+_PATH_OPTIONS = ("train_file", "validation_file", "dataset_name", "tokenizer_name", "model_name_or_path")
+
+
+def recorded_arguments(plan: ExperimentPlan, loss_type: str | None) -> dict[str, Any]:
+    """The plan (a recipe's arguments) as saved in ``hf_subspace_experiment.json``: local paths made absolute (so
+    ``hf-subspace spectrum`` finds the data from any folder) and the loss actually trained."""
+    record = dataclasses.asdict(plan)
+    record.pop("recipe", None)  # recorded beside it
+    for key in _PATH_OPTIONS:
+        value = record.get(key)
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            record[key] = str(Path(value).expanduser().resolve())
+    record["loss_type"] = loss_type
+    return record
+
+
+def card_description(plan: ExperimentPlan, prepared: PreparedRecipe) -> str:
+    """The paragraph at the top of every branch card: the experiment, its data and its loss."""
+    lines = [f"Experiment `{plan.title}` (recipe `{plan.recipe}` of hf-subspace)."]
+    if prepared.dataset_description:
+        lines.append(f"Training data: {prepared.dataset_description}.")
+    if prepared.loss:
+        lines.append(f"Loss: {prepared.loss}.")
+    return " ".join(lines)
 
 
 _EXPECTED_MESSAGES: dict[str, tuple[str, ...]] = {
@@ -201,18 +266,6 @@ class StopWhenAligned(TrainerCallback):
         if self.crossed_at is not None or state.global_step >= self.cap:
             control.should_save = True
             control.should_training_stop = True
-
-
-def switch_record(stopper: TrainerCallback, rule: str, cap: int, crossed_at: int | None) -> dict[str, Any]:
-    """``summary["switch_rule"]``: the rule, the cap and, for the EMA rule, its settings and the step it crossed."""
-    ema = isinstance(stopper, StopWhenAligned)
-    return {
-        "rule": rule,
-        "cap": cap,
-        "threshold": stopper.threshold if ema else None,
-        "min_measurements": stopper.min_measurements if ema else None,
-        "crossed_at": crossed_at,
-    }
 
 
 class BasisAudit(TrainerCallback):
@@ -313,6 +366,52 @@ class TrajectoryRecorder(TrainerCallback):
         self._record(state, kw.get("model"))
 
 
+# ----------------------------------------------------------------------------------------------- trainers
+
+
+def make_trainer(
+    model: Any,
+    args: SubspaceTrainingArguments,
+    name: str,
+    common: Mapping[str, Any],
+    callbacks: list[TrainerCallback],
+) -> SubspaceTrainer:
+    """A branch's (or the prefix's) trainer: a fresh copy of ``model`` (or a new one from a factory), a compact progress
+    bar instead of the Trainer's printing ones, and its TensorBoard run named by the branch."""
+    fresh = model() if not isinstance(model, torch.nn.Module) and callable(model) else copy.deepcopy(model)
+    trainer = SubspaceTrainer(model=fresh, args=args, callbacks=callbacks, **common)
+    # The Trainer's progress callbacks print every (long) log dictionary; a compact bar replaces them.
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(CompactProgress(name, enabled=not args.disable_tqdm))
+    # TensorBoard: one run per branch, named by it (the run's own folder, or $TENSORBOARD_LOGGING_DIR/<name>),
+    # instead of the Trainer's output_dir/runs/<date>_<host>.
+    from transformers.integrations import TensorBoardCallback
+
+    root = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.tb_writer is None:
+            callback.logging_dir = str(Path(root).expanduser() / name) if root else str(args.output_dir)
+    return trainer
+
+
+def first_trainer(
+    model: Any, args: SubspaceTrainingArguments, common: Mapping[str, Any], callbacks: list[TrainerCallback]
+) -> SubspaceTrainer:
+    """The prefix's trainer, built before anything is written: its refusal (e.g. ``subspace_k`` too large for the
+    model; the rule lives in :class:`~hf_subspace.SubspaceTrainer`) becomes an :class:`ExperimentError`, and the
+    folders its construction created are removed again, so a refused experiment leaves no trace."""
+    created = [p for p in (Path(args.output_dir).parent, Path(args.output_dir)) if not p.exists()]
+    try:
+        return make_trainer(model, args, PREFIX_DIR, common, callbacks)
+    except ValueError as err:
+        if distributed.is_main_process():
+            for path in reversed(created):
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+        raise ExperimentError(str(err)) from None
+
+
 # ----------------------------------------------------------------------------------------------- curves
 
 
@@ -396,32 +495,3 @@ def format_results_table(summary: Mapping[str, Any]) -> str:
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
     return "-" if value is None else format(value, spec)
-
-
-def branch_record(
-    prefix_history: list[dict[str, Any]],
-    branch_history: list[dict[str, Any]],
-    switch_step: int,
-    spec: BranchSpec,
-    seconds: float,
-    curves: dict[str, list[list[float]]],
-) -> dict[str, Any]:
-    """One branch's entry of ``summary["runs"]``: its curves (the shared prefix, then the branch), the loss and χ_k at
-    the switch and at the end, the mean χ_k after the switch, and ``curves`` (:func:`.diagnostics.metric_curves`)."""
-    loss_curve, chi_curve = branch_curves(prefix_history, branch_history, switch_step)
-    after = [c for s, c in chi_curve if s > switch_step]
-    at_switch = value_at(loss_curve, switch_step)
-    return {
-        "loss_at_switch": at_switch,
-        "final_loss": loss_curve[-1][1] if loss_curve else None,
-        "loss_curve": loss_curve,
-        "chi_k_curve": chi_curve,
-        "mean_chi_k": float(np.mean(after)) if after else None,
-        "chi_k_at_switch": value_at(chi_curve, switch_step),
-        "final_chi_k": chi_curve[-1][1] if chi_curve else None,
-        "subspace_mode": spec.subspace_mode,
-        "full_batch": spec.full_batch,
-        "wall_time_s": seconds,
-        # eigenvalues, eigengap, effective learning rates (prefix, then branch): :mod:`.diagnostics`
-        "curves": curves,
-    }

@@ -1,8 +1,9 @@
 """Model and data builders of the recipes (see :mod:`hf_subspace.experiments.recipes`).
 
 Each ``prepare_*`` function takes ``(RecipeArguments, SubspaceTrainingArguments)`` and returns a
-:class:`~hf_subspace.experiments.arguments.PreparedRecipe`; data loading (and so every missing-file error) happens here, before
-any training.
+:class:`~hf_subspace.experiments.arguments.PreparedRecipe`; data loading happens here, before any training. Every
+setting comes from the parsed arguments, whose defaults are the recipe's (:data:`~.settings.RECIPE_SPECS`): a builder
+falls back on nothing, and an option left unset is an error naming it.
 """
 
 from __future__ import annotations
@@ -62,16 +63,19 @@ def _short_path(path: str) -> str:
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
-def _dataset_label(ra: RecipeArguments, default: str) -> str:
-    """A short name of the data (prefer :func:`_describe_data`, which also describes it for the cards)."""
-    return _short_path(ra.train_file) if ra.train_file else (ra.dataset_name or default)
+def _option(ra: RecipeArguments, name: str) -> Any:
+    """A recipe option the builder needs; the recipe's defaults (:data:`~.settings.RECIPE_SPECS`) set it."""
+    value = getattr(ra, name)
+    if value is None:
+        raise ValueError(f"--{name} is not set (the recipe's defaults give it; pass --{name}).")
+    return value
 
 
-def _describe_data(ra: RecipeArguments, default: str, data: Any) -> dict[str, Any]:
+def _describe_data(ra: RecipeArguments, data: Any) -> dict[str, Any]:
     """``dataset_name`` (short, for titles), ``dataset_description`` (for the cards) and ``dataset_tags`` (Hub ids)
     of the data a recipe loaded: where it came from and which examples were used."""
     n_train, n_val = len(data["train"]), len(data["validation"]) if data.get("validation") is not None else 0
-    name = ra.dataset_name or default
+    name = _option(ra, "dataset_name")
     tags: list[str] = []
     if ra.train_file:
         short = _short_path(ra.train_file)
@@ -92,9 +96,9 @@ def _describe_data(ra: RecipeArguments, default: str, data: Any) -> dict[str, An
     return {"dataset_name": short, "dataset_description": text, "dataset_tags": tags}
 
 
-def _load_images(ra: RecipeArguments, default: str, standardize: str | None) -> tuple[Any, dict[str, Any]]:
+def _load_images(ra: RecipeArguments, standardize: str | None) -> tuple[Any, dict[str, Any]]:
     return load_image_classification(
-        ra.dataset_name or default,
+        _option(ra, "dataset_name"),
         train_file=ra.train_file,
         validation_file=ra.validation_file,
         num_train=ra.num_train,
@@ -120,7 +124,7 @@ def prepare_toy_quadratic(ra: RecipeArguments, ta: SubspaceTrainingArguments) ->
     if ra.model_name_or_path:
         config = ToyQuadraticConfig.from_pretrained(ra.model_name_or_path)
     model = ToyQuadraticModel(config)
-    dataset = toy_quadratic_dataset(num_pairs=max(1, (ra.num_train or 100) // 2))
+    dataset = toy_quadratic_dataset(num_pairs=max(1, _option(ra, "num_train") // 2))
 
     def plot_trajectories(result: ExperimentResult) -> list[Path]:
         from .plotting import plot_trajectory_2d
@@ -167,26 +171,26 @@ def prepare_toy_quadratic(ra: RecipeArguments, ta: SubspaceTrainingArguments) ->
 
 def prepare_mlp(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedRecipe:
     """The paper's MLP (784-200-200-10, tanh, MSE by default) on MNIST or any image data (input size inferred)."""
-    data, info = _load_images(ra, "mnist", ra.standardize)
-    hidden = [int(h) for h in (ra.hidden_sizes or "200,200").split(",") if h.strip()]
+    data, info = _load_images(ra, ra.standardize)
+    hidden = [int(h) for h in _option(ra, "hidden_sizes").split(",") if h.strip()]
     set_seed(ta.seed)
     config = MLPConfig(
         input_size=int(math.prod(info["image_shape"])),
         hidden_sizes=hidden,
-        activation=ra.activation or "tanh",
+        activation=_option(ra, "activation"),
         num_labels=max(int(info["num_labels"]), 2),
-        loss_type=ra.loss_type or "mse",
+        loss_type=_option(ra, "loss_type"),
     )
-    return _image_recipe(MLPForImageClassification(config), ra, "mnist", data, info)
+    return _image_recipe(MLPForImageClassification(config), ra, data, info)
 
 
-def _image_recipe(model: Any, ra: RecipeArguments, default: str, data: Any, info: dict[str, Any]) -> PreparedRecipe:
+def _image_recipe(model: Any, ra: RecipeArguments, data: Any, info: dict[str, Any]) -> PreparedRecipe:
     """A paper image model with its train/validation images, data description, loss and extras."""
     return PreparedRecipe(
         model=model,
         train_dataset=data["train"],
         eval_dataset=data["validation"],
-        **_describe_data(ra, default, data),
+        **_describe_data(ra, data),
         loss=LOSSES[model.config.loss_type],
         extras=_extras(data, info),
     )
@@ -194,16 +198,16 @@ def _image_recipe(model: Any, ra: RecipeArguments, default: str, data: Any, info
 
 def prepare_cnn(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedRecipe:
     """The paper's CNN ([conv 3×3 (32) → ReLU → max-pool] × 2 → linear, MSE by default) on CIFAR-10 or any images."""
-    data, info = _load_images(ra, "cifar10", ra.standardize)
+    data, info = _load_images(ra, ra.standardize)
     channels, height, width = info["image_shape"]
     set_seed(ta.seed)
     config = CNNConfig(
         num_channels=int(channels),
         image_size=int(height) if height == width else [int(height), int(width)],
         num_labels=max(int(info["num_labels"]), 2),
-        loss_type=ra.loss_type or "mse",
+        loss_type=_option(ra, "loss_type"),
     )
-    return _image_recipe(CNNForImageClassification(config), ra, "cifar10", data, info)
+    return _image_recipe(CNNForImageClassification(config), ra, data, info)
 
 
 # ----------------------------------------------------------------------------------------------- text
@@ -211,7 +215,7 @@ def prepare_cnn(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedR
 
 def _load_text(ra: RecipeArguments) -> Any:
     return load_text_classification(
-        ra.dataset_name or "sst2",
+        _option(ra, "dataset_name"),
         train_file=ra.train_file,
         validation_file=ra.validation_file,
         num_train=ra.num_train,
@@ -237,7 +241,7 @@ def prepare_transformer(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> P
         max_position_embeddings=ra.max_seq_length,
         num_labels=_num_labels(data),
         pad_token_id=tokenizer.pad_token_id,
-        loss_type=ra.loss_type or "mse",
+        loss_type=_option(ra, "loss_type"),
     )
     model = SST2TransformerForSequenceClassification(config)
     extras = {"num_validation": len(encoded["validation"]), "vocab_size": len(tokenizer)}
@@ -246,7 +250,7 @@ def prepare_transformer(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> P
         train_dataset=encoded["train"],
         eval_dataset=encoded["validation"],
         processing_class=tokenizer,
-        **_describe_data(ra, "sst2", data),
+        **_describe_data(ra, data),
         loss=LOSSES[config.loss_type],
         extras=extras,
     )
@@ -280,9 +284,7 @@ def prepare_finetune(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> Prep
     """Fine-tune a Hub checkpoint (``--model_name_or_path``) for sequence or image classification."""
     from transformers import AutoConfig
 
-    if not ra.model_name_or_path:
-        raise ValueError("the finetune recipe needs --model_name_or_path (a Hub checkpoint or a local folder).")
-    config = AutoConfig.from_pretrained(ra.model_name_or_path)
+    config = AutoConfig.from_pretrained(_option(ra, "model_name_or_path"))
     task = ra.task or _guess_task(config)
     loss_func = mse_loss_func if ra.loss_type == "mse" else None
     set_seed(ta.seed)
@@ -308,7 +310,7 @@ def _finetune_text(ra: RecipeArguments, loss_func: Any, progress: bool = True) -
         eval_dataset=encoded["validation"],
         processing_class=tokenizer,
         compute_loss_func=loss_func,
-        **_describe_data(ra, "sst2", data),
+        **_describe_data(ra, data),
         loss=LOSSES["mse" if loss_func is not None else "model"],
         extras={"model_name_or_path": ra.model_name_or_path, "task": "text"},
     )
@@ -317,7 +319,7 @@ def _finetune_text(ra: RecipeArguments, loss_func: Any, progress: bool = True) -
 def _finetune_image(ra: RecipeArguments, config: Any, loss_func: Any) -> PreparedRecipe:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    data, info = _load_images(ra, "cifar10", None)  # pixels in [0, 1]; the checkpoint's processor normalises
+    data, info = _load_images(ra, None)  # pixels in [0, 1]; the checkpoint's processor normalises
     processor = AutoImageProcessor.from_pretrained(ra.model_name_or_path)
     channels = int(getattr(config, "num_channels", 3))
 
@@ -331,7 +333,7 @@ def _finetune_image(ra: RecipeArguments, config: Any, loss_func: Any) -> Prepare
         eval_dataset=val,
         processing_class=processor,
         compute_loss_func=loss_func,
-        **_describe_data(ra, "cifar10", data),
+        **_describe_data(ra, data),
         loss=LOSSES["mse" if loss_func is not None else "model"],
         extras={"model_name_or_path": ra.model_name_or_path, "task": "image"},
     )
@@ -366,7 +368,7 @@ def prepare_vit(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedR
     """
     from transformers import AutoModelForImageClassification, ViTConfig, ViTImageProcessor
 
-    data, info = _load_images(ra, "cifar10", None)  # pixels in [0, 1]; the processor normalises
+    data, info = _load_images(ra, None)  # pixels in [0, 1]; the processor normalises
     channels, height, width = (int(v) for v in info["image_shape"])
     if height != width or height % 8:
         raise ValueError(f"vit_cifar10 needs square images with a side divisible by 8, got {height}×{width}.")
@@ -378,7 +380,7 @@ def prepare_vit(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedR
         std = np.broadcast_to(np.maximum(x.std(axis=axes), 1e-8), (channels,)).tolist()
     processor = ViTImageProcessor(do_resize=False, image_mean=mean, image_std=std)
     try:
-        hidden, layers = ([int(v) for v in ra.hidden_sizes.split(",")] + [2])[:2] if ra.hidden_sizes else (64, 2)
+        hidden, layers = ([int(v) for v in _option(ra, "hidden_sizes").split(",")] + [2])[:2]
     except ValueError:
         hidden = layers = 0
     if hidden < 1 or layers < 1:
@@ -408,7 +410,7 @@ def prepare_vit(ra: RecipeArguments, ta: SubspaceTrainingArguments) -> PreparedR
         eval_dataset=TensorDataset(val_cols) if len(val_cols["labels"]) else None,
         processing_class=processor,
         compute_loss_func=mse_loss_func if ra.loss_type == "mse" else None,
-        **_describe_data(ra, "cifar10", data),
+        **_describe_data(ra, data),
         loss=LOSSES["mse" if ra.loss_type == "mse" else "cross_entropy"],
         extras={"image_shape": info["image_shape"], "num_validation": len(val_cols["labels"]),
                 "vit": {"hidden_size": hidden, "num_hidden_layers": layers, "patch_size": 8}},

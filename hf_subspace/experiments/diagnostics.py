@@ -252,13 +252,17 @@ def plot_spectrum_curves(summary: Mapping[str, Any], path: str | Path, mode: str
 
 
 def extra_figures(summary: Mapping[str, Any], output_dir: str | Path) -> list[Path]:
-    """Write the figures the summary supports: ``sharpness.png`` when the prefix or a branch is full-batch GD,
-    ``spectrum.png`` when a branch has eigenvalues beyond the top k. Returns the paths written."""
+    """Write the figures the summary supports: ``sharpness.png`` when the prefix or a branch is full-batch GD and λ₁
+    changes along the run, ``spectrum.png`` when a branch has eigenvalues beyond the top k. Returns the paths written."""
     out = Path(output_dir)
     runs: Mapping[str, Mapping[str, Any]] = summary.get("runs") or {}
     written = []
     full_batch = summary.get("prefix_optimizer") == "gd" or any(r.get("full_batch") for r in runs.values())
-    if full_batch and any(_series(r, "eigenvalue_top_01")[0].size for r in runs.values()):
+    sharpness = [_series(r, "eigenvalue_top_01")[1] for r in runs.values()]
+    values = np.concatenate([v for v in sharpness if v.size]) if any(v.size for v in sharpness) else np.zeros(0)
+    # A constant λ₁ (a quadratic's Hessian, e.g. the toy valley) makes a flat line: nothing to show.
+    varies = values.size > 1 and float(np.ptp(values)) > 1e-3 * max(float(np.abs(values).max()), 1e-12)
+    if full_batch and varies:
         written.append(plot_sharpness(summary, out / "sharpness.png"))
     if any(_eigen_names(r, "next") for r in runs.values()):
         written.append(plot_spectrum_curves(summary, out / "spectrum.png"))

@@ -3,7 +3,8 @@
 Song, Ahn & Yun (2025) train with SGD until the gradient has aligned with the dominant subspace, then continue from
 that very state in several ways: plain SGD, Dom-SGD (each update projected onto the top-k Hessian eigenspace),
 Bulk-SGD (that part removed), and full-batch GD for the SGD↔GD comparison. :func:`run_experiment` does exactly this
-with :class:`~hf_subspace.trainer.SubspaceTrainer`:
+with :class:`~hf_subspace.trainer.SubspaceTrainer`, from a :class:`~.arguments.PreparedRecipe` (model and data), the
+training arguments and an :class:`~.arguments.ExperimentPlan` (switch, branches, prefix):
 
 1. the prefix trains unprojected (``subspace_mode="none"``) up to ``switch_step`` and saves a checkpoint (model,
    optimizer, scheduler, RNG states, subspace state) in ``output_dir/prefix/checkpoint-<switch_step>``. It steps on
@@ -17,7 +18,7 @@ with :class:`~hf_subspace.trainer.SubspaceTrainer`:
 3. rank 0 writes ``output_dir/summary.json`` and ``output_dir/figure.png`` (:func:`hf_subspace.experiments.plotting.plot_summary`).
 
 The Hessian dataset (on which the Hessian, the "full-batch" gradient of χ_k and the logged loss are computed) is
-chosen once and shared by the prefix and every branch: the ``hessian_dataset`` given, else the training set when
+chosen once and shared by the prefix and every branch: the recipe's ``hessian_dataset``, else the training set when
 ``args.hessian_num_samples >= len(train_dataset)``, else the seeded subset of ``hessian_num_samples`` training examples
 that :class:`~hf_subspace.trainer.SubspaceTrainer` itself would take (:func:`hessian_subset`). The logged
 ``subspace/full_train_loss`` (and the losses in ``summary.json``) is the loss over that set, i.e. the full training
@@ -37,7 +38,6 @@ The curves include the shared prefix (steps < ``switch_step``), which is the sam
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import json
@@ -45,61 +45,63 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from transformers import PreTrainedModel, TrainerCallback
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from .. import distributed
 from ..tensor_dataset import to_tensor_dataset
 from ..trainer import SubspaceTrainer, hessian_subset_indices
 from ..training_args import SubspaceTrainingArguments
+from .arguments import ExperimentPlan, PreparedRecipe
 from .branches import (
     BasisAudit,
-    CompactProgress,
     StopAtStep,
     StopWhenAligned,
     TrajectoryRecorder,
     audit_summary,
+    branch_curves,
     branch_name,
-    branch_record,
+    card_description,
     clean_outputs,
     default_alignment_steps,
+    first_trainer,
     format_results_table,
+    make_trainer,
     optimizer_label,
     quiet_runs,
-    switch_record,
+    recorded_arguments,
+    value_at,
 )
 from .diagnostics import metric_curves
 from .evaluation import accuracy_metrics
 from .settings import (
     BRANCHES,
-    DEFAULT_MODES,
     FIGURE_NAME,
     PREFIX_DIR,
     PREFIXES,
+    RECIPE_NAMES,
     SUMMARY_NAME,
+    BranchSpec,
     ExperimentError,
     check_output_dir,
-    parse_modes,
-    parse_prefix,
 )
 
 __all__ = [
     "ExperimentResult",
+    "check_experiment",
     "hessian_subset",
     "run_experiment",
-    "validate_experiment",
 ]
 
 logger = logging.getLogger(__name__)
 
-ModelSource = PreTrainedModel | Callable[[], PreTrainedModel]
 CallbackFactory = Callable[[str], Iterable[TrainerCallback]]
 
 
@@ -160,48 +162,29 @@ def _full_batch(num_train: int, args: SubspaceTrainingArguments) -> dict[str, An
     }
 
 
-def _make_model(model: ModelSource) -> PreTrainedModel:
-    return model() if not isinstance(model, torch.nn.Module) and callable(model) else copy.deepcopy(model)
+def check_experiment(args: SubspaceTrainingArguments, plan: ExperimentPlan) -> None:
+    """The runner's gate on the training arguments, before any data is loaded or anything written.
 
-
-def validate_experiment(
-    model: ModelSource,
-    args: SubspaceTrainingArguments,
-    train_dataset: Any,
-    *,
-    switch_step: int,
-    modes: str | Iterable[str] = DEFAULT_MODES,
-    overwrite_output_dir: bool = False,
-    hessian_dataset: Any = None,
-    prefix: str = "sgd",
-    output_dir_checked: bool = False,
-) -> tuple[list[str], str]:
-    """Check the settings of :func:`run_experiment` before anything is trained or written (its one gate).
-
-    The rules on the model itself (``subspace_k`` + extra eigenvalues below the number of covered parameters, a
-    Hessian dataset with labels, ...) are :class:`~hf_subspace.SubspaceTrainer`'s: :func:`run_experiment` builds the
-    prefix's trainer before it writes anything and reports the trainer's refusal as an :class:`ExperimentError`.
-
-    Returns:
-        ``(mode names, prefix)``, both normalised.
+    The plan checked itself when built (:class:`~.arguments.ExperimentPlan`); the rules on the model (``subspace_k``
+    and extra eigenvalues below the number of parameters, ...) are :class:`~hf_subspace.SubspaceTrainer`'s, and
+    :func:`run_experiment` builds the prefix's trainer before it writes anything.
 
     Raises:
         ExperimentError: with a message naming the offending option.
     """
     if not isinstance(args, SubspaceTrainingArguments):
         raise ExperimentError(f"args must be SubspaceTrainingArguments, got {type(args).__name__}.")
-    names = parse_modes(modes)
     if args.max_steps is None or args.max_steps <= 0:
         raise ExperimentError("the experiment needs --max_steps > 0 (the total number of steps of every branch).")
-    if not 1 <= switch_step < args.max_steps:
+    if not 1 <= plan.switch_step < args.max_steps:
         raise ExperimentError(
-            f"--switch_step={switch_step} must be at least 1 and below --max_steps={args.max_steps} (the branches "
-            "start at the switch step)."
+            f"--switch_step={plan.switch_step} must be at least 1 and below --max_steps={args.max_steps} (the "
+            "branches start at the switch step)."
         )
     if args.subspace_auto_start:
         raise ExperimentError(
-            "--subspace_auto_start is not used by the experiment: the branches leave the shared prefix at the fixed "
-            "--switch_step. Remove --subspace_auto_start."
+            "--subspace_auto_start is not used by the experiment: the branches leave the shared prefix at "
+            "--switch_step (or by --switch_rule ema). Remove --subspace_auto_start."
         )
     if args.subspace_mode != "none":
         raise ExperimentError(
@@ -220,71 +203,28 @@ def validate_experiment(
             "--push_to_hub is not supported by the experiment (every branch would push to the same repository); "
             "push the branch folders output_dir/<mode> separately afterwards."
         )
-    if train_dataset is None or len(train_dataset) == 0:
+    check_output_dir(args.output_dir, plan.overwrite_output_dir or plan.resume_experiment)
+
+
+def _check_data(prepared: PreparedRecipe) -> None:
+    train = prepared.train_dataset
+    if train is None or len(train) == 0:
         raise ExperimentError("the training dataset is empty.")
-    columns = getattr(train_dataset, "column_names", None)
+    columns = getattr(train, "column_names", None)
     if isinstance(columns, list) and not {"labels", "label", "label_ids"} & set(columns):
         raise ExperimentError(
             f"the training dataset has no labels: no 'labels' or 'label' column among {columns}; the training loss "
             "(and so its Hessian) needs them. Add a label column (the recipes take --label_column for text data)."
         )
-    if hessian_dataset is not None and len(hessian_dataset) == 0:
+    if prepared.hessian_dataset is not None and len(prepared.hessian_dataset) == 0:
         raise ExperimentError("the Hessian dataset is empty.")
-    if not output_dir_checked:
-        check_output_dir(args.output_dir, overwrite_output_dir)
-    return names, parse_prefix(prefix)
 
 
-# ----------------------------------------------------------------------------------------------- running
+# ----------------------------------------------------------------------------------------------- trainers
 
 
 def _branch_args(args: SubspaceTrainingArguments, output_dir: Path, **changes: Any) -> SubspaceTrainingArguments:
     return dataclasses.replace(args, output_dir=str(output_dir), **changes)
-
-
-def _barrier() -> None:
-    if distributed.is_distributed():
-        torch.distributed.barrier()
-
-
-def _make_trainer(
-    model: ModelSource,
-    args: SubspaceTrainingArguments,
-    name: str,
-    common: Mapping[str, Any],
-    callbacks: list[TrainerCallback],
-) -> SubspaceTrainer:
-    trainer = SubspaceTrainer(model=_make_model(model), args=args, callbacks=callbacks, **common)
-    # The Trainer's progress callbacks print every (long) log dictionary; a compact bar replaces them.
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(CompactProgress(name, enabled=not args.disable_tqdm))
-    # TensorBoard: one run per branch, named by it (the run's own folder, or $TENSORBOARD_LOGGING_DIR/<name>),
-    # instead of the Trainer's output_dir/runs/<date>_<host>.
-    from transformers.integrations import TensorBoardCallback
-
-    root = os.environ.get("TENSORBOARD_LOGGING_DIR")
-    for callback in trainer.callback_handler.callbacks:
-        if isinstance(callback, TensorBoardCallback) and callback.tb_writer is None:
-            callback.logging_dir = str(Path(root).expanduser() / name) if root else str(args.output_dir)
-    return trainer
-
-
-def _first_trainer(
-    model: ModelSource, args: SubspaceTrainingArguments, common: Mapping[str, Any], callbacks: list[TrainerCallback]
-) -> SubspaceTrainer:
-    """The prefix's trainer, built before anything is written: its refusal (e.g. ``subspace_k`` too large for the
-    model; the rule lives in :class:`~hf_subspace.SubspaceTrainer`) becomes an :class:`ExperimentError`, and the
-    folders its construction created are removed again, so a refused experiment leaves no trace."""
-    created = [p for p in (Path(args.output_dir).parent, Path(args.output_dir)) if not p.exists()]
-    try:
-        return _make_trainer(model, args, PREFIX_DIR, common, callbacks)
-    except ValueError as err:
-        if distributed.is_main_process():
-            for path in reversed(created):
-                if path.is_dir() and not any(path.iterdir()):
-                    path.rmdir()
-        raise ExperimentError(str(err)) from None
 
 
 def _quietly(function: Callable[..., ExperimentResult]) -> Callable[..., ExperimentResult]:
@@ -298,91 +238,66 @@ def _quietly(function: Callable[..., ExperimentResult]) -> Callable[..., Experim
     return wrapper
 
 
+# ----------------------------------------------------------------------------------------------- the protocol
+
+
+@dataclass
+class _Run:
+    """What every run of one experiment shares: the plan, the arguments, the prepared data and the trainers'
+    common keyword arguments."""
+
+    plan: ExperimentPlan
+    args: SubspaceTrainingArguments
+    prepared: PreparedRecipe
+    common: dict[str, Any]
+    base: dict[str, Any]
+    callbacks: CallbackFactory | None
+    out: Path
+    optimizer: str
+
+    def run_callbacks(self, name: str) -> list[TrainerCallback]:
+        return list(self.callbacks(name)) if self.callbacks is not None else []
+
+
+@dataclass
+class _Prefix:
+    switch_step: int
+    hvps: int
+    history: list[dict[str, Any]]
+    seconds: float
+    checkpoint: Path
+    trajectory: list[list[float]]
+    args: SubspaceTrainingArguments
+    crossed_at: int | None
+    min_measurements: int | None
+
+
 @_quietly
 def run_experiment(
-    model: ModelSource,
+    prepared: PreparedRecipe | Callable[[], PreparedRecipe],
     args: SubspaceTrainingArguments,
-    train_dataset: Any,
+    plan: ExperimentPlan,
     *,
-    switch_step: int,
-    switch_rule: str = "fixed",
-    basis_audit_steps: int = 0,
-    switch_measure_steps: int = 1,
-    resume: bool = False,
-    modes: str | Iterable[str] = DEFAULT_MODES,
-    prefix: str = "sgd",
-    recipe: str = "custom",
-    eval_dataset: Any = None,
-    hessian_dataset: Any = None,
-    data_collator: Any = None,
-    processing_class: Any = None,
-    compute_metrics: Callable[[Any], dict[str, float]] | None = None,
-    compute_loss_func: Callable[..., torch.Tensor] | None = None,
     callbacks: CallbackFactory | None = None,
-    overwrite_output_dir: bool = False,
-    record_trajectory: bool = False,
-    dataset_name: str | None = None,
-    extras: Mapping[str, Any] | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    plot: bool = True,
-    output_dir_checked: bool = False,
-    name: str | None = None,
-    card_description: str = "",
-    dataset_tags: Iterable[str] | None = None,
 ) -> ExperimentResult:
     """Run the shared prefix and every branch, then write ``summary.json`` and the figure (rank 0).
 
     Args:
-        model: the model to train, or a function returning a fresh one; each run trains its own copy (the branches'
-            weights come from the prefix checkpoint).
+        prepared: the model and data (:class:`~.arguments.PreparedRecipe`), or a function building them, called
+            after the settings are checked (so a refused ``output_dir`` costs no data loading).
         args: the training settings of every run. ``max_steps`` is the last step of every branch; ``output_dir`` is
             the experiment folder. Left unset (``None``), ``subspace_alignment_steps`` becomes about ``max_steps/40``
-            (dividing ``switch_step`` when possible). ``subspace_mode`` must stay ``"none"`` (``modes`` decides).
-        train_dataset: the training set. A ``datasets.Dataset`` of numeric columns is converted to an in-memory
-            :class:`TensorDataset` (same items, much faster batching).
-        switch_step: the step at which the branches leave the shared prefix (``1 <= switch_step < max_steps``);
-            with ``switch_rule="ema"`` the latest such step (a cap).
-        switch_rule: ``"fixed"`` (at ``switch_step``) or ``"ema"``, the paper's rule (:class:`~.branches.StopWhenAligned`:
-            the prefix stops after the first step whose χ_k EMA reaches ``args.subspace_auto_start_threshold``);
-            ``summary["switch_step"]`` is where the branches start, ``summary["switch_rule"]`` the rule and cap.
-        switch_measure_steps: with ``switch_rule="ema"``, the prefix's measurement interval (the paper: 1).
-        resume: continue an interrupted experiment in ``output_dir``: reuse a finished prefix and finished branches
-            (their ``*_record.json``); resume others from their latest checkpoint (``save_strategy="steps"``).
-        basis_audit_steps: every that many steps of a projected branch, the distance of the basis in use to the
-            exact top-k eigenspace (:class:`~.branches.BasisAudit`), in each run's ``basis_error_audit``; 0: never.
-        modes: branch kinds (``"sgd,dominant,bulk"``; see :data:`BRANCHES`: also ``gd``, ``dominant-gd``,
-            ``bulk-gd``). Each branch is named by what it ran (:func:`~.branches.branch_name`): the unprojected
-            minibatch branch takes the optimizer's name (``sgd``, ``momentum``, ``adamw``, ``sam-sgd``, ...).
-        prefix: the optimizer of the shared prefix: ``"sgd"`` (minibatches of ``per_device_train_batch_size``) or
-            ``"gd"`` (full batch: ``per_device_train_batch_size = ceil(len(train_dataset) / world_size)``, no
-            gradient accumulation); recorded as ``summary["prefix_optimizer"]``. Minibatch branches resume a GD
-            prefix at the same global step; the Trainer then skips ``switch_step mod (batches per epoch)`` batches
-            of their first epoch, so their data order differs from that of an uninterrupted SGD run.
-        recipe: name recorded in the summary, the figure title and the model cards.
-        eval_dataset: optional validation set: every branch reports ``eval_accuracy`` and ``eval_loss`` at the end.
-        hessian_dataset: dataset of the Hessian, full-batch gradient and logged loss, shared by every run (default:
-            :func:`hessian_subset`: the whole ``train_dataset`` if ``args.hessian_num_samples`` covers it, else the
-            trainer's seeded subset of that many examples; ``hessian_num_samples`` is ignored when this is given).
-        data_collator: as for ``Trainer``.
-        processing_class: as for ``Trainer`` (a tokenizer is saved with every branch model).
-        compute_metrics: evaluation metrics (default: accuracy via ``evaluate`` when ``eval_dataset`` is given).
-        compute_loss_func: as for ``Trainer`` (e.g. an MSE loss for a Hub model); the Hessian uses it too.
-        callbacks: ``f(run_name) -> callbacks`` for each run (``"prefix"`` and every mode).
-        overwrite_output_dir: replace the results of an earlier experiment in ``output_dir``; without it an
-            existing, non-empty ``output_dir`` is an error and nothing is touched.
-        record_trajectory: record the parameters at every step (models with at most 16 parameters) and return them
-            in :attr:`ExperimentResult.trajectories`.
-        dataset_name: dataset name for the model cards.
-        extras: additional top-level entries of ``summary.json``.
-        metadata: written as ``hf_subspace_experiment.json`` in every branch folder (e.g. the recipe arguments, so
-            ``hf-subspace spectrum`` can rebuild the dataset).
-        plot: write the figure.
-        output_dir_checked: the caller has already refused an occupied ``output_dir`` (``validate_recipe`` does,
-            before loading data), so the check is not repeated.
-        name: the experiment's title in the summary, the table, the figure and the model cards (``<name>-<branch>``);
-            default ``recipe``.
-        card_description: a paragraph at the top of every branch's model card (e.g. the data and the loss).
-        dataset_tags: Hub dataset ids for the cards' metadata (only for data that came from the Hub).
+            (dividing ``switch_step`` when possible). ``subspace_mode`` must stay ``"none"`` (the plan's ``modes``
+            decide).
+        plan: the protocol (:class:`~.arguments.ExperimentPlan`): ``switch_step`` (``1 <= switch_step <
+            max_steps``; with ``switch_rule="ema"`` the cap of the paper's rule: the prefix measures χ_k of the
+            full-batch gradient at every step and stops at the end of the first step t whose EMA reaches
+            ``args.subspace_auto_start_threshold``, :class:`~.branches.StopWhenAligned`), the branches ``modes``
+            (each named by what it ran, :func:`~.branches.branch_name`), the ``prefix`` optimizer (``"sgd"``, or
+            ``"gd"``: one batch of the whole training set per step; minibatch branches then skip ``switch_step mod
+            (batches per epoch)`` batches of their first epoch), ``basis_audit_steps`` (exact distances of the basis
+            in use, :class:`~.branches.BasisAudit`), ``overwrite_output_dir``, ``plot`` and the names.
+        callbacks: ``f(run_name) -> callbacks`` for each run (``"prefix"`` and every branch).
 
     Returns:
         An :class:`ExperimentResult` (the same summary on every rank).
@@ -391,210 +306,272 @@ def run_experiment(
         ExperimentError: for invalid settings, before anything is trained or written.
     """
     _ = args.device  # sets up the process group under torchrun / accelerate before anything else
-    if switch_rule not in ("fixed", "ema"):
-        raise ExperimentError(f"switch_rule={switch_rule!r} must be 'fixed' or 'ema'.")
-    names, prefix = validate_experiment(
-        model,
-        args,
-        train_dataset,
-        switch_step=switch_step,
-        modes=modes,
-        overwrite_output_dir=overwrite_output_dir,
-        hessian_dataset=hessian_dataset,
-        prefix=prefix,
-        output_dir_checked=output_dir_checked or resume,
+    check_experiment(args, plan)
+    if not isinstance(prepared, PreparedRecipe):
+        prepared = prepared()
+    _check_data(prepared)
+    distributed.barrier()  # every rank has validated before rank 0 creates anything
+    run = _setup(prepared, args, plan, callbacks)
+    prefix = _run_prefix(run)
+    runs: dict[str, dict[str, Any]] = {}
+    trajectories = {PREFIX_DIR: prefix.trajectory} if prepared.record_trajectory else {}
+    for mode in plan.branches:
+        label = branch_name(mode, run.optimizer)
+        runs[label], trajectory = _run_branch(run, prefix, mode, label)
+        if trajectory is not None:
+            trajectories[label] = trajectory
+        distributed.barrier()
+    summary = _summary(run, prefix, runs)
+    result = ExperimentResult(
+        run.out, summary, None, None, {n: run.out / n for n in runs}, prefix.checkpoint, trajectories
     )
-    _barrier()  # every rank has validated before rank 0 creates anything
-    out = Path(args.output_dir)
+    if distributed.is_main_process():
+        result.summary_path = run.out / SUMMARY_NAME
+        result.summary_path.write_text(json.dumps(summary, indent=2))
+        if plan.plot:
+            from .diagnostics import extra_figures
+            from .plotting import plot_summary
 
-    train_dataset = to_tensor_dataset(train_dataset)
+            result.figure_path = plot_summary(summary, run.out / FIGURE_NAME)
+            extra_figures(summary, run.out)  # sharpness.png (GD), spectrum.png (extra eigenvalues) when supported
+            if prepared.after is not None:
+                prepared.after(result)  # the recipe's own figures (the toy's trajectories)
+        logger.info("hf-subspace %s: wrote %s", plan.recipe, result.summary_path)
+    distributed.barrier()
+    return result
+
+
+def _setup(
+    prepared: PreparedRecipe, args: SubspaceTrainingArguments, plan: ExperimentPlan, callbacks: CallbackFactory | None
+) -> _Run:
+    train_dataset = to_tensor_dataset(prepared.train_dataset)
     # One Hessian set for the prefix and every branch (the trainer's own default subset, chosen once here).
-    hessian_dataset = (
-        hessian_subset(train_dataset, args) if hessian_dataset is None else to_tensor_dataset(hessian_dataset)
-    )
+    given = prepared.hessian_dataset
+    hessian_dataset = hessian_subset(train_dataset, args) if given is None else to_tensor_dataset(given)
+    eval_dataset = prepared.eval_dataset
     if eval_dataset is not None:
         eval_dataset = to_tensor_dataset(eval_dataset) if len(eval_dataset) else None
+    compute_metrics = prepared.compute_metrics
     if compute_metrics is None and eval_dataset is not None:
         with args.main_process_first(desc="loading the accuracy metric"):
             compute_metrics = accuracy_metrics()
     align = args.subspace_alignment_steps
     if align is None:
-        align = default_alignment_steps(args.max_steps, switch_step)
+        align = default_alignment_steps(args.max_steps, plan.switch_step)
     common: dict[str, Any] = {
         "train_dataset": train_dataset,
         "eval_dataset": eval_dataset,
         "hessian_dataset": hessian_dataset,
-        "data_collator": data_collator,
-        "processing_class": processing_class,
+        "data_collator": prepared.data_collator,
+        "processing_class": prepared.processing_class,
         "compute_metrics": compute_metrics,
-        "compute_loss_func": compute_loss_func,
+        "compute_loss_func": prepared.compute_loss_func,
     }
+    optimizer = optimizer_label(args.optim, args.optim_args, args.sam_rho, getattr(args, "sam_adaptive", False))
     base = {"subspace_alignment_steps": align, "subspace_auto_start": False}
+    return _Run(plan, args, prepared, common, base, callbacks, Path(args.output_dir), optimizer)
 
-    def run_callbacks(name: str) -> list[TrainerCallback]:
-        return list(callbacks(name)) if callbacks is not None else []
 
-    # 1. the shared prefix
+def _run_prefix(run: _Run) -> _Prefix:
+    """The shared unprojected prefix, up to the switch; its checkpoint is what every branch resumes."""
+    plan, args, out = run.plan, run.args, run.out
     logger.info(
         "hf-subspace %s: prefix (unprojected, %s) to step %d of %d",
-        recipe,
-        PREFIXES[prefix],
-        switch_step,
-        args.max_steps,
-    )
-    prefix_changes = _full_batch(len(train_dataset), args) if prefix == "gd" else {}
+        plan.recipe, PREFIXES[plan.prefix], plan.switch_step, args.max_steps,
+    )  # fmt: skip
+    changes = _full_batch(len(run.common["train_dataset"]), args) if plan.prefix == "gd" else {}
     prefix_args = _branch_args(
-        args,
-        out / PREFIX_DIR,
-        subspace_mode="none",
-        subspace_start_step=0,
-        save_only_model=False,
-        **prefix_changes,
-        **base,
-    )
-    stopper: TrainerCallback = StopAtStep(switch_step)
-    if switch_rule == "ema":
+        args, out / PREFIX_DIR, subspace_mode="none", subspace_start_step=0, save_only_model=False,
+        **changes, **run.base,
+    )  # fmt: skip
+    stopper: StopAtStep | StopWhenAligned = StopAtStep(plan.switch_step)
+    if plan.switch_rule == "ema":
         # The paper's protocol: χ_k and its EMA at every prefix step (or every switch_measure_steps).
-        prefix_args = dataclasses.replace(prefix_args, subspace_alignment_steps=switch_measure_steps)
-        stopper = StopWhenAligned(args.subspace_auto_start_threshold, switch_step, args.subspace_ema_decay)
-    cap = switch_step
-    recorder = TrajectoryRecorder() if record_trajectory else None
-    prefix_cbs = [stopper, *([recorder] if recorder else []), *run_callbacks(PREFIX_DIR)]
+        prefix_args = dataclasses.replace(prefix_args, subspace_alignment_steps=plan.switch_measure_steps)
+        stopper = StopWhenAligned(args.subspace_auto_start_threshold, plan.switch_step, args.subspace_ema_decay)
+    minimum = getattr(stopper, "min_measurements", None)
     record_path = out / PREFIX_DIR / "prefix_record.json"
-    if resume and record_path.is_file():
+    if plan.resume_experiment and record_path.is_file():
         saved = json.loads(record_path.read_text())
-        switch_step, prefix_history, prefix_seconds = saved["switch_step"], saved["history"], saved["seconds"]
-        prefix_hvps, crossed_at, prefix_traj = saved["hvps"], saved["crossed_at"], saved["trajectory"]
-        logger.info("hf-subspace %s: reusing the finished prefix (switch at step %d)", recipe, switch_step)
+        logger.info(
+            "hf-subspace %s: reusing the finished prefix (switch at step %d)", plan.recipe, saved["switch_step"]
+        )
     else:
-        start = time.perf_counter()
-        prefix_trainer = _first_trainer(model, prefix_args, common, prefix_cbs)
+        saved = _train_prefix(run, prefix_args, stopper)
         if distributed.is_main_process():
-            out.mkdir(parents=True, exist_ok=True)
-            if overwrite_output_dir and not resume:
-                clean_outputs(out)
-        _barrier()
-        prefix_trainer.train()
-        switch_step = prefix_trainer.state.global_step
-        prefix_hvps = prefix_trainer.subspace_state.hvps_total
-        prefix_history = list(prefix_trainer.state.log_history)
-        prefix_seconds = time.perf_counter() - start
-        crossed_at = getattr(stopper, "crossed_at", None)
-        prefix_traj = [[s, *p] for s, p in zip(recorder.steps, recorder.points)] if recorder else []
-        del prefix_trainer
-        if distributed.is_main_process():
-            saved = {"switch_step": switch_step, "history": prefix_history, "seconds": prefix_seconds,
-                     "hvps": prefix_hvps, "crossed_at": crossed_at, "trajectory": prefix_traj}  # fmt: skip
             record_path.write_text(json.dumps(saved, default=float))
-    checkpoint = out / PREFIX_DIR / f"checkpoint-{switch_step}"
-    _barrier()  # the checkpoint is complete before any rank resumes from it
+    checkpoint = out / PREFIX_DIR / f"checkpoint-{saved['switch_step']}"
+    prefix = _Prefix(
+        saved["switch_step"], saved["hvps"], saved["history"], saved["seconds"], checkpoint, saved["trajectory"],
+        prefix_args, saved["crossed_at"], minimum,
+    )  # fmt: skip
+    distributed.barrier()  # the checkpoint is complete before any rank resumes from it
     if not checkpoint.is_dir():
         raise RuntimeError(f"the prefix did not save its checkpoint {checkpoint}; was training stopped early?")
+    return prefix
 
-    # 2. the branches, each named by what it ran (the unprojected one after its optimizer)
-    title = name or recipe
-    optimizer = optimizer_label(args.optim, args.optim_args, args.sam_rho, getattr(args, "sam_adaptive", False))
-    runs: dict[str, dict[str, Any]] = {}
-    branch_dirs: dict[str, Path] = {}
-    trajectories: dict[str, list[list[float]]] = {PREFIX_DIR: prefix_traj} if record_trajectory else {}
-    for mode in names:
-        spec = BRANCHES[mode]
-        label = branch_name(mode, optimizer)
-        done = out / label / "branch_record.json"
-        if resume and done.is_file():
-            runs[label], branch_dirs[label] = json.loads(done.read_text()), out / label
-            logger.info("hf-subspace %s: reusing the finished branch %s", title, label)
-            continue
-        logger.info("hf-subspace %s: branch %s (%s) from step %d", title, label, spec.description, switch_step)
-        changes: dict[str, Any] = {"subspace_mode": spec.subspace_mode, "subspace_start_step": switch_step, **base}
-        if spec.full_batch:
-            changes.update(_full_batch(len(train_dataset), args))
-        branch_args = _branch_args(args, out / label, **changes)
-        recorder = TrajectoryRecorder() if record_trajectory else None
-        start = time.perf_counter()
-        trainer = _make_trainer(
-            model, branch_args, label, common, [*([recorder] if recorder else []), *run_callbacks(label)]
-        )
-        audit = BasisAudit(trainer, basis_audit_steps)
-        trainer.add_callback(audit)  # after the subspace callback: it sees the basis each step projects onto
-        latest = get_last_checkpoint(str(out / label)) if resume and (out / label).is_dir() else None
-        trainer.train(resume_from_checkpoint=latest or str(checkpoint))
-        seconds = time.perf_counter() - start
-        history = trainer.state.log_history
-        run = branch_record(
-            prefix_history, history, switch_step, spec, seconds, metric_curves(prefix_history, history, switch_step)
-        )
-        run["hvps_branch"] = trainer.subspace_state.hvps_total - prefix_hvps  # the prefix's are checkpointed too
-        run["basis_error_audit"] = audit_summary(audit.records)
-        run["mode"] = mode
-        if eval_dataset is not None:
-            metrics = trainer.evaluate()
-            run.update({k: float(v) for k, v in metrics.items() if k in ("eval_accuracy", "eval_loss")})
-        trainer.save_model()
-        if trainer.is_world_process_zero():
-            trainer.create_model_card(
-                model_name=f"{title}-{label}",
-                dataset_tags=list(dataset_tags or []) or None,
-                tags=[recipe, f"subspace-{mode}"],
-                description=card_description,
-            )
-            if metadata is not None:
-                info = {"recipe": recipe, "name": title, "mode": mode, "branch": label, "switch_step": switch_step}
-                info.update(dict(metadata))
-                (out / label / "hf_subspace_experiment.json").write_text(json.dumps(info, indent=2, default=str))
-            done.write_text(json.dumps(run, default=float))
-        runs[label] = run
-        branch_dirs[label] = out / label
-        if recorder is not None:
-            trajectories[label] = [[s, *p] for s, p in zip(recorder.steps, recorder.points) if s >= switch_step]
-        del trainer
-        _barrier()
 
-    # 3. the summary and the figure
-    summary: dict[str, Any] = {
-        "recipe": recipe,
-        "name": title,
+def _train_prefix(
+    run: _Run, prefix_args: SubspaceTrainingArguments, stopper: StopAtStep | StopWhenAligned
+) -> dict[str, Any]:
+    """Train the prefix; its record (``prefix/prefix_record.json``, what a resumed experiment reuses)."""
+    recorder = TrajectoryRecorder() if run.prepared.record_trajectory else None
+    callbacks = [stopper, *([recorder] if recorder else []), *run.run_callbacks(PREFIX_DIR)]
+    start = time.perf_counter()
+    trainer = first_trainer(run.prepared.model, prefix_args, run.common, callbacks)
+    if distributed.is_main_process():
+        run.out.mkdir(parents=True, exist_ok=True)
+        if run.plan.overwrite_output_dir and not run.plan.resume_experiment:
+            clean_outputs(run.out, [branch_name(mode, run.optimizer) for mode in run.plan.branches])
+    distributed.barrier()
+    trainer.train()
+    saved = {
+        "switch_step": trainer.state.global_step,
+        "history": list(trainer.state.log_history),
+        "seconds": time.perf_counter() - start,
+        "hvps": trainer.subspace_state.hvps_total,
+        "crossed_at": getattr(stopper, "crossed_at", None),
+        "trajectory": [[s, *p] for s, p in zip(recorder.steps, recorder.points)] if recorder else [],
+    }
+    del trainer
+    return saved
+
+
+def _run_branch(run: _Run, prefix: _Prefix, mode: str, label: str) -> tuple[dict[str, Any], list[list[float]] | None]:
+    """One branch from the prefix checkpoint: trains, evaluates, saves the model, its card and its record."""
+    plan, args, switch_step = run.plan, run.args, prefix.switch_step
+    spec = BRANCHES[mode]
+    done = run.out / label / "branch_record.json"
+    if plan.resume_experiment and done.is_file():
+        logger.info("hf-subspace %s: reusing the finished branch %s", plan.title, label)
+        return json.loads(done.read_text()), None
+    logger.info("hf-subspace %s: branch %s (%s) from step %d", plan.title, label, spec.description, switch_step)
+    changes: dict[str, Any] = {"subspace_mode": spec.subspace_mode, "subspace_start_step": switch_step, **run.base}
+    if spec.full_batch:
+        changes.update(_full_batch(len(run.common["train_dataset"]), args))
+    recorder = TrajectoryRecorder() if run.prepared.record_trajectory else None
+    start = time.perf_counter()
+    trainer = make_trainer(
+        run.prepared.model,
+        _branch_args(args, run.out / label, **changes),
+        label,
+        run.common,
+        [*([recorder] if recorder else []), *run.run_callbacks(label)],
+    )
+    audit = BasisAudit(trainer, plan.basis_audit_steps)
+    trainer.add_callback(audit)  # after the subspace callback: it sees the basis each step projects onto
+    resumable = plan.resume_experiment and (run.out / label).is_dir()
+    latest = get_last_checkpoint(str(run.out / label)) if resumable else None
+    trainer.train(resume_from_checkpoint=latest or str(prefix.checkpoint))
+    record = _run_record(prefix.history, trainer.state.log_history, switch_step, spec, time.perf_counter() - start)
+    record["hvps_branch"] = trainer.subspace_state.hvps_total - prefix.hvps  # the prefix's are checkpointed too
+    record["basis_error_audit"] = audit_summary(audit.records)
+    record["mode"] = mode
+    if run.common["eval_dataset"] is not None:
+        metrics = trainer.evaluate()
+        record.update({k: float(v) for k, v in metrics.items() if k in ("eval_accuracy", "eval_loss")})
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        _write_card_and_record(trainer, run, mode, label, switch_step)
+        done.write_text(json.dumps(record, default=float))
+    trajectory = None
+    if recorder is not None:
+        trajectory = [[s, *p] for s, p in zip(recorder.steps, recorder.points) if s >= switch_step]
+    return record, trajectory
+
+
+def _write_card_and_record(trainer: SubspaceTrainer, run: _Run, mode: str, label: str, switch_step: int) -> None:
+    """The branch's model card and, for a registered recipe, ``hf_subspace_experiment.json`` (its arguments, so
+    ``hf-subspace spectrum`` can rebuild the data)."""
+    plan, prepared = run.plan, run.prepared
+    trainer.create_model_card(
+        model_name=f"{plan.title}-{label}",
+        dataset_tags=list(prepared.dataset_tags or []) or None,
+        tags=[plan.recipe, f"subspace-{mode}"],
+        description=card_description(plan, prepared),
+    )
+    if plan.recipe in RECIPE_NAMES:
+        info = {"recipe": plan.recipe, "name": plan.title, "mode": mode, "branch": label, "switch_step": switch_step}
+        info.update({"recipe_args": recorded_arguments(plan, _loss_type(run)), "loss": prepared.loss})
+        (run.out / label / "hf_subspace_experiment.json").write_text(json.dumps(info, indent=2, default=str))
+
+
+def _loss_type(run: _Run) -> str | None:
+    """The loss trained: the recipe's ``--loss_type``, else the model's own (``config.loss_type``), else ``None``."""
+    given = getattr(run.plan, "loss_type", None)
+    model = run.prepared.model
+    return given or getattr(getattr(model, "config", None), "loss_type", None)
+
+
+def _summary(run: _Run, prefix: _Prefix, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    plan, args, prepared = run.plan, run.args, run.prepared
+    ema = plan.switch_rule == "ema"
+    return {
+        "recipe": plan.recipe,
+        "name": plan.title,
         "k": args.subspace_k,
-        "switch_step": switch_step,
+        "switch_step": prefix.switch_step,
         "seed": args.seed,
-        "switch_rule": switch_record(stopper, switch_rule, cap, crossed_at),
-        "prefix_optimizer": prefix,
+        "switch_rule": {
+            "rule": plan.switch_rule,
+            "cap": plan.switch_step,
+            "threshold": args.subspace_auto_start_threshold if ema else None,
+            "ema_decay": args.subspace_ema_decay if ema else None,
+            "crossed_at": prefix.crossed_at,
+            "min_measurements": prefix.min_measurements,
+        },
+        "prefix_optimizer": plan.prefix,
         "runs": runs,
-        "dataset": dataset_name,
+        "dataset": prepared.dataset_name,
         "max_steps": args.max_steps,
-        "modes": names,
+        "modes": plan.branches,
         "world_size": args.world_size,
-        "alignment_steps": align,
+        "alignment_steps": run.base["subspace_alignment_steps"],
         "refresh_steps": args.subspace_refresh_steps,
         "basis_tol": args.subspace_basis_tol,
         "learning_rate": args.learning_rate,
         "optimizer": str(getattr(args.optim, "value", args.optim)),
         "optim_args": args.optim_args,
         "sam_rho": args.sam_rho,
-        "optimizer_label": optimizer,
+        "optimizer_label": run.optimizer,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "global_train_batch_size": args.per_device_train_batch_size
         * args.world_size
         * args.gradient_accumulation_steps,
-        "prefix_per_device_train_batch_size": prefix_args.per_device_train_batch_size,
-        "num_train": len(train_dataset),
-        "hessian_num_samples": len(hessian_dataset),
-        "prefix_wall_time_s": prefix_seconds,
-        "prefix_hvps": prefix_hvps,
-        **dict(extras or {}),
+        "prefix_per_device_train_batch_size": prefix.args.per_device_train_batch_size,
+        "num_train": len(run.common["train_dataset"]),
+        "hessian_num_samples": len(run.common["hessian_dataset"]),
+        "prefix_wall_time_s": prefix.seconds,
+        "prefix_hvps": prefix.hvps,
+        "dataset_description": prepared.dataset_description,
+        "loss": prepared.loss,
+        "loss_type": _loss_type(run),
+        **prepared.extras,
     }
-    summary_path = figure_path = None
-    if distributed.is_main_process():
-        summary_path = out / SUMMARY_NAME
-        summary_path.write_text(json.dumps(summary, indent=2))
-        if plot:
-            from .plotting import plot_summary
 
-            figure_path = plot_summary(summary, out / FIGURE_NAME)
-            from .diagnostics import extra_figures
 
-            extra_figures(summary, out)  # sharpness.png (GD), spectrum.png (extra eigenvalues) when supported
-        logger.info("hf-subspace %s: wrote %s", recipe, summary_path)
-    _barrier()
-    return ExperimentResult(out, summary, summary_path, figure_path, branch_dirs, checkpoint, trajectories)
+def _run_record(
+    prefix_history: list[dict[str, Any]],
+    branch_history: list[dict[str, Any]],
+    switch_step: int,
+    spec: BranchSpec,
+    seconds: float,
+) -> dict[str, Any]:
+    loss_curve, chi_curve = branch_curves(prefix_history, branch_history, switch_step)
+    after = [c for s, c in chi_curve if s > switch_step]
+    at_switch = value_at(loss_curve, switch_step)
+    return {
+        "loss_at_switch": at_switch,
+        "final_loss": loss_curve[-1][1] if loss_curve else None,
+        "loss_curve": loss_curve,
+        "chi_k_curve": chi_curve,
+        "mean_chi_k": float(np.mean(after)) if after else None,
+        "chi_k_at_switch": value_at(chi_curve, switch_step),
+        "final_chi_k": chi_curve[-1][1] if chi_curve else None,
+        "subspace_mode": spec.subspace_mode,
+        "full_batch": spec.full_batch,
+        "wall_time_s": seconds,
+        # eigenvalues, eigengap, effective learning rates (prefix, then branch): :mod:`.diagnostics`
+        "curves": metric_curves(prefix_history, branch_history, switch_step),
+    }

@@ -257,6 +257,7 @@ def summary_figure(summary: Mapping[str, Any]) -> Figure:
 
     if any(steps.size for steps, _ in loss_curves.values()):
         ax_loss.set_yscale("log")
+        _plain_log_labels(ax_loss)
     else:
         _empty_note(ax_loss, "no loss curves")
     if not any(steps.size for steps, _ in chi_curves.values()):
@@ -424,6 +425,50 @@ def plot_eigenvalue_curves(
     return _save(fig, path)
 
 
+def _plain_log_labels(ax: Any) -> None:
+    """Plain tick labels on a log axis (``2.25``, not ``2.25×10⁰``; matplotlib labels minor ticks in scientific
+    notation when the data span less than a decade)."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain, (low, high) = FuncFormatter(lambda value, _: f"{value:.3g}"), ax.get_ylim()
+    ax.yaxis.set_major_formatter(plain)
+    if low > 0 and high / low < 10:  # under a decade: the minor ticks carry the labels
+        ax.yaxis.set_minor_formatter(plain)
+
+
+def _zigzags(points: np.ndarray, span: float) -> bool:
+    """Whether a path crosses θ₁ = 0 back and forth (SGD bouncing across the valley) by over 1e-3 × ``span``."""
+    big = points[np.abs(points[:, 0]) > 1e-3 * span, 0]  # rounding noise around 0 is no bounce
+    return int(np.count_nonzero(np.sign(big[1:]) * np.sign(big[:-1]) < 0)) >= 3
+
+
+def _zigzag_inset(ax: Any, paths: Mapping[str, np.ndarray], modes: Sequence[str], steps: int = 12) -> None:
+    """An inset with the first ``steps`` steps of each path that bounces across the valley, every step connected:
+    the path itself, which at full length only shows its two envelopes (one per side of the valley)."""
+    inset = ax.inset_axes((0.64, 0.16, 0.34, 0.3))
+    for mode, points in paths.items():
+        style = branch_style(mode, modes)
+        inset.plot(points[: steps + 1, 0], points[: steps + 1, 1], color=style.color, lw=0.8, marker=".", ms=4)
+        inset.plot(*points[0], marker="o", color=style.color, ms=5, mfc="white", mew=1.0, ls="none")
+    inset.tick_params(labelsize="xx-small")
+    inset.set_title(f"first {steps} steps, every step", fontsize="x-small")
+    inset.grid(True, alpha=0.3)
+
+
+def _scale_note(ax: Any, xlim: tuple[float, float], ylim: tuple[float, float]) -> None:
+    """Say by how much the axes are out of scale when the two ranges differ by more than 2×."""
+    x_span, y_span = float(xlim[1]) - float(xlim[0]), float(ylim[1]) - float(ylim[0])
+    if x_span > 0 and y_span > 0 and not 0.5 <= x_span / y_span <= 2:
+        ax.text(
+            0.02, 0.02, f"axes not to scale: the horizontal range ({x_span:.3g}) is {y_span / x_span:.3g}× smaller\n"
+            f"than the vertical one ({y_span:.3g})" if x_span < y_span else
+            f"axes not to scale: the vertical range ({y_span:.3g}) is {x_span / y_span:.3g}× smaller\n"
+            f"than the horizontal one ({x_span:.3g})",
+            transform=ax.transAxes, fontsize="x-small", color="0.3", va="bottom",
+            bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.9},
+        )  # fmt: skip
+
+
 def _split_steps(traj: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     """``[T, 2]`` (θ₁, θ₂) or ``[T, 3]`` (step, θ₁, θ₂) → (steps or None, ``[T, 2]`` points)."""
     if traj.ndim == 2 and traj.shape[1] == 3:
@@ -461,6 +506,7 @@ def trajectory_figure(
 
     modes = list(trajectories)
     timed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    bouncing: dict[str, np.ndarray] = {}
     for mode in modes:
         traj = _to_numpy(trajectories[mode])
         if traj.size == 0:
@@ -468,8 +514,10 @@ def trajectory_figure(
         steps, points = _split_steps(traj)
         style = branch_style(mode, modes)
         # One dot per step, no connecting line: minibatch SGD crosses the valley at every step, and lines between
-        # its iterates would paint a solid wedge.
+        # its iterates would paint a solid wedge; the inset draws its first steps connected.
         ax.plot(points[:, 0], points[:, 1], color=style.color, ls="none", marker=".", ms=2.0, alpha=0.6)
+        if mode != "prefix" and _zigzags(points, abs(float(xlim[1]) - float(xlim[0]))):
+            bouncing[mode] = points
         ax.plot(*points[0], marker="o", color=style.color, ms=7, mfc="white", mew=1.5, clip_on=False, zorder=4)
         ax.plot(*points[-1], marker="*", color=style.color, ms=13, mec="black", mew=0.5, clip_on=False, zorder=5,
                 ls="none", label=mode)  # fmt: skip
@@ -479,19 +527,12 @@ def trajectory_figure(
     ax.set_ylim(*ylim)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    x_span, y_span = float(xlim[1]) - float(xlim[0]), float(ylim[1]) - float(ylim[0])
-    if x_span > 0 and y_span > 0 and not 0.5 <= x_span / y_span <= 2:
-        ax.text(
-            0.02, 0.02, f"axes not to scale: the horizontal range ({x_span:.3g}) is {y_span / x_span:.3g}× smaller\n"
-            f"than the vertical one ({y_span:.3g})" if x_span < y_span else
-            f"axes not to scale: the vertical range ({y_span:.3g}) is {x_span / y_span:.3g}× smaller\n"
-            f"than the horizontal one ({x_span:.3g})",
-            transform=ax.transAxes, fontsize="x-small", color="0.3", va="bottom",
-            bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.9},
-        )  # fmt: skip
+    _scale_note(ax, xlim, ylim)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small", title="○ start, ★ end", title_fontsize="small", loc="upper left")
     ax.set_title("loss contours and paths")
+    if bouncing:
+        _zigzag_inset(ax, bouncing, modes)
 
     ax_y = fig.add_subplot(grid[0, 1])
     ax_x = fig.add_subplot(grid[1, 1], sharex=ax_y)
@@ -536,8 +577,8 @@ def plot_trajectory_2d(
 
     Left: contour levels log-spaced between the smallest positive and the largest loss on the grid (the narrow
     valley of the paper's toy quadratic), each path thin and translucent (minibatch SGD crosses the valley at every
-    step), starting at a circle and ending at a star (markers are never clipped). When the two ranges differ by more
-    than 2×, a note says by how much the axes are out of scale. Right (for trajectories with steps): each coordinate
+    step: its dots at full length form two envelopes, so an inset draws the first steps of such a path connected),
+    starting at a circle and ending at a star (markers are never clipped). When the two ranges differ by more than 2×, a note says by how much the axes are out of scale. Right (for trajectories with steps): each coordinate
     against the step, in the branch styles of :func:`branch_style`.
 
     Args:

@@ -1,16 +1,17 @@
 """The recipes of the paper's experiments: the registry, argument parsing and the run.
 
-A recipe is a name, the paper's default settings (:data:`~hf_subspace.experiments.settings.RECIPE_SPECS`), and a
-``prepare`` function that turns the arguments (:class:`~hf_subspace.experiments.arguments.RecipeArguments`) into a
-model and datasets (:mod:`hf_subspace.experiments.builders`); :func:`run_recipe` hands them to
-:func:`hf_subspace.experiments.experiment.run_experiment`. The scripts under ``recipes/`` call :func:`main`, which is::
+A recipe is a name, its settings (:data:`~hf_subspace.experiments.settings.RECIPE_SPECS`, the one source of its
+defaults) and a ``prepare`` function that turns the arguments (:class:`~hf_subspace.experiments.arguments.RecipeArguments`)
+into a model and datasets (:mod:`hf_subspace.experiments.builders`). The data flows one way::
 
-    recipe_args, training_args = parse_recipe_arguments("mlp_mnist")   # CLI flags and/or a YAML/JSON config
-    prepared = prepare_recipe("mlp_mnist", recipe_args, training_args) # model + datasets
-    run_recipe("mlp_mnist", recipe_args, training_args, prepared)      # prefix, branches, summary, figure
+    recipe = get_recipe("mlp_mnist")                                   # once per run
+    recipe_args, training_args = parse_recipe_arguments(recipe, argv)  # defaults < config file < flags; checked
+    run_recipe(recipe, recipe_args, training_args)                     # run_experiment(prepare, args, plan)
 
-Arguments come from the recipe's defaults (the paper's settings), then a config file (a single ``.yaml``/``.json``
-argument or ``--config FILE``), then command-line flags, each overriding the previous.
+The recipe's own options (:class:`RecipeArguments`, plain Python) are parsed and checked before torch and
+transformers are imported, so a wrong branch name, prefix or missing file fails at once; the training options
+(:class:`~hf_subspace.SubspaceTrainingArguments`) follow. :func:`~.experiment.run_experiment` checks them against
+the plan and the output folder before it calls the recipe's builder, so a refused ``output_dir`` costs no data loading.
 
 Unlike :class:`~hf_subspace.SubspaceTrainingArguments` (default 1,000), every recipe defaults ``hessian_num_samples``
 to :data:`WHOLE_TRAINING_SET`: the Hessian, the full-batch gradient and the logged loss use the whole training subset
@@ -23,28 +24,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import HfArgumentParser
 
-from ..training_args import SubspaceTrainingArguments
-from . import builders
 from ._hub import ensure_hub_or_offline
-from .arguments import PreparedRecipe, Recipe, RecipeArguments
-from .experiment import ExperimentResult, run_experiment
-from .settings import (
-    RECIPE_SPECS,
-    WHOLE_TRAINING_SET,
-    ExperimentError,
-    check_output_dir,
-    recipe_name,
-)
+from .arguments import ExperimentPlan, PreparedRecipe, Recipe, RecipeArguments
+from .settings import RECIPE_SPECS, WHOLE_TRAINING_SET, ExperimentError, recipe_name
+
+if TYPE_CHECKING:
+    from ..training_args import SubspaceTrainingArguments
+    from .experiment import ExperimentResult
 
 __all__ = [
     "RECIPES",
@@ -58,14 +55,27 @@ __all__ = [
     "main",
     "parse_recipe_arguments",
     "prepare_recipe",
+    "recipe_parser",
     "run_recipe",
-    "validate_recipe",
 ]
 
 logger = logging.getLogger(__name__)
 
+
+def _builder(name: str) -> Any:
+    """The builder ``name`` of :mod:`~.builders`, imported when first called (it needs torch and the data stack)."""
+
+    def prepare(recipe_args: RecipeArguments, training_args: SubspaceTrainingArguments) -> PreparedRecipe:
+        from . import builders
+
+        return getattr(builders, name)(recipe_args, training_args)  # type: ignore[no-any-return]
+
+    prepare.__name__ = prepare.__qualname__ = name
+    return prepare
+
+
 RECIPES: dict[str, Recipe] = {
-    name: Recipe(name, spec.description, spec.defaults, getattr(builders, spec.builder))
+    name: Recipe(name, spec.description, spec.defaults, _builder(spec.builder), spec.options, spec.required)
     for name, spec in RECIPE_SPECS.items()
 }
 """The registered recipes: :data:`~hf_subspace.experiments.settings.RECIPE_SPECS` with their builders."""
@@ -83,17 +93,21 @@ def get_recipe(name: str) -> Recipe:
 # ----------------------------------------------------------------------------------------------- arguments
 
 
-def _field_names() -> set[str]:
-    names = {f.name for f in dataclasses.fields(RecipeArguments)}
-    return names | {f.name for f in dataclasses.fields(SubspaceTrainingArguments) if f.init}
+def _training_fields() -> set[str]:
+    from ..training_args import SubspaceTrainingArguments
+
+    return {f.name for f in dataclasses.fields(SubspaceTrainingArguments) if f.init}
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
+_PLAN_FIELDS = {f.name for f in dataclasses.fields(RecipeArguments) if f.init}
+
+
+def load_config_file(path: str | Path, check_names: bool = True) -> dict[str, Any]:
     """Read a YAML or JSON config of recipe and training options.
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: for a file that is not a mapping, or unknown option names (listed).
+        ValueError: for a file that is not a mapping, or (``check_names``) unknown option names (listed).
     """
     p = Path(path)
     if not p.is_file():
@@ -107,10 +121,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{p} must hold a mapping of option: value, got {type(data).__name__}")
-    unknown = sorted(set(data) - _field_names() - {"recipe"})
-    if unknown:
-        raise ValueError(f"{p}: unknown option(s) {', '.join(unknown)}")
+    if check_names:
+        _refuse_unknown_names(data, p)
     return data
+
+
+def _refuse_unknown_names(data: Mapping[str, Any], path: Path) -> None:
+    unknown = sorted(set(data) - _PLAN_FIELDS - _training_fields() - {"recipe"})
+    if unknown:
+        raise ValueError(f"{path}: unknown option(s) {', '.join(unknown)}")
 
 
 def _split_config(argv: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -127,29 +146,18 @@ def _split_config(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     return None, argv
 
 
-_DATA_OPTIONS = {"dataset_name", "train_file", "validation_file", "num_train", "num_validation", "loss_type"}
-_IMAGE_OPTIONS = _DATA_OPTIONS | {"standardize"}
-_TEXT_OPTIONS = _DATA_OPTIONS | {"tokenizer_name", "max_seq_length", "text_column", "label_column"}
-RECIPE_OPTIONS: dict[str, set[str]] = {
-    "prepare_toy_quadratic": {"num_train", "model_name_or_path"},
-    "prepare_mlp": _IMAGE_OPTIONS | {"hidden_sizes", "activation"},
-    "prepare_cnn": _IMAGE_OPTIONS,
-    "prepare_transformer": _TEXT_OPTIONS,
-    "prepare_finetune": _TEXT_OPTIONS | {"model_name_or_path", "task"},
-    "prepare_vit": _IMAGE_OPTIONS | {"hidden_sizes"},
-}
-"""The data and model options of :class:`RecipeArguments` each builder reads; ``--help`` of a recipe lists only
-those (the others are still accepted). A builder not listed shows them all."""
-
-_GENERAL_OPTIONS = {
-    "modes",
-    "switch_step",
-    "switch_rule",
-    "basis_audit_steps",
-    "prefix",
-    "overwrite_output_dir",
-    "plot",
-    "experiment_name",
+_GENERAL_OPTIONS = {f.name for f in dataclasses.fields(ExperimentPlan)}
+_HELP = {
+    "hessian_num_samples": (
+        "Size of the fixed, seeded subset of the training set on which the Hessian, the full-batch gradient of chi_k "
+        "and the logged loss (subspace/full_train_loss, the losses of summary.json) are computed; the same subset "
+        "for the prefix and every branch. The recipes' default is larger than any training set: the whole training "
+        "subset, as in the paper."
+    ),
+    "per_device_train_batch_size": (
+        "Training batch per process. The recipe's (or config's) value is the paper's global batch: with N processes "
+        "each process takes 1/N of it; a value given here on the command line is per process (global batch = N × it)."
+    ),
 }
 
 
@@ -181,41 +189,25 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or bool(mps is not None and mps.is_available())
 
 
-def parse_recipe_arguments(
-    recipe: str, argv: Sequence[str] | None = None
-) -> tuple[RecipeArguments, SubspaceTrainingArguments]:
-    """Parse a recipe's options: its defaults, then a config file, then command-line flags.
-
-    Args:
-        recipe: the recipe name (its defaults are the paper's settings).
-        argv: the arguments (default ``sys.argv[1:]``): a single ``.yaml``/``.json`` path, and/or ``--config FILE``
-            plus any ``--option value`` of :class:`RecipeArguments` and :class:`SubspaceTrainingArguments`.
-
-    Under ``torchrun`` / ``accelerate launch`` with N processes, the recipe's (or config's) batch is the paper's
-    global batch and each process gets 1/N of it (with a warning, unchanged, when it does not divide); a
-    ``--per_device_train_batch_size`` on the command line is per process. Option names must be spelled out in full.
-
-    Returns:
-        ``(recipe_args, training_args)``.
-
-    Raises:
-        ExperimentError: an invalid or abbreviated option, or an invalid value (one line naming it, no usage text).
-        ValueError: an invalid recipe option value (e.g. ``--standardize``), a config of another recipe.
-    """
-    spec = get_recipe(recipe)
-    config_path, rest = _split_config(sys.argv[1:] if argv is None else argv)
-    defaults = dict(spec.defaults)
+def _recipe_defaults(recipe: Recipe, config_path: str | None) -> dict[str, Any]:
+    """The recipe's defaults, then a config file's values."""
+    defaults = dict(recipe.defaults)
     if config_path:
-        loaded = load_config_file(config_path)
-        if loaded.get("recipe") not in (None, spec.name):
-            raise ValueError(f"{config_path} is a config of recipe {loaded['recipe']!r}, not {spec.name!r}")
+        loaded = load_config_file(config_path, check_names=False)
+        if loaded.get("recipe") not in (None, recipe.name):
+            raise ValueError(f"{config_path} is a config of recipe {loaded['recipe']!r}, not {recipe.name!r}")
         loaded.pop("recipe", None)
         defaults.update(loaded)
+    return defaults
+
+
+def _training_defaults(recipe: Recipe, defaults: dict[str, Any], rest: Sequence[str]) -> dict[str, Any]:
+    """The training options' defaults of this launch: CPU + gloo without an accelerator, and the recipe's batch as
+    the global batch over the launched processes."""
     # Without an accelerator, use_cpu must be set for a multi-process launch to become CPU + gloo DDP (otherwise the
     # Trainer sees one process per rank and every rank writes everything).
+    defaults = {k: v for k, v in defaults.items() if k not in _PLAN_FIELDS}
     defaults.setdefault("use_cpu", not _has_accelerator())
-    # The recipe's (or config's) batch is the paper's GLOBAL batch: with several processes each gets its share, so
-    # two processes train with the same 50 examples per step as one. A command-line value is per process.
     processes = _launched_processes()
     if processes > 1 and not _given_on_command_line(rest, "per_device_train_batch_size"):
         global_batch = int(defaults.get("per_device_train_batch_size", 8))
@@ -225,35 +217,74 @@ def parse_recipe_arguments(
             logger.warning(
                 "the %s recipe's global batch of %d cannot be split evenly over %d processes: each process takes %d, "
                 "so the global batch is %d; pass --per_device_train_batch_size N to choose (global batch %d·N).",
-                spec.name, global_batch, processes, global_batch, global_batch * processes, processes,
+                recipe.name, global_batch, processes, global_batch, global_batch * processes, processes,
             )  # fmt: skip
+    return defaults
+
+
+def recipe_parser(recipe: Recipe | str, defaults: Mapping[str, Any] | None = None) -> HfArgumentParser:
+    """The full option parser of a recipe (its ``--help``): :class:`RecipeArguments` and
+    :class:`~hf_subspace.SubspaceTrainingArguments`, with the recipe's defaults (or ``defaults``) set."""
+    from ..training_args import SubspaceTrainingArguments
+
+    spec = recipe if isinstance(recipe, Recipe) else get_recipe(recipe)
     parser = _RecipeParser(
         (RecipeArguments, SubspaceTrainingArguments), prog=f"hf-subspace run {spec.name}", allow_abbrev=False
     )
-    parser.set_defaults(**defaults)
-    shown = RECIPE_OPTIONS.get(getattr(spec.prepare, "__name__", ""))
-    recipe_fields = {f.name for f in dataclasses.fields(RecipeArguments)}
+    parser.set_defaults(**(spec.defaults if defaults is None else defaults))
     for action in parser._actions:
-        if action.dest == "hessian_num_samples":
-            action.help = (
-                "Size of the fixed, seeded subset of the training set on which the Hessian, the full-batch gradient "
-                "of chi_k and the logged loss (subspace/full_train_loss, the losses of summary.json) are computed; "
-                "the same subset for the prefix and every branch. The recipes' default is larger than any training "
-                "set: the whole training subset, as in the paper."
-            )
-        elif action.dest == "per_device_train_batch_size":
-            action.help = (
-                "Training batch per process. The recipe's (or config's) value is the paper's global batch: with N "
-                "processes each process takes 1/N of it; a value given here on the command line is per process "
-                "(global batch = N × it)."
-            )
+        if action.dest in _HELP:
+            action.help = _HELP[action.dest]
         elif action.dest == "plot" and "--no_plot" in action.option_strings:
             action.help = "Write no figures."
-        elif shown is not None and action.dest in recipe_fields - _GENERAL_OPTIONS - shown:
+        elif spec.options and action.dest in _PLAN_FIELDS - _GENERAL_OPTIONS - spec.options:
             action.help = argparse.SUPPRESS  # another recipe's data/model option: accepted, not listed
-    recipe_args, training_args, remaining = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+    return parser
+
+
+def parse_recipe_arguments(
+    recipe: Recipe | str, argv: Sequence[str] | None = None
+) -> tuple[RecipeArguments, SubspaceTrainingArguments]:
+    """Parse a recipe's options: its defaults, then a config file, then command-line flags.
+
+    Args:
+        recipe: the recipe (or its name; its defaults are the paper's settings).
+        argv: the arguments (default ``sys.argv[1:]``): a single ``.yaml``/``.json`` path, and/or ``--config FILE``
+            plus any ``--option value`` of :class:`RecipeArguments` and :class:`SubspaceTrainingArguments`.
+
+    The recipe's own options are parsed and checked first, before torch is imported. Under ``torchrun`` /
+    ``accelerate launch`` with N processes, the recipe's (or config's) batch is the paper's global batch and each
+    process gets 1/N of it (with a warning, unchanged, when it does not divide); a ``--per_device_train_batch_size``
+    on the command line is per process. Option names must be spelled out in full.
+
+    Returns:
+        ``(recipe_args, training_args)``; ``recipe_args`` is the run's :class:`~.arguments.ExperimentPlan`.
+
+    Raises:
+        ExperimentError: an invalid or abbreviated option, an invalid value, a missing file (one line naming it, no
+            usage text).
+        ValueError: a config of another recipe, unknown names in a config file.
+    """
+    spec = recipe if isinstance(recipe, Recipe) else get_recipe(recipe)
+    config_path, rest = _split_config(sys.argv[1:] if argv is None else argv)
+    defaults = _recipe_defaults(spec, config_path)
+    if "-h" in rest or "--help" in rest:
+        recipe_parser(spec, defaults).parse_args(["--help"])  # prints the options and exits
+    # 1. the experiment's own options: plain Python, checked at once
+    plan_parser = _RecipeParser(RecipeArguments, prog=f"hf-subspace run {spec.name}", allow_abbrev=False)
+    plan_parser.set_defaults(**{k: v for k, v in defaults.items() if k in _PLAN_FIELDS})
+    (recipe_args, rest_) = plan_parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+    recipe_args.recipe = spec.name
+    # 2. the training options (torch and transformers)
+    from ..training_args import SubspaceTrainingArguments
+
+    if config_path:
+        _refuse_unknown_names(defaults, Path(config_path))
+    parser = _RecipeParser(SubspaceTrainingArguments, prog=f"hf-subspace run {spec.name}", allow_abbrev=False)
+    parser.set_defaults(**_training_defaults(spec, defaults, rest))
+    training_args, remaining = parser.parse_args_into_dataclasses(args=rest_, return_remaining_strings=True)
     if remaining:
-        known = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+        known = [o for p in (plan_parser, parser) for a in p._actions for o in a.option_strings if o.startswith("--")]
         hints = []
         for item in remaining:
             if item.startswith("-"):
@@ -270,126 +301,56 @@ def parse_recipe_arguments(
 
 
 def prepare_recipe(
-    recipe: str, recipe_args: RecipeArguments, training_args: SubspaceTrainingArguments
+    recipe: Recipe | str, recipe_args: RecipeArguments, training_args: SubspaceTrainingArguments
 ) -> PreparedRecipe:
     """Build the recipe's model and datasets (files are checked and data loaded here, before any training).
 
     Raises:
         hf_subspace.experiments.data.DatasetLoadError: a dataset that cannot be loaded (with a hint to pass a local copy).
     """
+    spec = recipe if isinstance(recipe, Recipe) else get_recipe(recipe)
     ensure_hub_or_offline()  # no network: offline at once (one quick check) instead of minutes of Hub retries
-    return get_recipe(recipe).prepare(recipe_args, training_args)
-
-
-def validate_recipe(recipe: str, recipe_args: RecipeArguments, training_args: SubspaceTrainingArguments) -> None:
-    """The recipe path's gate, before any data loading or training: recipe name, local files, finetune checkpoint,
-    ``output_dir`` (modes and prefix were normalised when :class:`RecipeArguments` was built; the model-dependent
-    rules are the experiment's and the trainer's).
-
-    Raises:
-        ExperimentError: unknown recipe, missing file, refused ``output_dir``, missing finetune checkpoint.
-    """
-    spec = get_recipe(recipe)
-    for option in ("train_file", "validation_file"):
-        value = getattr(recipe_args, option)
-        if value and not Path(value).expanduser().exists():
-            raise ExperimentError(f"--{option} {value!r} does not exist.")
-    if spec.name == "finetune" and not recipe_args.model_name_or_path:
-        raise ExperimentError("the finetune recipe needs --model_name_or_path (a Hub checkpoint or a local folder).")
-    check_output_dir(training_args.output_dir, recipe_args.overwrite_output_dir or recipe_args.resume_experiment)
+    return spec.prepare(recipe_args, training_args)
 
 
 def run_recipe(
-    recipe: str,
+    recipe: Recipe | str,
     recipe_args: RecipeArguments,
     training_args: SubspaceTrainingArguments,
     prepared: PreparedRecipe | None = None,
     print_table: bool = True,
 ) -> ExperimentResult:
-    """Validate, prepare (unless given), and run the recipe's experiment; print the results table on rank 0.
+    """Run a parsed recipe's experiment (the recipe's builder runs once the settings are checked, unless
+    ``prepared`` is given); print the results table on rank 0.
 
-    :func:`validate_recipe` runs first, so a refused ``output_dir`` or a missing file costs no data loading.
+    Raises:
+        ExperimentError: a required option of the recipe is missing, or the runner refuses the settings
+            (:func:`~.experiment.check_experiment`), before any data is loaded.
     """
-    validate_recipe(recipe, recipe_args, training_args)
-    spec = get_recipe(recipe)
-    if prepared is None:
-        prepared = prepare_recipe(spec.name, recipe_args, training_args)
-    loss_type = recipe_args.loss_type or getattr(getattr(prepared.model, "config", None), "loss_type", None)
-    result = run_experiment(
-        prepared.model,
-        training_args,
-        prepared.train_dataset,
-        switch_step=recipe_args.switch_step,
-        switch_rule=recipe_args.switch_rule,
-        basis_audit_steps=recipe_args.basis_audit_steps,
-        switch_measure_steps=recipe_args.switch_measure_steps,
-        resume=recipe_args.resume_experiment,
-        modes=recipe_args.modes,
-        prefix=recipe_args.prefix,
-        recipe=spec.name,
-        eval_dataset=prepared.eval_dataset,
-        data_collator=prepared.data_collator,
-        processing_class=prepared.processing_class,
-        compute_loss_func=prepared.compute_loss_func,
-        overwrite_output_dir=recipe_args.overwrite_output_dir,
-        output_dir_checked=True,  # validate_recipe refused an occupied output_dir before the data was loaded
-        record_trajectory=prepared.record_trajectory,
-        dataset_name=prepared.dataset_name,
-        extras={
-            "dataset_description": prepared.dataset_description,
-            "loss": prepared.loss,
-            "loss_type": loss_type,
-            **prepared.extras,
-        },
-        metadata={"recipe_args": _resolved_arguments(recipe_args, loss_type), "loss": prepared.loss},
-        plot=recipe_args.plot,
-        name=recipe_args.experiment_name or spec.name,
-        card_description=_card_description(prepared, recipe_args.experiment_name or spec.name, spec.name),
-        dataset_tags=prepared.dataset_tags,
-    )
-    if result.summary_path is not None:
-        if prepared.after is not None and recipe_args.plot:
-            prepared.after(result)
-        if print_table:
-            print(result.table())
-            print(
-                f"summary: {result.summary_path}" + (f"\nfigure:  {result.figure_path}" if result.figure_path else "")
-            )
+    from .experiment import run_experiment
+
+    spec = recipe if isinstance(recipe, Recipe) else get_recipe(recipe)
+    recipe_args.recipe = spec.name
+    for option in spec.required:
+        if not getattr(recipe_args, option):
+            help_ = RecipeArguments.__dataclass_fields__[option].metadata.get("help", "")
+            raise ExperimentError(f"the {spec.name} recipe needs --{option} ({help_.rstrip('.')}).")
+    build = functools.partial(prepare_recipe, spec, recipe_args, training_args)
+    result = run_experiment(prepared or build, training_args, recipe_args)
+    if result.summary_path is not None and print_table:
+        print(result.table())
+        print(f"summary: {result.summary_path}" + (f"\nfigure:  {result.figure_path}" if result.figure_path else ""))
     return result
-
-
-_PATH_OPTIONS = ("train_file", "validation_file", "dataset_name", "tokenizer_name", "model_name_or_path")
-
-
-def _resolved_arguments(recipe_args: RecipeArguments, loss_type: str | None) -> dict[str, Any]:
-    """The recipe arguments as saved in ``hf_subspace_experiment.json``: local paths made absolute (so
-    ``hf-subspace spectrum`` finds the data from any folder) and the loss actually trained."""
-    record = dataclasses.asdict(recipe_args)
-    for key in _PATH_OPTIONS:
-        value = record.get(key)
-        if isinstance(value, str) and value and Path(value).expanduser().exists():
-            record[key] = str(Path(value).expanduser().resolve())
-    record["loss_type"] = loss_type
-    return record
-
-
-def _card_description(prepared: PreparedRecipe, name: str, recipe: str) -> str:
-    """The paragraph at the top of every branch card: the experiment, its data and its loss."""
-    lines = [f"Experiment `{name}` (recipe `{recipe}` of hf-subspace)."]
-    if prepared.dataset_description:
-        lines.append(f"Training data: {prepared.dataset_description}.")
-    if prepared.loss:
-        lines.append(f"Loss: {prepared.loss}.")
-    return " ".join(lines)
 
 
 def console_main(recipe: str, argv: Sequence[str] | None = None) -> int:
     """Run a recipe from a command line and return the exit status: the one error path of every entry point.
 
     ``hf-subspace run``, ``python recipes/<recipe>.py`` and ``accelerate launch recipes/<recipe>.py`` all end here:
-    an invalid option, a missing file or an unloadable dataset (``ValueError``, including :class:`ExperimentError`
-    and ``DatasetLoadError``, or ``OSError``) prints ONE line ``error: ...`` on stderr (from the first process only)
-    and returns 2; ``HF_SUBSPACE_DEBUG=1`` re-raises it with its traceback instead. ``--help`` exits 0.
+    an unknown recipe, an invalid option, a missing file or an unloadable dataset (``ValueError``, including
+    :class:`ExperimentError` and ``DatasetLoadError``, or ``OSError``) prints ONE line ``error: ...`` on stderr (from
+    the first process only) and returns 2; ``HF_SUBSPACE_DEBUG=1`` re-raises it with its traceback instead.
+    ``--help`` exits 0.
     """
     try:
         main(recipe, argv)
@@ -403,6 +364,7 @@ def console_main(recipe: str, argv: Sequence[str] | None = None) -> int:
 
 
 def main(recipe: str, argv: Sequence[str] | None = None) -> ExperimentResult:
-    """Parse the arguments, validate, build the model and data, and run the recipe."""
-    recipe_args, training_args = parse_recipe_arguments(recipe, argv)
-    return run_recipe(recipe, recipe_args, training_args)
+    """Look the recipe up, parse and check its arguments, build the model and data, and run it."""
+    spec = get_recipe(recipe)
+    recipe_args, training_args = parse_recipe_arguments(spec, argv)
+    return run_recipe(spec, recipe_args, training_args)

@@ -115,7 +115,7 @@ PREFIXES: dict[str, str] = {
     "sgd": "minibatch SGD (the optimizer on minibatches of per_device_train_batch_size)",
     "gd": "full-batch GD (the optimizer on the gradient of the whole training set)",
 }
-"""The optimizers of the shared prefix (``run_experiment(prefix=...)``, ``--prefix``)."""
+"""The optimizers of the shared prefix (``ExperimentPlan.prefix``, ``--prefix``)."""
 
 
 def parse_prefix(prefix: str) -> str:
@@ -158,12 +158,23 @@ WHOLE_TRAINING_SET = 1_000_000_000
 @dataclass(frozen=True)
 class RecipeSpec:
     """A recipe's data: its name, one-line description, the name of its builder in
-    :mod:`hf_subspace.experiments.builders` and its defaults (the paper's settings, on top of :data:`_COMMON`)."""
+    :mod:`hf_subspace.experiments.builders`, and every default it runs with (the paper's settings, on top of
+    :data:`_COMMON`): the one source of a recipe's settings. The shipped ``recipes/configs/<name>.yaml`` and the
+    ``--help`` defaults are checked against it (``tests/test_recipes.py``); the builders take every value from the
+    parsed arguments and fall back on nothing.
+
+    Attributes:
+        options: the data and model options of :class:`~hf_subspace.experiments.arguments.RecipeArguments` the
+            builder reads; ``--help`` lists only those (the others are accepted, not listed).
+        required: options the recipe cannot run without (refused when the arguments are parsed).
+    """
 
     name: str
     builder: str
     description: str
     defaults: Mapping[str, Any]
+    options: frozenset[str] = frozenset()
+    required: tuple[str, ...] = ()
 
 
 _COMMON: dict[str, Any] = {
@@ -182,44 +193,55 @@ _COMMON: dict[str, Any] = {
     "hessian_num_samples": WHOLE_TRAINING_SET,
 }
 
+_DATA = frozenset({"dataset_name", "train_file", "validation_file", "num_train", "num_validation", "loss_type"})
+_IMAGE = _DATA | {"standardize"}
+_TEXT = _DATA | {"tokenizer_name", "max_seq_length", "text_column", "label_column"}
 
-def _spec(name: str, builder: str, description: str, defaults: Mapping[str, Any]) -> RecipeSpec:
+
+def _spec(
+    name: str, builder: str, description: str, options: frozenset[str], defaults: Mapping[str, Any], **kw: Any
+) -> RecipeSpec:
     merged = {**_COMMON, "output_dir": f"runs/{name}", **defaults}
     if name != "finetune":  # the paper's models use every parameter in every step
         merged.setdefault("ddp_find_unused_parameters", False)
-    return RecipeSpec(name, builder, description, merged)
+    return RecipeSpec(name, builder, description, merged, options, **kw)
 
 
 RECIPE_SPECS: dict[str, RecipeSpec] = {
     spec.name: spec
     for spec in (
         _spec("toy_quadratic", "prepare_toy_quadratic", "2-D ill-conditioned valley, ±xy per-sample noise (k = 1)",
-              {"max_steps": 1000, "switch_step": 100, "learning_rate": 1e-3, "per_device_train_batch_size": 1,
-               "subspace_k": 1, "subspace_refresh_steps": 10, "subspace_alignment_steps": 25, "logging_steps": 50,
-               "modes": "sgd,gd,dominant,bulk"}),
+              frozenset({"num_train", "model_name_or_path"}),
+              {"num_train": 100, "max_steps": 1000, "switch_step": 100, "learning_rate": 1e-3,
+               "per_device_train_batch_size": 1, "subspace_k": 1, "subspace_refresh_steps": 10,
+               "subspace_alignment_steps": 25, "logging_steps": 50, "modes": "sgd,gd,dominant,bulk"}),
         _spec("mlp_mnist", "prepare_mlp", "MLP 784-200-200-10 (tanh, MSE) on the first 5,000 MNIST images, k = 10",
+              _IMAGE | {"hidden_sizes", "activation"},
               {"dataset_name": "mnist", "num_train": 5000, "hidden_sizes": "200,200", "activation": "tanh",
-               "learning_rate": 0.01, "subspace_k": 10, "max_steps": 10000, "switch_step": 2000,
+               "loss_type": "mse", "learning_rate": 0.01, "subspace_k": 10, "max_steps": 10000, "switch_step": 2000,
                "subspace_refresh_steps": 10, "subspace_alignment_steps": 200}),
         _spec("cnn_cifar10", "prepare_cnn",
-              "CNN (2× conv3-ReLU-pool + linear, MSE) on the first 5,000 CIFAR-10 images",
-              {"dataset_name": "cifar10", "num_train": 5000, "learning_rate": 0.001, "subspace_k": 10,
-               "max_steps": 10000, "switch_step": 2000, "subspace_refresh_steps": 10,
+              "CNN (2× conv3-ReLU-pool + linear, MSE) on the first 5,000 CIFAR-10 images", _IMAGE,
+              {"dataset_name": "cifar10", "num_train": 5000, "loss_type": "mse", "learning_rate": 0.001,
+               "subspace_k": 10, "max_steps": 10000, "switch_step": 2000, "subspace_refresh_steps": 10,
                "subspace_alignment_steps": 200}),
         _spec("transformer_sst2", "prepare_transformer",
-              "2-layer post-LN Transformer (MSE) on the first 1,000 SST-2 sentences",
-              {"dataset_name": "sst2", "num_train": 1000, "tokenizer_name": "bert-base-uncased",
+              "2-layer post-LN Transformer (MSE) on the first 1,000 SST-2 sentences", _TEXT,
+              {"dataset_name": "sst2", "num_train": 1000, "tokenizer_name": "bert-base-uncased", "loss_type": "mse",
                "learning_rate": 0.001, "subspace_k": 2, "max_steps": 10000, "switch_step": 2000,
                "subspace_refresh_steps": 10, "subspace_alignment_steps": 200}),
         _spec("vit_cifar10", "prepare_vit",
               "transformers ViT from ViTConfig (patch 8, hidden 64, 2 layers, cross-entropy) on CIFAR-10",
-              {"dataset_name": "cifar10", "num_train": 5000, "learning_rate": 0.1, "subspace_k": 10,
-               "loss_type": "cross_entropy", "max_steps": 3000, "switch_step": 1000, "subspace_refresh_steps": 20,
-               "subspace_alignment_steps": 100}),
+              _IMAGE | {"hidden_sizes"},
+              {"dataset_name": "cifar10", "num_train": 5000, "hidden_sizes": "64,2", "learning_rate": 0.1,
+               "subspace_k": 10, "loss_type": "cross_entropy", "max_steps": 3000, "switch_step": 1000,
+               "subspace_refresh_steps": 20, "subspace_alignment_steps": 100}),
         _spec("finetune", "prepare_finetune", "fine-tune any Hub checkpoint (sequence or image classification)",
+              _TEXT | {"model_name_or_path", "task"},
               {"dataset_name": "sst2", "num_train": 1000, "learning_rate": 1e-3, "per_device_train_batch_size": 16,
                "per_device_eval_batch_size": 64, "subspace_k": 2, "max_steps": 1000, "switch_step": 200,
-               "subspace_refresh_steps": 10, "subspace_alignment_steps": 50, "hessian_batch_size": 64}),
+               "subspace_refresh_steps": 10, "subspace_alignment_steps": 50, "hessian_batch_size": 64},
+              required=("model_name_or_path",)),
     )
 }  # fmt: skip
 """The recipes' data; :data:`hf_subspace.experiments.recipes.RECIPES` adds their builders."""

@@ -1,6 +1,6 @@
-"""The recipes of the paper's other experiments (issue 13), each a handful of steps on a slice of the shipped data:
-the CNN and a ``transformers`` ViT on CIFAR-10, ``finetune`` of a saved image classifier, the edge of stability
-(GD prefix, GD/Dom-GD/Bulk-GD), momentum/Adam/SAM branches; plus the claims and figures computed from them."""
+"""The recipes' builders (:mod:`hf_subspace.experiments.builders`), each a handful of steps on a slice of the shipped
+data: the CNN and a ``transformers`` ViT on CIFAR-10, ``finetune`` of a saved image classifier, the edge of stability
+(GD prefix, GD/Dom-GD/Bulk-GD), momentum/Adam/SAM branches, and the curves and figures computed from them."""
 
 from __future__ import annotations
 
@@ -19,9 +19,6 @@ from hf_subspace.experiments.claims import (
     paper_answer,
 )
 from hf_subspace.experiments.diagnostics import (
-    effective_lr_means,
-    extra_figures,
-    metric_curves,
     sharpness_summary,
     spectrum_gap,
 )
@@ -200,115 +197,3 @@ def test_spectrum_curves_with_extra_eigenvalues(tmp_path):
         assert value >= nxt - 1e-6  # descending: λ_3 ≥ λ_4 at every measurement
     assert (out / "spectrum.png").is_file()
     assert spectrum_gap(result.summary["runs"]["sgd"])["measurements"] == len(curves["eigenvalue_top_03"])
-
-
-# ----------------------------------------------------------------------------------------------- pure functions
-
-
-def test_metric_curves_merge_prefix_and_branch():
-    prefix = [{"step": 0, "subspace/eigenvalue_top_01": 5.0, "subspace/full_train_loss": 1.0},
-              {"step": 10, "subspace/eigenvalue_top_01": 6.0, "subspace/effective_lr_bulk": 0.1},
-              {"step": 20, "subspace/eigenvalue_top_01": 99.0}]  # fmt: skip
-    branch = [{"step": 20, "subspace/eigenvalue_top_01": 7.0, "subspace/effective_lr_bulk": float("nan")},
-              {"step": 30, "subspace/eigenvalue_next_02": 1.0, "loss": 3.0}]  # fmt: skip
-    curves = metric_curves(prefix, branch, 20)
-    assert curves == {
-        "eigenvalue_top_01": [[0, 5.0], [10, 6.0], [20, 7.0]],
-        "effective_lr_bulk": [[10, 0.1]],
-        "eigenvalue_next_02": [[30, 1.0]],
-    }
-
-
-def _summary(**runs):
-    return {"k": 2, "switch_step": 10, "learning_rate": 0.1, "optimizer": "sgd", "runs": runs}
-
-
-def test_claims_from_synthetic_summaries(tmp_path):
-    # edge of stability: λ₁ reaches 2/η = 20; GD and Bulk-GD halve the loss, Dom-GD does not
-    lam = [[0, 10.0], [5, 19.5], [10, 20.5], [20, 20.1]]
-
-    def branch(losses, mode="none"):  # loss at steps 10 (switch), 12, ..., 20 (end)
-        curve = [[10 + 2 * i, v] for i, v in enumerate(losses)]
-        return {"loss_at_switch": losses[0], "final_loss": losses[-1], "loss_curve": curve, "subspace_mode": mode,
-                "full_batch": True, "curves": {"eigenvalue_top_01": lam}}  # fmt: skip
-
-    # Dom-GD stays flat: judged against GD (progress ≤ 0.1 × GD's, second-half slope within the spread of 0)
-    runs = {"gd": branch([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]),
-            "dominant-gd": branch([1.0, 1.0, 0.999, 1.001, 0.999, 1.0], "dominant"),
-            "bulk-gd": branch([1.0, 0.9, 0.8, 0.7, 0.6, 0.55], "bulk")}  # fmt: skip
-    eos = {**_summary(**runs), "prefix_optimizer": "gd", "max_steps": 20}
-    answers = {c.claim: c.answer for c in evaluate_claims("eos", eos)}
-    assert answers["GD reaches the edge of stability (λ₁ ≈ 2/η)"] == "yes"
-    assert answers["Dom-GD fails to train at the edge of stability"] == "yes"
-    # a one-time drop, then flat: 51 % of GD's progress (the old half-branch rule called this a failure): no
-    eos["runs"]["dominant-gd"] = branch([1.0, 0.7, 0.7, 0.7, 0.7, 0.7], "dominant")
-    dom = {c.claim: c.answer for c in evaluate_claims("eos", eos)}["Dom-GD fails to train at the edge of stability"]
-    assert dom == "no"
-    assert answers["Bulk-GD is as effective as GD at the edge of stability"] == "yes"
-    assert sharpness_summary(eos)["first_step_90"] == 5
-    lower = {**eos, "learning_rate": 0.01}  # 2/η = 200: far from the edge
-    assert {c.claim: c.answer for c in evaluate_claims("eos", lower)}[
-        "GD reaches the edge of stability (λ₁ ≈ 2/η)"
-    ] == "no"
-    # spectrum gap: λ_2 / λ_3 = 4 and 2 at the two measurements
-    gap = {"eigenvalue_top_02": [[0, 8.0], [10, 4.0]], "eigenvalue_next_03": [[0, 2.0], [10, 2.0]]}
-    s = _summary(sgd={"loss_at_switch": 1.0, "final_loss": 0.5, "curves": gap})
-    g = spectrum_gap(s["runs"]["sgd"])
-    assert (g["ratio"], g["min_ratio"], g["measurements"]) == (3.0, 2.0, 2)
-    assert "the top-k eigenvalues separate from the rest (spectrum gap)" in {
-        c.claim for c in evaluate_claims("s", s) if c.answer == "yes"
-    }
-    # Table 1: mean effective learning rates before the switch (step 10), momentum amplifies the bulk
-    lrs = {"effective_lr_dominant": [[0, 0.01], [5, 0.03], [10, 9.0]], "effective_lr_bulk": [[0, 0.1], [5, 0.3]]}
-    mom = {**_summary(sgd={"loss_at_switch": 1.0, "final_loss": 0.5, "curves": lrs}), "optim_args": "momentum=0.9"}
-    assert effective_lr_means(mom["runs"]["sgd"], 10) == pytest.approx({"dominant": 0.02, "bulk": 0.2,
-                                                                        "measurements": 2})  # fmt: skip
-    row = [c for c in evaluate_claims("m", mom) if "amplifies" in c.claim]
-    # one seed and no SGD baseline: no interval to compare (tests/test_claims.py has the multi-seed rule)
-    assert len(row) == 1 and row[0].claim.startswith("momentum") and row[0].answer == "inconclusive"
-    assert not [c for c in evaluate_claims("sgd", _summary(sgd={"curves": lrs})) if "amplifies" in c.claim]
-    # the figures the data supports
-    written = {p.name for p in extra_figures(eos, tmp_path)} | {p.name for p in extra_figures(s, tmp_path)}
-    assert written == {"sharpness.png", "spectrum.png"}
-
-
-@pytest.mark.parametrize(
-    ("summary", "label"),
-    [
-        ({"optimizer": "sgd", "optim_args": None}, "SGD"),
-        ({"optimizer": "sgd", "optim_args": "momentum=0.9,nesterov=True"}, "momentum"),
-        ({"optimizer": "sgd", "optim_args": "momentum=0"}, "SGD"),
-        ({"optimizer": "adamw_torch"}, "Adam"),
-        ({"optimizer": "sgd", "sam_rho": 0.05}, "SAM"),
-        ({"optimizer": "adamw_torch", "sam_rho": 0.05}, "SAM-Adam"),
-    ],
-)
-def test_optimizer_label(summary, label):
-    assert optimizer_label(summary) == label
-
-
-def test_reference_runs_of_the_paper_extras_parse():
-    """The cards' commands (model_cards/regenerate.py) are valid recipe options, full and quick, and their data
-    exists in the shipped folder."""
-    import runpy
-
-    regen = runpy.run_path(str(Path(__file__).resolve().parents[1] / "model_cards" / "regenerate.py"))
-    runs = {r.name: r for r in regen["PAPER_EXTRA_RUNS"]}
-    expected = {
-        "mlp_mnist_eos",
-        "mlp_mnist_sgd",
-        "mlp_mnist_momentum",
-        "mlp_mnist_adam",
-        "mlp_mnist_adam_lr1e-4",
-        "mlp_mnist_sam",
-        "vit_cifar10",
-    }
-    assert set(runs) == expected and set(runs) <= {r.name for r in regen["REFERENCE_RUNS"]}
-    for run_ in runs.values():
-        for quick in (False, True):
-            ra, ta = parse_recipe_arguments(run_.recipe, run_.argv(SHARED_DATA, Path("out"), quick))
-            assert ra.switch_step < ta.max_steps and ta.report_to in ([], ["none"], "none")
-        if SHARED_DATA.is_dir():
-            assert all((SHARED_DATA / n).is_file() for n in run_.needs)
-    ra, ta = parse_recipe_arguments("mlp_mnist", runs["mlp_mnist_eos"].argv(SHARED_DATA, Path("out")))
-    assert (ra.prefix, ra.modes, ta.learning_rate) == ("gd", "gd,dominant-gd,bulk-gd", 0.05)

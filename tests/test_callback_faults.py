@@ -1,4 +1,4 @@
-"""SubspaceTrainer on edge cases (issue 15): NaN, parameters without gradient, changed settings on resume, the
+"""SubspaceTrainer's callback on edge cases: NaN, parameters without gradient, changed settings on resume, the
 eigengap, and a switch step beyond the end of training. Each checks the value against an independent reference."""
 
 from __future__ import annotations
