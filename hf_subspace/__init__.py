@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .eigensolvers import EigenResult, top_eigenpairs
     from .hessian import HessianOperator
     from .operator import MatrixOperator
+    from .spectral import hessian_trace, spectral_density
     from .spectrum import hessian_eigenpairs
     from .subspace import SubspaceBasis
     from .tracking import BasisTracker
@@ -37,6 +38,8 @@ __all__ = [
     "SubspaceTrainingArguments",
     "__version__",
     "hessian_eigenpairs",
+    "hessian_trace",
+    "spectral_density",
     "top_eigenpairs",
 ]
 
@@ -46,6 +49,8 @@ _HOMES = {
     "HessianOperator": "hessian",
     "MatrixOperator": "operator",
     "hessian_eigenpairs": "spectrum",
+    "hessian_trace": "spectral",
+    "spectral_density": "spectral",
     "SubspaceBasis": "subspace",
     "SubspaceCallback": "callback",
     "SubspaceTrainer": "trainer",

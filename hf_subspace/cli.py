@@ -195,6 +195,19 @@ def _add_spectrum_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default=None, choices=["lanczos", "lobpcg", "eigsh"], help="eigensolver")
     parser.add_argument("--output_dir", default=None, help="where to write spectrum.json/png (default: model_dir)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the start vectors")
+    parser.add_argument(
+        "--loss",
+        default=None,
+        choices=["model", "mse", "cross_entropy"],
+        help="loss whose Hessian to take: the model's own (model(**batch).loss), or MSE / cross-entropy on its logits "
+        "(default: the loss the run trained)",
+    )
+    parser.add_argument("--trace", action="store_true", help="also estimate the Hessian trace (Hutch++)")
+    parser.add_argument("--trace_matvecs", type=int, default=99, help="Hessian-vector products of the trace")
+    parser.add_argument("--density", action="store_true", help="also the spectral density (stochastic Lanczos)")
+    parser.add_argument("--density_probes", type=int, default=10, help="random probes of the density")
+    parser.add_argument("--density_steps", type=int, default=80, help="Lanczos steps per density probe")
+    parser.add_argument("--log_density", action="store_true", help="draw the density on a log scale")
 
 
 def _run_spectrum(ns: argparse.Namespace) -> int:

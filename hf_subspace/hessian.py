@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed as dist
+from ._batched_product import batched_or_refuse
 from ._loss_items import (
     LossFn,
     NumItemsFn,
@@ -252,9 +253,7 @@ class HessianOperator(LinearOperator):
                 return
             method = "loop"
         if method == "batched":
-            hv = torch.autograd.grad(
-                outputs, self.params, grad_outputs=vectors, is_grads_batched=True, allow_unused=True
-            )
+            hv = batched_or_refuse(outputs, self.params, vectors, self)
             for out, h in zip(products, hv):
                 if h is not None:
                     out.add_(h, alpha=n)

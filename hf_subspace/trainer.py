@@ -127,6 +127,11 @@ class SubspaceTrainerMixin(_TrainerBase):
             tensorboard=lambda: tensorboard_writers(self.callback_handler.callbacks),
         )
         self.add_callback(self.subspace_callback)
+        if self.args.subspace_trace_steps:
+            from .trace_logging import HessianTraceCallback
+
+            every, matvecs = self.args.subspace_trace_steps, self.args.subspace_trace_matvecs
+            self.add_callback(HessianTraceCallback(self.hessian_operator, every, matvecs, self.args.seed, self.log))
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """`Trainer.train`, after checking that the covered parameters are still the trainable ones.

@@ -144,6 +144,16 @@ class SubspaceTrainingArguments(TrainingArguments):
     subspace_progress: bool = field(
         default=False, metadata={"help": "Show tqdm progress bars for Hessian passes and eigensolves."}
     )
+    subspace_trace_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Log the Hutch++ estimate of the Hessian trace (hessian_trace, hessian_trace_stderr) every N "
+            "optimizer steps, e.g. to TensorBoard; 0 = off. Costs subspace_trace_matvecs Hessian-vector products."
+        },
+    )
+    subspace_trace_matvecs: int = field(
+        default=30, metadata={"help": "Hessian-vector products per trace estimate (at least 4)."}
+    )
     sam_rho: float = field(
         default=0.0,
         metadata={
@@ -196,6 +206,11 @@ class SubspaceTrainingArguments(TrainingArguments):
             fail(f"subspace_auto_start_threshold={self.subspace_auto_start_threshold} must be in (0, 1].")
         if not 0.0 <= self.subspace_ema_decay < 1.0:
             fail(f"subspace_ema_decay={self.subspace_ema_decay} must be in [0, 1).")
+        if self.subspace_trace_steps < 0 or self.subspace_trace_matvecs < 4:
+            fail(
+                f"subspace_trace_steps={self.subspace_trace_steps} must be >= 0 (0 = off) and "
+                f"subspace_trace_matvecs={self.subspace_trace_matvecs} at least 4 (Hutch++)."
+            )
         if self.subspace_extra_eigenvalues < 0:
             fail(f"subspace_extra_eigenvalues={self.subspace_extra_eigenvalues} must be >= 0.")
         if self.subspace_alignment_steps is not None and self.subspace_alignment_steps < 0:

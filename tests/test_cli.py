@@ -85,6 +85,24 @@ def test_run_then_spectrum(tmp_path, capsys):
     record = json.loads((tmp_path / "spec" / "spectrum.json").read_text())
     assert record["recipe"] == "toy_quadratic" and record["eigenvalues"][0] == pytest.approx(1000.0, rel=1e-4)
     assert (tmp_path / "spec" / "spectrum.png").is_file()
+    assert "trace" not in record and "density" not in record
+    spec2 = tmp_path / "spec2"
+    args = [
+        "spectrum",
+        str(out / "sgd"),
+        "--k",
+        "1",
+        "--trace",
+        "--density",
+        "--log_density",
+        "--output_dir",
+        str(spec2),
+    ]
+    assert cli.main(args) == 0
+    record = json.loads((spec2 / "spectrum.json").read_text())
+    assert record["trace"]["estimate"] == pytest.approx(1001.0, rel=1e-4)  # tr diag(1000, 1); d = 2: exact
+    assert record["density"]["mean_eigenvalue"] == pytest.approx(500.5, rel=0.5)
+    assert (spec2 / "spectral_density.png").is_file() and (spec2 / "spectral_density.npz").is_file()
     assert cli.main(["spectrum", str(tmp_path / "nothing")]) == 2
 
 
@@ -191,6 +209,12 @@ def test_spectrum_uses_the_loss_the_run_trained(tmp_path, monkeypatch):
         top_ce = float(torch.linalg.eigvalsh(hessian(cross_entropy)(flat))[-1])
     assert abs(top_mse - top_ce) > 0.1 * top_mse  # the test tells the two losses apart
     assert record["eigenvalues"][0] == pytest.approx(top_mse, rel=2e-3)
+    assert record["loss"].startswith("MSE")  # the recipe's description of the loss it trained
+    # --loss: the model's own loss (here BERT's cross-entropy), named as such in spectrum.json
+    assert cli.main([*args, "--loss", "model", "--output_dir", str(tmp_path / "own")]) == 0
+    own = json.loads((tmp_path / "own" / "spectrum.json").read_text())
+    assert own["eigenvalues"][0] == pytest.approx(top_ce, rel=2e-3)
+    assert own["loss"] == "model's own loss (BertForSequenceClassification)"
 
 
 # ----------------------------------------------------------------------------------------------- a run from a newcomer's folder, one-line errors, help texts, the README block

@@ -6,11 +6,12 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _torchrun import torchrun_two
 
-from hf_subspace import HessianOperator, top_eigenpairs
+from hf_subspace import HessianOperator, hessian_trace, spectral_density, top_eigenpairs
 
 WORKERS = Path(__file__).resolve().parent / "distributed"
 pytestmark = pytest.mark.distributed
@@ -48,6 +49,12 @@ def test_hessian_and_eigensolvers_match_one_process(tmp_path):
         assert torch.allclose(values0, ref.eigenvalues, rtol=1e-5), method
         p_ref = ref.eigenvectors @ ref.eigenvectors.T
         assert torch.linalg.matrix_norm(vectors0 @ vectors0.T - p_ref, ord=2) <= 1e-5, method
+    # trace and density: the same random vectors on every rank, identical results, equal to one process's
+    assert r0["trace"] == r1["trace"] and r0["trace"] == pytest.approx(hessian_trace(op, 12, seed=4), rel=1e-8)
+    grid, density = spectral_density(op, 2, 6, seed=4)
+    assert np.array_equal(r0["density"][1], r1["density"][1])
+    np.testing.assert_allclose(r0["density"][0], grid, rtol=1e-8)
+    np.testing.assert_allclose(r0["density"][1], density, rtol=1e-6, atol=1e-10 * density.max())
 
 
 def test_trainer_two_processes_match_one_process(tmp_path):

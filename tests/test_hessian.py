@@ -258,3 +258,32 @@ def test_gradient_from_a_product_pass_is_reused_until_parameters_change() -> Non
         model.fc1.weight.mul_(1.5)  # an in-place change invalidates it
     loss2, _ = op.loss_and_gradient()
     assert op.num_passes == passes + 1 and loss2 != pytest.approx(loss)
+
+
+def test_batched_block_product_is_refused_with_a_clear_error_when_vmap_fails(monkeypatch):
+    # Some kernels have no vmap batching rule (seen on a CNN on CPU: "NYI: querying is_contiguous inside of vmap");
+    # the first vectorised backward is the probe, and its failure names the option and the fix.
+    import hf_subspace._batched_product as batched_module
+    from hf_subspace import HessianOperator
+
+    real_grad = torch.autograd.grad
+
+    def no_vmap(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("NYI: querying is_contiguous inside of vmap for memory_format other than contiguous")
+        return real_grad(*args, **kwargs)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    batches = [(torch.randn(5, 3), torch.randn(5, 1))]
+
+    def loss_fn(m, batch):
+        return ((m(batch[0]) - batch[1]) ** 2).mean()
+
+    op = HessianOperator(model, batches, loss_fn, block_product="batched")
+    reference = HessianOperator(model, batches, loss_fn, block_product="loop").matmat(torch.eye(op.dim)[:, :2])
+    torch.testing.assert_close(op.matmat(torch.eye(op.dim)[:, :2]), reference)  # vmap works here
+    refused = HessianOperator(model, batches, loss_fn, block_product="batched")
+    monkeypatch.setattr(batched_module.torch.autograd, "grad", no_vmap)
+    with pytest.raises(ValueError, match=r"block_product='batched' is not available.*NYI.*block_product='loop'"):
+        refused.matmat(torch.eye(op.dim)[:, :2])

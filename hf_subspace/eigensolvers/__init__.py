@@ -60,7 +60,10 @@ def top_eigenpairs(
         init: optional start block ``[d, m]``, typically the previous eigenvectors (warm start).
         tol: relative residual tolerance: converged when
             :math:`\max_i \lVert H v_i - \lambda_i v_i \rVert \le \mathrm{tol} \cdot \max_i |\lambda_i|`;
-            default ``1e-6`` for float64 and ``1e-3`` otherwise.
+            default ``1e-6`` for float64 and ``1e-3`` otherwise. ``lanczos`` applies it to each pair,
+            :math:`\lVert H v_i - \lambda_i v_i \rVert \le \mathrm{tol} \cdot |\lambda_i|` (floored at 1 % of the
+            largest), and reports ``converged=True`` only after a deflated check from a fresh random vector found no
+            eigenvalue above :math:`\lambda_k` (see :func:`~hf_subspace.eigensolvers.lanczos.lanczos`).
         max_iters: iteration cap of the method (its own default when ``None``).
         seed: seed of the CPU ``torch.Generator`` for every random start vector.
         progress: show a tqdm progress bar on the main process.
@@ -69,7 +72,7 @@ def top_eigenpairs(
             (fewer products on a flat spectrum) at ``4 d`` bytes per vector in float32. LOBPCG's memory is set by
             ``k`` and its ``buffer``; the option does not apply to it and is ignored there.
         **method_options: options of the method (``buffer``, ``history``, ``buffer_residuals`` for lobpcg,
-            ``check_every`` and ``keep`` for lanczos, ``which`` and ``ncv`` for eigsh).
+            ``check_every``, ``keep`` and ``verify_steps`` for lanczos, ``which`` and ``ncv`` for eigsh).
 
     Returns:
         :class:`EigenResult` with eigenvalues descending. If the tolerance is not reached within ``max_iters`` the

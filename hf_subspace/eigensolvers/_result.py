@@ -22,7 +22,9 @@ class EigenResult:
             Lanczos estimate :math:`|\beta_j s_{j,i}|`, which equals the true residual in exact arithmetic).
         num_matvecs: operator applications used; a block of :math:`m` columns counts :math:`m`, including any
             residual check.
-        converged: whether the residual test :math:`\max_i r_i \le \mathrm{tol} \cdot \max_i |\lambda_i|` passed.
+        converged: whether the method's stopping test passed: the residual test
+            :math:`\max_i r_i \le \mathrm{tol} \cdot \max_i |\lambda_i|` (``lobpcg``, ``eigsh``), or for ``lanczos`` a
+            residual test per pair and a final check that no eigenvalue above :math:`\lambda_k` was missed.
         iterations: iterations of the method (block iterations for LOBPCG, Lanczos steps, operator calls of ARPACK).
         method: the method that produced the result (``"lobpcg"``, ``"lanczos"`` or ``"eigsh"``).
         seconds: wall-clock time of the solve.
@@ -35,8 +37,9 @@ class EigenResult:
             exact top-``k`` eigenvectors: ``None`` then means "not known", not "no gap"). A Ritz value
             never exceeds the eigenvalue of the same rank, so this is an optimistic (upper) estimate of
             :math:`\lambda_k - \lambda_{k+1}`, exact up to the residuals as the next pair converges. Lanczos, a
-            single-vector Krylov method, sees only one vector of a multiple eigenvalue, so an exact tie
-            :math:`\lambda_k = \lambda_{k+1}` can go unseen by it (LOBPCG's block sees it). When the gap is within
+            single-vector Krylov method, sees only one vector of a multiple eigenvalue; its final deflated check
+            (a fresh random vector) sees the others, and its gap :math:`\theta_k - \max(\theta_{k+1}, \mu)` is about 0
+            at a tie :math:`\lambda_k = \lambda_{k+1}`. When the gap is within
             the residuals, :func:`~hf_subspace.eigensolvers.top_eigenpairs` warns (``UserWarning``).
     """
 

@@ -23,6 +23,7 @@ from .arguments import RecipeArguments
 from .plotting import plot_spectrum
 from .quickstart import quiet_libraries
 from .recipes import get_recipe, prepare_recipe
+from .spectral_figure import spectral_record
 
 __all__ = ["load_saved_model", "run_spectrum", "trained_loss_fn"]
 
@@ -59,6 +60,28 @@ def trained_loss_fn(compute_loss_func: Callable[..., torch.Tensor] | None) -> Ca
         return compute_loss_func(model(**inputs), labels, num_items_in_batch=num_items_in_batch)
 
     return loss_fn
+
+
+def _hessian_loss(choice: str | None, prepared: Any, model: Any) -> tuple[Any, str]:
+    """The ``HessianOperator`` loss and the name recorded in ``spectrum.json`` for ``--loss`` (``None``: as trained).
+
+    The model's own loss is named by its config's ``loss_type`` where it has one (the recipes' models), so the record
+    names the loss whose eigenvalues it holds, not the recipe's default.
+    """
+    own = f"model's own loss ({getattr(model.config, 'loss_type', type(model).__name__)})"
+    if choice is None:
+        if prepared.compute_loss_func is not None:
+            return trained_loss_fn(prepared.compute_loss_func), str(prepared.loss)
+        return None, own
+    if choice == "model":
+        return None, own
+
+    def loss_fn(m: Any, batch: Mapping[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        inputs = dict(batch)
+        labels = inputs.pop("labels")
+        return models.classification_loss(m(**inputs).logits, labels, choice)
+
+    return loss_fn, choice
 
 
 def _resolve_recorded_paths(options: dict[str, Any], model_dir: Path) -> None:
@@ -131,8 +154,9 @@ def run_spectrum(ns: Any) -> int:
         for s in range(0, n, ns.batch_size)
     ]
     model = load_saved_model(model_dir).to(ta.device)
-    # The Hessian of the loss the run trained (a recipe's compute_loss_func, e.g. finetune --loss_type mse).
-    operator = HessianOperator(model, batches, trained_loss_fn(prepared.compute_loss_func))
+    # The Hessian of the loss the run trained (a recipe's compute_loss_func, e.g. finetune --loss_type mse), or --loss.
+    loss_fn, loss_name = _hessian_loss(getattr(ns, "loss", None), prepared, model)
+    operator = HessianOperator(model, batches, loss_fn)
     num = ns.num_eigenvalues or min(2 * ns.k, operator.dim - 1)
     started = time.perf_counter()
     result = top_eigenpairs(operator, num, method=ns.method, seed=ns.seed, progress=True)
@@ -142,7 +166,7 @@ def run_spectrum(ns: Any) -> int:
         "model_dir": str(model_dir),
         "recipe": spec.name,
         "num_samples": n,
-        "loss": prepared.loss,
+        "loss": loss_name,
         "k": ns.k,
         "eigenvalues": values,
         "converged": bool(result.converged),
@@ -150,10 +174,14 @@ def run_spectrum(ns: Any) -> int:
         "seconds": time.perf_counter() - started,
     }
     out.mkdir(parents=True, exist_ok=True)
+    title = f"Hessian spectrum of {model_dir} ({n} samples)"
+    record.update(spectral_record(operator, ns, out, values, title))  # --trace / --density, if asked
     (out / "spectrum.json").write_text(json.dumps(record, indent=2))
-    figure = plot_spectrum(values, out / "spectrum.png", k=ns.k, title=f"Hessian spectrum of {model_dir} ({n} samples)")
+    figure = plot_spectrum(values, out / "spectrum.png", k=ns.k, title=title)
     print(f"top {num} Hessian eigenvalues ({n} samples, {result.num_matvecs} Hessian-vector products):")
     for i, value in enumerate(values, start=1):
         print(f"  λ_{i:<3d} {value: .6g}" + ("   ← dominant" if i <= ns.k else ""))
-    print(f"wrote {out / 'spectrum.json'} and {figure}")
+    if "trace" in record:
+        print(f"trace {record['trace']['estimate']:.6g} ± {record['trace']['standard_error']:.2g} (Hutch++)")
+    print(f"wrote {out / 'spectrum.json'} and {figure}" + (" and spectral_density.png" if "density" in record else ""))
     return 0

@@ -11,7 +11,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _reference import TanhMLP, classification_batches
 
-from hf_subspace import HessianOperator, top_eigenpairs
+from hf_subspace import HessianOperator, hessian_trace, spectral_density, top_eigenpairs
 
 BATCH_SIZES = [7, 3, 9, 4, 6, 8, 5, 2]
 
@@ -35,6 +35,8 @@ def main(out_dir: str) -> None:
     for method in ("lanczos", "lobpcg", "eigsh"):
         res = top_eigenpairs(op, 4, method=method, seed=3)
         results[method] = (res.eigenvalues, res.eigenvectors, res.num_matvecs)
+    results["trace"] = hessian_trace(op, 12, seed=4)
+    results["density"] = spectral_density(op, 2, 6, seed=4)
     local = HessianOperator(model, shard, distributed=False)
     results["hv_local"] = local.matmat(block)
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
