@@ -325,7 +325,7 @@ class SubspaceCallback(TrainerCallback):
         st.hvps_total += self.operator.num_matvecs - before
         k = args.subspace_k
         vectors = result.eigenvectors
-        basis = SubspaceBasis(vectors[:, :k] if num > k else vectors, result.eigenvalues[:k])
+        basis = SubspaceBasis(vectors[:, :k] if num > k else vectors, result.eigenvalues[:k], rows=self.operator.rows)
         out: dict[str, float | None] = {}
         old = st.basis if st.basis is not None and st.basis.dim == basis.dim else None
         if old is not None:
@@ -494,11 +494,10 @@ class SubspaceCallback(TrainerCallback):
             ]
             used = [(p, g) for p, g in zip(self.params, full) if g is not None]
             coeffs = sparse_coefficients(basis, self.params, full)
-            blocks = basis.row_blocks(self.params)
-            for block, p, g in zip(blocks, self.params, full):
+            for part, g in zip(basis.expand_parts(coeffs, self.params), full):
                 if g is None:
                     continue
-                dom = (block @ coeffs).reshape(p.shape).to(g.dtype)
+                dom = part.to(g.dtype)
                 if targs.subspace_mode == "dominant":
                     g.copy_(dom)
                 else:

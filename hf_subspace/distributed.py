@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "all_gather_into",
     "all_reduce_sum",
     "barrier",
     "broadcast",
@@ -18,6 +19,7 @@ __all__ = [
     "is_distributed",
     "is_main_process",
     "rank",
+    "reduce_scatter_sum",
     "world_size",
 ]
 
@@ -69,6 +71,30 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if buf is not tensor:
         tensor.copy_(buf)
     return tensor
+
+
+def all_gather_into(out: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``local`` (equal sizes, rank order) into the contiguous ``out``; returns ``out``."""
+    if not is_distributed():
+        return out.copy_(local.reshape(out.shape))
+    device = _comm_device(out)
+    buf = out if device == out.device else torch.empty_like(out, device=device)
+    dist.all_gather_into_tensor(buf, local.to(device).contiguous())
+    if buf is not out:
+        out.copy_(buf)
+    return out
+
+
+def reduce_scatter_sum(out: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """Sum ``full`` (contiguous, ``world_size`` equal parts) over the ranks; rank r gets part r in ``out``."""
+    if not is_distributed():
+        return out.copy_(full.reshape(out.shape))
+    device = _comm_device(full)
+    buf = out if device == out.device and out.is_contiguous() else torch.empty_like(out, device=device).contiguous()
+    dist.reduce_scatter_tensor(buf, full.to(device).contiguous(), op=dist.ReduceOp.SUM)
+    if buf is not out:
+        out.copy_(buf)
+    return out
 
 
 def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:

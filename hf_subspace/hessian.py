@@ -25,6 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -43,6 +44,7 @@ from ._loss_items import (
 )
 from ._model_state import exact_mode, state_fingerprint, unwrap_model
 from ._params import select_parameters, split_like
+from ._shards import RowShard
 from .operator import LinearOperator
 
 __all__ = [
@@ -101,6 +103,15 @@ class HessianOperator(LinearOperator):
             ``!= -100`` of mapping batches (shifted by one for causal LMs, ``shift_labels`` if present), else the
             number of samples.
         block_product: see :data:`BlockProduct`.
+        shard_vectors: split the vectors across the processes (needs ``torch.distributed`` with the products
+            reduced): every block, product and gradient is then this rank's rows of the flat parameter vector,
+            ``[local_dim, m]``, rows ``row_start … row_start + local_dim`` of an even split by parameter order (rank
+            r holds rows ``[r·c, min(d, (r + 1)·c))``, ``c = ceil(d / world_size)``; see
+            :class:`~hf_subspace._shards.RowShard`). Solver memory per process then falls by the number of processes;
+            only ``columns_per_pass`` columns exist at full length at a time, during a product.
+        columns_per_pass: with ``shard_vectors``, how many columns of a block are gathered to full length and
+            multiplied per pass over the data (default 4: a transient of about ``2·4 + 1`` full-length vectors, at
+            the cost of one forward and gradient per extra pass; ``None`` multiplies the whole block in one pass).
 
     Attributes:
         num_samples: samples in the Hessian dataset (all ranks). num_items: loss items ``N`` (all ranks).
@@ -129,6 +140,8 @@ class HessianOperator(LinearOperator):
         progress: bool = False,
         num_items_fn: NumItemsFn | None = None,
         block_product: BlockProduct = "auto",
+        shard_vectors: bool = False,
+        columns_per_pass: int | None = 4,
     ) -> None:
         self.model = unwrap_model(model)
         self.params: list[torch.Tensor]
@@ -162,6 +175,12 @@ class HessianOperator(LinearOperator):
         self.is_distributed = dist.is_distributed() if distributed is None else bool(distributed)
         if self.is_distributed and not dist.is_distributed():
             raise ValueError("distributed=True but no torch.distributed process group with >1 process is initialised")
+        if shard_vectors and not self.is_distributed and dist.is_distributed():
+            raise ValueError("shard_vectors=True needs the products reduced across processes: drop distributed=False")
+        if columns_per_pass is not None and columns_per_pass < 1:
+            raise ValueError(f"columns_per_pass={columns_per_pass} must be >= 1 (or None for the whole block)")
+        self.rows: RowShard | None = RowShard.current(self.dim) if shard_vectors else None
+        self.columns_per_pass = columns_per_pass
 
         if isinstance(batches, Mapping):
             batches = [batches]
@@ -196,6 +215,22 @@ class HessianOperator(LinearOperator):
         # Read live: a Trainer may move the model after the operator was built.
         return self.params[0].device
 
+    # -- split vectors (LinearOperator hooks) ------------------------------------------------------------------
+    @property
+    def local_dim(self) -> int:
+        return self.dim if self.rows is None else self.rows.size
+
+    @property
+    def row_start(self) -> int:
+        return 0 if self.rows is None else self.rows.start
+
+    @property
+    def shards_vectors(self) -> bool:
+        return self.rows is not None
+
+    def reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.rows is None else self.rows.reduce_(tensor)
+
     # -- passes over the data ---------------------------------------------------------------------------------
     def _iter_batches(self, desc: str) -> Iterator[tuple[int, Any]]:
         items = zip(self.batch_items, self.batches)
@@ -205,25 +240,22 @@ class HessianOperator(LinearOperator):
             if n > 0:
                 yield n, _to_device(batch, self.device)
 
-    def _pass(self, total: torch.Tensor, desc: str, block: torch.Tensor | None = None) -> None:
-        """Accumulate one pass into ``total`` = [m·d products | d gradient | loss sum | item count], unreduced.
-
-        ``block`` (``[m, d]`` rows) given: products and gradient; ``total`` of length ``d + 2``: gradient only;
-        length 2: loss only (no graph).
-        """
-        m = 0 if block is None else block.shape[0]
-        want_grad = total.numel() > 2
-        products = split_like(total[: m * self.dim].view(m, self.dim), self.params) if m else []
-        grad_parts = split_like(total[m * self.dim : -2], self.params) if want_grad else []
-        v_parts = split_like(block, self.params) if block is not None else []
+    def _pass(self, sums: _Sums, desc: str, vectors: torch.Tensor | None = None) -> None:
+        """Accumulate one pass into ``sums`` (unreduced): the loss, and the gradient and the products of the rows of
+        ``vectors`` (``[m, d]``, one full-length vector per row) where ``sums`` has room for them."""
+        m = sums.num_products
+        want_grad = sums.grad is not None or m > 0
+        products = split_like(sums.products[:, : self.dim], self.params) if m else []
+        grad_parts = split_like(sums.grad, self.params) if sums.grad is not None else []
+        v_parts = split_like(vectors, self.params) if vectors is not None and m else []
         with exact_mode(self.model, self.eval_mode, self.device), torch.set_grad_enabled(want_grad):
             for items, batch in self._iter_batches(desc):
                 loss, n = evaluate_loss(self.loss_fn, self.model, batch, items, self.device)
                 if n == 0:
                     continue
                 loss = loss.to(self.dtype)
-                total[-2] += n * loss.detach().to(total.dtype)
-                total[-1] += n
+                sums.loss += n * loss.detach().to(sums.loss.dtype)
+                sums.count += n
                 if not want_grad or not loss.requires_grad:
                     continue
                 grads = torch.autograd.grad(loss, self.params, create_graph=m > 0, allow_unused=True)
@@ -236,6 +268,28 @@ class HessianOperator(LinearOperator):
                     self._block_products([grads[i] for i in active], [v_parts[i] for i in active], products, n, m)
                 del grads, loss
         self.num_passes += 1
+
+    def _column_loop(
+        self,
+        outputs: list[torch.Tensor],
+        vectors: list[torch.Tensor],
+        products: list[torch.Tensor],
+        n: int,
+        m: int,
+        keep: bool = False,
+    ) -> None:
+        """One backward per column through the retained graph (kept after the last column with ``keep``)."""
+        for j in range(m):
+            hv = torch.autograd.grad(
+                outputs,
+                self.params,
+                grad_outputs=[v[j] for v in vectors],
+                retain_graph=keep or j < m - 1,
+                allow_unused=True,
+            )
+            for out, h in zip(products, hv):
+                if h is not None:
+                    out[j].add_(h, alpha=n)
 
     def _block_products(
         self, outputs: list[torch.Tensor], vectors: list[torch.Tensor], products: list[torch.Tensor], n: int, m: int
@@ -255,13 +309,7 @@ class HessianOperator(LinearOperator):
                 if h is not None:
                     out.add_(h, alpha=n)
             return
-        for j in range(m):
-            hv = torch.autograd.grad(
-                outputs, self.params, grad_outputs=[v[j] for v in vectors], retain_graph=j < m - 1, allow_unused=True
-            )
-            for out, h in zip(products, hv):
-                if h is not None:
-                    out[j].add_(h, alpha=n)
+        self._column_loop(outputs, vectors, products, n, m)
 
     def _choose_block_method(
         self, outputs: list[torch.Tensor], vectors: list[torch.Tensor], products: list[torch.Tensor], n: int, m: int
@@ -273,16 +321,9 @@ class HessianOperator(LinearOperator):
             torch.cuda.synchronize(self.device)
             return time.perf_counter() - start
 
-        def loop() -> None:
-            for j in range(m):
-                hv = torch.autograd.grad(
-                    outputs, self.params, grad_outputs=[v[j] for v in vectors], retain_graph=True, allow_unused=True
-                )
-                for out, h in zip(products, hv):
-                    if h is not None:
-                        out[j].add_(h, alpha=n)
-
-        loop_s = timed(loop)
+        loop_s = timed(
+            lambda: self._column_loop(outputs, vectors, products, n, m, keep=True)
+        )  # the products this batch keeps
         try:
             batched_s = timed(
                 lambda: torch.autograd.grad(
@@ -296,23 +337,33 @@ class HessianOperator(LinearOperator):
         logger.info("HessianOperator: block of %d: loop %.4fs, batched %.4fs -> %s", m, loop_s, batched_s, method)
         return method
 
-    def _reduce(self, total: torch.Tensor, what: str) -> torch.Tensor:
-        """All-reduce the sums, divide by the item count, and refuse non-finite results (the one check per pass)."""
+    def _reduce(self, sums: _Sums, what: str, local_out: torch.Tensor | None = None) -> None:
+        """Sum over the ranks, divide by the item count, and refuse non-finite results (the one check per pass).
+
+        With ``local_out`` (split vectors) the products are reduce-scattered into it (this rank's rows, ``[rows, m]``)
+        and its finiteness travels to every rank in ``sums.flag``, so all ranks raise together.
+        """
+        head = sums.buffer
+        if local_out is not None:
+            assert self.rows is not None
+            self.rows.reduce_scatter_columns(sums.products, local_out)
+            sums.flag.fill_(0.0 if _finite(local_out) else 1.0)
+            head = sums.head
         if self.is_distributed:
-            dist.all_reduce_sum(total)
-        count = float(total[-1].item())
+            dist.all_reduce_sum(head)
+        count = float(sums.count.item())
         if count <= 0:
             raise ValueError("No loss items in the Hessian dataset: loss_fn returned 0 items for every batch.")
         self.num_items = round(count)
-        total[:-1].div_(count)
+        head[1:].div_(count)
+        if local_out is not None:
+            local_out.div_(count)
         # aminmax propagates NaN and ±inf and allocates nothing; a float64 sum or isfinite would copy the whole buffer.
-        low, high = torch.aminmax(total)
-        if not (math.isfinite(float(low)) and math.isfinite(float(high))):
+        if not _finite(head) or float(sums.flag.item()) != 0.0:
             raise FloatingPointError(
                 f"The {what} over the Hessian dataset is not finite (NaN or inf): the parameters or the loss have "
                 "diverged, or the Hessian dataset holds NaN/inf. Lower the learning rate or check the data."
             )
-        return total
 
     def _remember(self, loss: torch.Tensor, grad: torch.Tensor | None) -> None:
         key = state_fingerprint(self.model, self.batches, self.eval_mode)
@@ -327,29 +378,57 @@ class HessianOperator(LinearOperator):
         return cache[1], cache[2]
 
     def matmat(self, block: torch.Tensor) -> torch.Tensor:
-        """Hessian times a block of vectors ``[d, m]`` in one pass over the Hessian dataset.
+        """Hessian times a block of vectors ``[d, m]`` (split vectors: this rank's rows, ``[local_dim, m]``).
 
-        The same pass yields the loss and its gradient, kept for :meth:`loss_and_gradient` / :meth:`loss`.
+        Whole vectors: one pass over the Hessian dataset. Split vectors: the columns are gathered to full length
+        ``columns_per_pass`` at a time (one pass each) and the products reduce-scattered back to this rank's rows.
+        Either way the first pass yields the loss and its gradient, kept for :meth:`loss_and_gradient` / :meth:`loss`.
 
         Returns:
-            ``H @ block`` as a ``[d, m]`` tensor (identical on every rank when distributed).
+            ``H @ block``, same shape as ``block`` (identical on every rank for whole vectors).
 
         Raises:
-            FloatingPointError: if a product, the loss or the gradient is not finite.
+            FloatingPointError: if a product, the loss or the gradient is not finite (on every rank at once).
         """
         self._check_block(block)
         m = block.shape[1]
-        rows = block.detach().to(device=self.device, dtype=self.dtype).T.contiguous()  # [m, d]: row j is vector j
-        # One buffer, one all-reduce: m products, the gradient, the loss sum and the item count.
-        total = torch.zeros((m + 1) * self.dim + 2, dtype=self.dtype, device=self.device)
-        self._pass(total, "Hessian-vector products", rows)
-        self._reduce(total, "Hessian-vector product")
+        block = block.detach().to(device=self.device, dtype=self.dtype)
+        if self.rows is None:
+            rows = block.T.contiguous()  # [m, d]: row j is vector j
+            sums = _Sums.new(self.dim, m, dtype=self.dtype, device=self.device)
+            self._pass(sums, "Hessian-vector products", rows)
+            del rows
+            self._reduce(sums, "Hessian-vector product")
+            out = sums.products.T.contiguous()
+        else:
+            out = torch.empty(m, self.local_dim, dtype=self.dtype, device=self.device).T  # each column contiguous
+            step = self.columns_per_pass or m
+            for first in range(0, m, step):
+                cols = slice(first, min(m, first + step))
+                full = self.rows.gather_columns(block[:, cols])  # the only full-length copies: [columns, d]
+                sums = _Sums.new(
+                    self.dim,
+                    full.shape[0],
+                    grad=first == 0,
+                    width=self.rows.padded,
+                    dtype=self.dtype,
+                    device=self.device,
+                )
+                self._pass(sums, "Hessian-vector products", full)
+                del full
+                self._reduce(sums, "Hessian-vector product", out[:, cols])
+                if first == 0:
+                    assert sums.grad is not None
+                    self._remember(sums.loss, sums.grad[self.rows.start : self.rows.stop])
+            self.num_matvecs += m
+            return out
         self.num_matvecs += m
-        self._remember(total[-2], total[m * self.dim : -2])
-        return total[: m * self.dim].view(m, self.dim).T.contiguous()
+        self._remember(sums.loss, sums.grad)
+        return out
 
     def loss_and_gradient(self) -> tuple[float, torch.Tensor]:
-        """Mean loss and its gradient ``[d]`` over the whole Hessian dataset (all ranks).
+        """Mean loss and its gradient over the whole Hessian dataset (all ranks): ``[d]``, or this rank's rows
+        ``[local_dim]`` with split vectors.
 
         Computed under the same conditions as the products (eval mode, full precision), so it is the gradient
         whose alignment with the dominant subspace the paper measures. Every product pass computes it too; while no
@@ -361,11 +440,13 @@ class HessianOperator(LinearOperator):
         cached = self._cached(need_grad=True)
         if cached is not None:
             return cached[0], cached[1].clone()  # type: ignore[union-attr]
-        total = torch.zeros(self.dim + 2, dtype=self.dtype, device=self.device)
-        self._pass(total, "full-batch gradient")
-        self._reduce(total, "loss or gradient")
-        self._remember(total[-2], total[:-2])
-        return float(total[-2].item()), total[:-2].clone()
+        sums = _Sums.new(self.dim, dtype=self.dtype, device=self.device)
+        self._pass(sums, "full-batch gradient")
+        self._reduce(sums, "loss or gradient")
+        assert sums.grad is not None
+        grad = sums.grad if self.rows is None else sums.grad[self.rows.start : self.rows.stop]
+        self._remember(sums.loss, grad)
+        return float(sums.loss.item()), grad.clone()
 
     def loss(self) -> float:
         """Mean loss over the whole Hessian dataset (all ranks), without gradients (reused from the last pass if
@@ -377,8 +458,66 @@ class HessianOperator(LinearOperator):
         cached = self._cached(need_grad=False)
         if cached is not None:
             return cached[0]
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        self._pass(total, "loss")
-        self._reduce(total, "loss")
-        self._remember(total[0], None)
-        return float(total[0].item())
+        sums = _Sums.new(0, grad=False, dtype=torch.float64, device=self.device)
+        self._pass(sums, "loss")
+        self._reduce(sums, "loss")
+        self._remember(sums.loss, None)
+        return float(sums.loss.item())
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    """No NaN or inf in ``tensor`` (aminmax: no temporary of its size)."""
+    if tensor.numel() == 0:
+        return True
+    flat = tensor if tensor.is_contiguous() else tensor.T if tensor.T.is_contiguous() else tensor.contiguous()
+    low, high = torch.aminmax(flat)
+    return math.isfinite(float(low)) and math.isfinite(float(high))
+
+
+@dataclass
+class _Sums:
+    """The sums of one pass as named views of one flat buffer ``[count, loss, flag, gradient, products]``, so that
+    one all-reduce carries them all (split vectors: one reduce-scatter of the products, one all-reduce of the rest).
+
+    ``count`` = Σ n_b, ``loss`` = Σ n_b L_b, ``flag`` = 1 where a rank found a non-finite product, ``grad`` = Σ n_b ∇L_b
+    (``[d]``, or None), ``products`` = ``[m, width]`` with row j = Σ n_b H_b v_j in its first ``d`` entries.
+    """
+
+    buffer: torch.Tensor
+    count: torch.Tensor
+    loss: torch.Tensor
+    flag: torch.Tensor
+    grad: torch.Tensor | None
+    products: torch.Tensor
+
+    @classmethod
+    def new(
+        cls,
+        dim: int,
+        num_products: int = 0,
+        *,
+        grad: bool = True,
+        width: int | None = None,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> _Sums:
+        width = dim if width is None else width
+        head = 3 + (dim if grad else 0)
+        buffer = torch.zeros(head + num_products * width, dtype=dtype, device=device)
+        return cls(
+            buffer,
+            buffer[0],
+            buffer[1],
+            buffer[2],
+            buffer[3:head] if grad else None,
+            buffer[head:].view(num_products, width),
+        )
+
+    @property
+    def num_products(self) -> int:
+        return int(self.products.shape[0])
+
+    @property
+    def head(self) -> torch.Tensor:
+        """Everything but the products."""
+        return self.buffer[: self.buffer.numel() - self.products.numel()]

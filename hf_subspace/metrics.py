@@ -70,18 +70,22 @@ def effective_learning_rates(
     Args:
         basis: the dominant subspace.
         update: the applied parameter change Δθ (flat, or per parameter in the basis' order).
-        gradient: the flat full-batch gradient g at the parameters the update started from.
+        gradient: the flat full-batch gradient g at the parameters the update started from (this process's rows
+            when the basis is split across processes).
     """
-    flat_update = update if isinstance(update, torch.Tensor) else torch.cat([u.reshape(-1) for u in update])
+    if isinstance(update, torch.Tensor):
+        flat_update = update
+    elif basis.rows is not None:  # a split basis: this process's rows of the update, like the gradient's
+        flat_update = basis.rows.local_rows(update)
+    else:
+        flat_update = torch.cat([u.reshape(-1) for u in update])
     flat_update = flat_update.to(basis.vectors.dtype)
     g = gradient.to(basis.vectors.dtype)
     g_dom = basis.vectors @ basis.coefficients(g)  # P g (flat)
     g_bulk = g - g_dom
-    rates = []
-    for part in (g_dom, g_bulk):
-        denom = float(part.square().sum().item())
-        rates.append(float("nan") if denom == 0.0 else -float(torch.dot(flat_update, part).item()) / denom)
-    return rates[0], rates[1]
+    sums = torch.stack([torch.stack([p.square().sum(), torch.dot(flat_update, p)]) for p in (g_dom, g_bulk)])
+    sums = basis.reduce_(sums.to(torch.float64)).tolist()
+    return tuple(float("nan") if denom == 0.0 else -dot / denom for denom, dot in sums)  # type: ignore[return-value]
 
 
 def eigenvalue_tag(index: int, k: int, total: int) -> str:

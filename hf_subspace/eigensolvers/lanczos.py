@@ -34,10 +34,12 @@ import torch
 
 from ._common import (
     CountingOperator,
+    Reduce,
     combine_columns_,
     finalize,
     gram_f64,
     new_block,
+    no_reduce,
     prepare,
     progress_bar,
     random_block,
@@ -59,7 +61,7 @@ def _ritz(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values[::-1].copy(), vectors[:, ::-1].copy()
 
 
-def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+def _orthogonalize(w: torch.Tensor, basis: torch.Tensor, reduce: Reduce = no_reduce) -> torch.Tensor:
     r"""Remove from ``w`` ([d]) its components along the orthonormal columns of ``basis`` ([d, n]), twice, in place.
 
     The coefficients :math:`c = Q^\top w` are accumulated in float64 over row chunks (:func:`gram_f64`): a float32
@@ -70,21 +72,21 @@ def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     Returns the coefficients of both passes, summed (float64 ``[n]``, on the CPU).
     """
     column = w.unsqueeze(1)
-    coef = gram_f64(basis, column)[:, 0]
+    coef = gram_f64(basis, column, reduce=reduce)[:, 0]
     w.addmv_(basis, coef.to(device=w.device, dtype=w.dtype), alpha=-1)
-    coef2 = gram_f64(basis, column)[:, 0]
+    coef2 = gram_f64(basis, column, reduce=reduce)[:, 0]
     w.addmv_(basis, coef2.to(device=w.device, dtype=w.dtype), alpha=-1)
     return coef + coef2
 
 
-def _norm(v: torch.Tensor) -> float:
+def _norm(v: torch.Tensor, reduce: Reduce = no_reduce) -> float:
     r"""``\lVert v \rVert_2`` of a ``[d]`` vector, accumulated in float64 (:func:`gram_f64`).
 
     torch's float32 ``norm`` was measured up to 6e-6 relative off at d = 2e4 (on vectors dominated by a few large
     eigen-directions): dividing by it left the Lanczos vectors that far from unit length.
     """
     column = v.unsqueeze(1)
-    return float(gram_f64(column, column)[0, 0]) ** 0.5
+    return float(gram_f64(column, column, reduce=reduce)[0, 0]) ** 0.5
 
 
 def lanczos(
@@ -149,12 +151,17 @@ def lanczos(
     counter = CountingOperator(operator)
     generator = torch.Generator().manual_seed(seed)
     eps = torch.finfo(dtype).eps
+    rows, reduce = problem.rows, problem.reduce
 
-    q = problem.init.sum(dim=1) if problem.init is not None else random_block(generator, dim, 1, dtype, device)[:, 0]
-    if _norm(q) == 0.0:
-        q = random_block(generator, dim, 1, dtype, device)[:, 0]
-    basis = new_block(dim, ncv, dtype, device)  # the only d-sized storage of the method
-    basis[:, 0] = q / _norm(q)
+    q = (
+        problem.init.sum(dim=1)
+        if problem.init is not None
+        else random_block(generator, dim, 1, dtype, device, rows)[:, 0]
+    )
+    if _norm(q, reduce) == 0.0:
+        q = random_block(generator, dim, 1, dtype, device, rows)[:, 0]
+    basis = new_block(problem.local_dim, ncv, dtype, device)  # the only d-sized storage of the method
+    basis[:, 0] = q / _norm(q, reduce)
     del q
     t = np.zeros((ncv, ncv))  # projected matrix of the current basis
     n = 0  # columns of the basis whose products are in t
@@ -168,9 +175,9 @@ def lanczos(
 
     for step in range(steps_cap):
         w = counter(basis[:, n : n + 1])[:, 0]
-        coef = _orthogonalize(w, basis[:, : n + 1])
+        coef = _orthogonalize(w, basis[:, : n + 1], reduce)
         t[n, n] = float(coef[n])
-        b = _norm(w)
+        b = _norm(w, reduce)
         n += 1
         row = np.abs(t[n - 1, : n - 1]).sum() if n > 1 else 0.0
         norm_estimate = max(norm_estimate, abs(t[n - 1, n - 1]) + b + row)
@@ -194,9 +201,9 @@ def lanczos(
         if stop(breakdown, problem):
             # Invariant subspace found before the top k converged: continue from a fresh random direction.
             coupling = 0.0
-            w = random_block(generator, dim, 1, dtype, device)[:, 0]
-            _orthogonalize(w, basis[:, :n])
-            w_norm = _norm(w)
+            w = random_block(generator, dim, 1, dtype, device, rows)[:, 0]
+            _orthogonalize(w, basis[:, :n], reduce)
+            w_norm = _norm(w, reduce)
         else:
             w_norm = b
         if full:
