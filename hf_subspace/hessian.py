@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -33,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed as dist
+from ._finite_difference import difference_products_, difference_steps
 from ._loss_items import (
     LossFn,
     NumItemsFn,
@@ -44,6 +43,8 @@ from ._loss_items import (
 )
 from ._model_state import exact_mode, state_fingerprint, unwrap_model
 from ._params import select_parameters, split_like
+from ._pass_sums import Sums as _Sums
+from ._pass_sums import finite as _finite
 from ._shards import RowShard
 from .operator import LinearOperator
 
@@ -52,6 +53,7 @@ __all__ = [
     "HessianOperator",
     "LossFn",
     "NumItemsFn",
+    "Product",
     "batch_num_samples",
     "count_loss_items",
     "default_loss_fn",
@@ -59,6 +61,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+Product = Literal["double_backward", "finite_difference"]
+"""How a Hessian-vector product is computed: ``"double_backward"`` (exact, Pearlmutter's trick) or
+``"finite_difference"`` (central differences of the gradient, see :mod:`hf_subspace._finite_difference`: for models
+without double backward, e.g. fused attention kernels or CTC losses)."""
 
 BlockProduct = Literal["auto", "loop", "batched"]
 """How a block of ``m`` vectors is multiplied: ``"loop"`` (one backward per column through the retained graph),
@@ -112,6 +119,8 @@ class HessianOperator(LinearOperator):
         columns_per_pass: with ``shard_vectors``, how many columns of a block are gathered to full length and
             multiplied per pass over the data (default 4: a transient of about ``2·4 + 1`` full-length vectors, at
             the cost of one forward and gradient per extra pass; ``None`` multiplies the whole block in one pass).
+        product: see :data:`Product`. Finite differences cost two gradients per column and batch, keep the same
+            contract (counts, loss items, finite checks) and restore the parameters bitwise after every product.
 
     Attributes:
         num_samples: samples in the Hessian dataset (all ranks). num_items: loss items ``N`` (all ranks).
@@ -142,6 +151,7 @@ class HessianOperator(LinearOperator):
         block_product: BlockProduct = "auto",
         shard_vectors: bool = False,
         columns_per_pass: int | None = 4,
+        product: Product = "double_backward",
     ) -> None:
         self.model = unwrap_model(model)
         self.params: list[torch.Tensor]
@@ -166,6 +176,9 @@ class HessianOperator(LinearOperator):
             )
         if block_product not in ("auto", "loop", "batched"):
             raise ValueError(f"block_product={block_product!r}: choose 'auto', 'loop' or 'batched'.")
+        if product not in ("double_backward", "finite_difference"):
+            raise ValueError(f"product={product!r}: choose 'double_backward' or 'finite_difference'.")
+        self.product: Product = product
         self.block_product: BlockProduct = block_product
         self._block_method: str | None = None if block_product == "auto" else block_product
         self.dim = sum(p.numel() for p in self.params)
@@ -248,6 +261,9 @@ class HessianOperator(LinearOperator):
         products = split_like(sums.products[:, : self.dim], self.params) if m else []
         grad_parts = split_like(sums.grad, self.params) if sums.grad is not None else []
         v_parts = split_like(vectors, self.params) if vectors is not None and m else []
+        exact = self.product == "double_backward"
+        steps = [] if exact or not m else difference_steps(self.params, vectors)  # type: ignore[arg-type]
+        saved = [p.detach().clone() for p in self.params] if steps else []
         with exact_mode(self.model, self.eval_mode, self.device), torch.set_grad_enabled(want_grad):
             for items, batch in self._iter_batches(desc):
                 loss, n = evaluate_loss(self.loss_fn, self.model, batch, items, self.device)
@@ -258,16 +274,31 @@ class HessianOperator(LinearOperator):
                 sums.count += n
                 if not want_grad or not loss.requires_grad:
                     continue
-                grads = torch.autograd.grad(loss, self.params, create_graph=m > 0, allow_unused=True)
+                grads = torch.autograd.grad(loss, self.params, create_graph=exact and m > 0, allow_unused=True)
                 for out, g in zip(grad_parts, grads):
                     if g is not None:
                         out.add_(g.detach(), alpha=n)
                 # Gradients that do not depend on the parameters (unused or linear ones) have zero curvature.
                 active = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-                if m and active:
+                if steps:
+                    difference_products_(
+                        functools.partial(self._batch_gradient, batch, items),
+                        self.params,
+                        saved,
+                        v_parts,
+                        steps,
+                        products,
+                        n,
+                    )
+                elif m and active:
                     self._block_products([grads[i] for i in active], [v_parts[i] for i in active], products, n, m)
                 del grads, loss
         self.num_passes += 1
+
+    def _batch_gradient(self, batch: Any, items: int) -> tuple[torch.Tensor | None, ...]:
+        """One batch's gradient at the current parameters (first order only: the finite-difference product)."""
+        loss, _ = evaluate_loss(self.loss_fn, self.model, batch, items, self.device)
+        return torch.autograd.grad(loss.to(self.dtype), self.params, allow_unused=True)
 
     def _column_loop(
         self,
@@ -463,61 +494,3 @@ class HessianOperator(LinearOperator):
         self._reduce(sums, "loss")
         self._remember(sums.loss, None)
         return float(sums.loss.item())
-
-
-def _finite(tensor: torch.Tensor) -> bool:
-    """No NaN or inf in ``tensor`` (aminmax: no temporary of its size)."""
-    if tensor.numel() == 0:
-        return True
-    flat = tensor if tensor.is_contiguous() else tensor.T if tensor.T.is_contiguous() else tensor.contiguous()
-    low, high = torch.aminmax(flat)
-    return math.isfinite(float(low)) and math.isfinite(float(high))
-
-
-@dataclass
-class _Sums:
-    """The sums of one pass as named views of one flat buffer ``[count, loss, flag, gradient, products]``, so that
-    one all-reduce carries them all (split vectors: one reduce-scatter of the products, one all-reduce of the rest).
-
-    ``count`` = Σ n_b, ``loss`` = Σ n_b L_b, ``flag`` = 1 where a rank found a non-finite product, ``grad`` = Σ n_b ∇L_b
-    (``[d]``, or None), ``products`` = ``[m, width]`` with row j = Σ n_b H_b v_j in its first ``d`` entries.
-    """
-
-    buffer: torch.Tensor
-    count: torch.Tensor
-    loss: torch.Tensor
-    flag: torch.Tensor
-    grad: torch.Tensor | None
-    products: torch.Tensor
-
-    @classmethod
-    def new(
-        cls,
-        dim: int,
-        num_products: int = 0,
-        *,
-        grad: bool = True,
-        width: int | None = None,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> _Sums:
-        width = dim if width is None else width
-        head = 3 + (dim if grad else 0)
-        buffer = torch.zeros(head + num_products * width, dtype=dtype, device=device)
-        return cls(
-            buffer,
-            buffer[0],
-            buffer[1],
-            buffer[2],
-            buffer[3:head] if grad else None,
-            buffer[head:].view(num_products, width),
-        )
-
-    @property
-    def num_products(self) -> int:
-        return int(self.products.shape[0])
-
-    @property
-    def head(self) -> torch.Tensor:
-        """Everything but the products."""
-        return self.buffer[: self.buffer.numel() - self.products.numel()]
