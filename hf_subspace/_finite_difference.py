@@ -23,11 +23,25 @@ import torch
 __all__ = ["difference_products_", "difference_steps"]
 
 
-def difference_steps(params: Sequence[torch.Tensor], vectors: torch.Tensor) -> list[float]:
-    """The step :math:`\\varepsilon_j` of each row ``j`` of ``vectors`` (``[m, d]``; 0 for a zero vector)."""
+def difference_steps(
+    params: Sequence[torch.Tensor],
+    vectors: torch.Tensor,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> list[float]:
+    """The step :math:`\\varepsilon_j` of each row ``j`` of ``vectors`` (``[m, d]``; 0 for a zero vector).
+
+    ``reduce`` sums the squared norms over the processes when ``params`` and ``vectors`` are local shards.
+    """
     unit = torch.finfo(params[0].dtype).eps / 2
-    theta = float(torch.linalg.vector_norm(torch.stack([p.detach().double().norm() for p in params])).item())
-    norms = torch.linalg.vector_norm(vectors.double(), dim=1).tolist()
+    squares = torch.cat(
+        [
+            torch.stack([p.detach().double().square().sum() for p in params]).sum().reshape(1),
+            vectors.double().square().sum(dim=1),
+        ]
+    )
+    if reduce is not None:
+        reduce(squares)
+    theta, *norms = squares.sqrt().tolist()
     return [0.0 if n == 0.0 else unit ** (1 / 3) * (1.0 + theta) / n for n in norms]
 
 

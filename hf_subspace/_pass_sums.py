@@ -1,13 +1,15 @@
-"""The sums one pass of a :class:`~hf_subspace.hessian.HessianOperator` accumulates, as named views of one buffer."""
+"""Batches on the device, and the sums one pass of a :class:`~hf_subspace.hessian.HessianOperator` accumulates, as named views of one buffer."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-__all__ = ["Sums", "finite"]
+__all__ = ["Sums", "finite", "to_device"]
 
 
 def finite(tensor: torch.Tensor) -> bool:
@@ -66,3 +68,14 @@ class Sums:
     def head(self) -> torch.Tensor:
         """Everything but the products."""
         return self.buffer[: self.buffer.numel() - self.products.numel()]
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` (a tensor, or mappings and sequences of them) moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from . import distributed as dist
 from ._finite_difference import difference_products_, difference_steps
+from ._fsdp import fsdp_pass, local_rows
 from ._loss_items import (
     LossFn,
     NumItemsFn,
@@ -41,10 +42,11 @@ from ._loss_items import (
     evaluate_loss,
     model_shifts_labels,
 )
-from ._model_state import exact_mode, state_fingerprint, unwrap_model
+from ._model_state import exact_mode, is_fsdp2, state_fingerprint, unwrap_model
 from ._params import select_parameters, split_like
 from ._pass_sums import Sums as _Sums
 from ._pass_sums import finite as _finite
+from ._pass_sums import to_device
 from ._shards import RowShard
 from .operator import LinearOperator
 
@@ -71,16 +73,6 @@ BlockProduct = Literal["auto", "loop", "batched"]
 """How a block of ``m`` vectors is multiplied: ``"loop"`` (one backward per column through the retained graph),
 ``"batched"`` (one vectorised backward, ``is_grads_batched``), ``"auto"`` (loop on CPU; on CUDA, timed once on the
 first block pass and the faster one kept)."""
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
 
 
 class HessianOperator(LinearOperator):
@@ -151,7 +143,7 @@ class HessianOperator(LinearOperator):
         block_product: BlockProduct = "auto",
         shard_vectors: bool = False,
         columns_per_pass: int | None = 4,
-        product: Product = "double_backward",
+        product: Product | None = None,
     ) -> None:
         self.model = unwrap_model(model)
         self.params: list[torch.Tensor]
@@ -176,9 +168,15 @@ class HessianOperator(LinearOperator):
             )
         if block_product not in ("auto", "loop", "batched"):
             raise ValueError(f"block_product={block_product!r}: choose 'auto', 'loop' or 'batched'.")
-        if product not in ("double_backward", "finite_difference"):
+        self.fsdp = is_fsdp2(self.model)
+        if product not in (None, "double_backward", "finite_difference"):
             raise ValueError(f"product={product!r}: choose 'double_backward' or 'finite_difference'.")
-        self.product: Product = product
+        if self.fsdp and product == "double_backward":
+            raise ValueError(
+                "product='double_backward' is unavailable for an FSDP2 model (it computes with gathered copies of "
+                "its sharded parameters): leave product unset or pass product='finite_difference'."
+            )
+        self.product: Product = product or ("finite_difference" if self.fsdp else "double_backward")
         self.block_product: BlockProduct = block_product
         self._block_method: str | None = None if block_product == "auto" else block_product
         self.dim = sum(p.numel() for p in self.params)
@@ -192,7 +190,10 @@ class HessianOperator(LinearOperator):
             raise ValueError("shard_vectors=True needs the products reduced across processes: drop distributed=False")
         if columns_per_pass is not None and columns_per_pass < 1:
             raise ValueError(f"columns_per_pass={columns_per_pass} must be >= 1 (or None for the whole block)")
-        self.rows: RowShard | None = RowShard.current(self.dim) if shard_vectors else None
+        self.rows: RowShard | None = RowShard.current(self.dim) if shard_vectors and not self.fsdp else None
+        if self.fsdp and not self.is_distributed:
+            raise ValueError("An FSDP2 model needs its process group: build the operator on every rank, distributed.")
+        self._fsdp_rows = local_rows(self.params) if self.fsdp else None
         self.columns_per_pass = columns_per_pass
 
         if isinstance(batches, Mapping):
@@ -231,6 +232,8 @@ class HessianOperator(LinearOperator):
     # -- split vectors (LinearOperator hooks) ------------------------------------------------------------------
     @property
     def local_dim(self) -> int:
+        if self._fsdp_rows is not None:
+            return int(self._fsdp_rows.numel())
         return self.dim if self.rows is None else self.rows.size
 
     @property
@@ -238,11 +241,18 @@ class HessianOperator(LinearOperator):
         return 0 if self.rows is None else self.rows.start
 
     @property
+    def local_rows(self) -> slice | torch.Tensor:
+        """This rank's rows of the flat vector: a range, or (FSDP2) the indices of every parameter's local shard."""
+        return (
+            self._fsdp_rows if self._fsdp_rows is not None else slice(self.row_start, self.row_start + self.local_dim)
+        )
+
+    @property
     def shards_vectors(self) -> bool:
-        return self.rows is not None
+        return self.rows is not None or self.fsdp
 
     def reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor if self.rows is None else self.rows.reduce_(tensor)
+        return tensor if not self.shards_vectors else dist.all_reduce_sum(tensor)
 
     # -- passes over the data ---------------------------------------------------------------------------------
     def _iter_batches(self, desc: str) -> Iterator[tuple[int, Any]]:
@@ -251,7 +261,14 @@ class HessianOperator(LinearOperator):
             items = tqdm(items, total=len(self.batches), desc=desc, leave=False)
         for n, batch in items:
             if n > 0:
-                yield n, _to_device(batch, self.device)
+                yield n, to_device(batch, self.device)
+
+    def _run(self, sums: _Sums, desc: str, vectors: torch.Tensor | None = None) -> None:
+        """One pass: :meth:`_pass`, or for an FSDP2 model :func:`~hf_subspace._fsdp.fsdp_pass`."""
+        if self.fsdp:
+            fsdp_pass(self, sums, vectors)
+        else:
+            self._pass(sums, desc, vectors)
 
     def _pass(self, sums: _Sums, desc: str, vectors: torch.Tensor | None = None) -> None:
         """Accumulate one pass into ``sums`` (unreduced): the loss, and the gradient and the products of the rows of
@@ -375,7 +392,10 @@ class HessianOperator(LinearOperator):
         and its finiteness travels to every rank in ``sums.flag``, so all ranks raise together.
         """
         head = sums.buffer
-        if local_out is not None:
+        if self.fsdp:  # products and gradient come summed over the ranks from the backward's reduce-scatter
+            sums.flag.fill_(0.0 if _finite(sums.buffer[3:]) else 1.0)
+            head = sums.buffer[:3]
+        elif local_out is not None:
             assert self.rows is not None
             self.rows.reduce_scatter_columns(sums.products, local_out)
             sums.flag.fill_(0.0 if _finite(local_out) else 1.0)
@@ -386,11 +406,11 @@ class HessianOperator(LinearOperator):
         if count <= 0:
             raise ValueError("No loss items in the Hessian dataset: loss_fn returned 0 items for every batch.")
         self.num_items = round(count)
-        head[1:].div_(count)
+        sums.buffer[1:].div_(count)
         if local_out is not None:
             local_out.div_(count)
         # aminmax propagates NaN and ±inf and allocates nothing; a float64 sum or isfinite would copy the whole buffer.
-        if not _finite(head) or float(sums.flag.item()) != 0.0:
+        if not _finite(head if local_out is not None else sums.buffer) or float(sums.flag.item()) != 0.0:
             raise FloatingPointError(
                 f"The {what} over the Hessian dataset is not finite (NaN or inf): the parameters or the loss have "
                 "diverged, or the Hessian dataset holds NaN/inf. Lower the learning rate or check the data."
@@ -425,9 +445,9 @@ class HessianOperator(LinearOperator):
         m = block.shape[1]
         block = block.detach().to(device=self.device, dtype=self.dtype)
         if self.rows is None:
-            rows = block.T.contiguous()  # [m, d]: row j is vector j
-            sums = _Sums.new(self.dim, m, dtype=self.dtype, device=self.device)
-            self._pass(sums, "Hessian-vector products", rows)
+            rows = block.T.contiguous()  # [m, d]: row j is vector j (FSDP2: [m, local_dim], the local shards)
+            sums = _Sums.new(self.local_dim, m, dtype=self.dtype, device=self.device)
+            self._run(sums, "Hessian-vector products", rows)
             del rows
             self._reduce(sums, "Hessian-vector product")
             out = sums.products.T.contiguous()
@@ -471,8 +491,8 @@ class HessianOperator(LinearOperator):
         cached = self._cached(need_grad=True)
         if cached is not None:
             return cached[0], cached[1].clone()  # type: ignore[union-attr]
-        sums = _Sums.new(self.dim, dtype=self.dtype, device=self.device)
-        self._pass(sums, "full-batch gradient")
+        sums = _Sums.new(self.local_dim if self.fsdp else self.dim, dtype=self.dtype, device=self.device)
+        self._run(sums, "full-batch gradient")
         self._reduce(sums, "loss or gradient")
         assert sums.grad is not None
         grad = sums.grad if self.rows is None else sums.grad[self.rows.start : self.rows.stop]
@@ -490,7 +510,7 @@ class HessianOperator(LinearOperator):
         if cached is not None:
             return cached[0]
         sums = _Sums.new(0, grad=False, dtype=torch.float64, device=self.device)
-        self._pass(sums, "loss")
+        self._run(sums, "loss")
         self._reduce(sums, "loss")
         self._remember(sums.loss, None)
         return float(sums.loss.item())

@@ -36,6 +36,11 @@ class LinearOperator:
         return 0
 
     @property
+    def local_rows(self) -> slice | torch.Tensor:
+        """This process's rows of the full vector: a range, or an index tensor (FSDP2 shards)."""
+        return slice(self.row_start, self.row_start + self.local_dim)
+
+    @property
     def shards_vectors(self) -> bool:
         """Whether blocks are this process's rows of vectors split across processes."""
         return False

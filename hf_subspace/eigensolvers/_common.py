@@ -129,7 +129,7 @@ class Problem:
     init: torch.Tensor | None = None
     start: float = field(default_factory=time.perf_counter)
     local_dim: int = -1
-    rows: slice | None = None
+    rows: slice | torch.Tensor | None = None
     sharded: bool = False
     reduce: Reduce = no_reduce
 
@@ -192,14 +192,19 @@ def prepare(operator: Any, k: int, init: torch.Tensor | None, tol: float | None)
         init=init,
         start=start,
         local_dim=local_dim,
-        rows=slice(row_start, row_start + local_dim) if sharded else None,
+        rows=getattr(operator, "local_rows", slice(row_start, row_start + local_dim)) if sharded else None,
         sharded=sharded,
         reduce=operator.reduce_ if sharded else no_reduce,
     )
 
 
 def random_block(
-    generator: torch.Generator, dim: int, m: int, dtype: torch.dtype, device: torch.device, rows: slice | None = None
+    generator: torch.Generator,
+    dim: int,
+    m: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    rows: slice | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Standard-normal ``[dim, m]`` block drawn on the CPU from ``generator`` (identical on every rank); with ``rows``
     only those rows of it (split vectors: the same random vectors as with whole ones)."""
@@ -284,7 +289,7 @@ def residual_norms(x: torch.Tensor, hx: torch.Tensor, theta: torch.Tensor, reduc
 
 
 def fill_random_(
-    target: torch.Tensor, generator: torch.Generator, dim: int | None = None, rows: slice | None = None
+    target: torch.Tensor, generator: torch.Generator, dim: int | None = None, rows: slice | torch.Tensor | None = None
 ) -> torch.Tensor:
     """Fill ``target`` ([d, m]) with standard-normal columns drawn on the CPU from ``generator``, one at a time.
 
