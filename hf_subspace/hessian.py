@@ -191,8 +191,6 @@ class HessianOperator(LinearOperator):
         if columns_per_pass is not None and columns_per_pass < 1:
             raise ValueError(f"columns_per_pass={columns_per_pass} must be >= 1 (or None for the whole block)")
         self.rows: RowShard | None = RowShard.current(self.dim) if shard_vectors and not self.fsdp else None
-        if self.fsdp and not self.is_distributed:
-            raise ValueError("An FSDP2 model needs its process group: build the operator on every rank, distributed.")
         self._fsdp_rows = local_rows(self.params) if self.fsdp else None
         self.columns_per_pass = columns_per_pass
 

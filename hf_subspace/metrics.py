@@ -83,9 +83,12 @@ def effective_learning_rates(
     g = gradient.to(basis.vectors.dtype)
     g_dom = basis.vectors @ basis.coefficients(g)  # P g (flat)
     g_bulk = g - g_dom
-    sums = torch.stack([torch.stack([p.square().sum(), torch.dot(flat_update, p)]) for p in (g_dom, g_bulk)])
-    sums = basis.reduce_(sums.to(torch.float64)).tolist()
-    return tuple(float("nan") if denom == 0.0 else -dot / denom for denom, dot in sums)  # type: ignore[return-value]
+    parts = torch.stack([torch.stack([p.square().sum(), torch.dot(flat_update, p)]) for p in (g_dom, g_bulk)])
+    (dom_sq, dom_dot), (bulk_sq, bulk_dot) = basis.reduce_(parts.to(torch.float64)).tolist()
+    return (
+        float("nan") if dom_sq == 0.0 else -dom_dot / dom_sq,
+        float("nan") if bulk_sq == 0.0 else -bulk_dot / bulk_sq,
+    )
 
 
 def eigenvalue_tag(index: int, k: int, total: int) -> str:
