@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .spectrum import hessian_eigenpairs
     from .subspace import SubspaceBasis
     from .tracking import BasisTracker
-    from .trainer import SubspaceTrainer
+    from .trainer import SubspaceTrainer, SubspaceTrainerMixin
     from .training_args import SubspaceTrainingArguments
 
 __version__ = "0.1.0"
@@ -33,6 +33,7 @@ __all__ = [
     "SubspaceBasis",
     "SubspaceCallback",
     "SubspaceTrainer",
+    "SubspaceTrainerMixin",
     "SubspaceTrainingArguments",
     "__version__",
     "hessian_eigenpairs",
@@ -48,6 +49,7 @@ _HOMES = {
     "SubspaceBasis": "subspace",
     "SubspaceCallback": "callback",
     "SubspaceTrainer": "trainer",
+    "SubspaceTrainerMixin": "trainer",
     "SubspaceTrainingArguments": "training_args",
     "BasisTracker": "tracking",
 }

@@ -5,7 +5,8 @@ optimises: for token-level losses (causal LM, token classification, seq2seq) an 
 causal LMs counted after the one-position shift, as the model's loss counts it); for sequence-level losses it is a
 sample. A batch ``b`` with ``n_b`` items and loss ``L_b`` (its mean over those items) contributes ``n_b L_b``, and the
 sum over batches (and ranks) is divided by ``N = Σ n_b``, so the Hessian does not depend on how the dataset is cut
-into batches or shards.
+into batches or shards, unless the loss has a term computed per batch rather than per item (a Mixture-of-Experts
+router's load-balancing loss: then it depends on the batch size).
 
 A loss function may take ``num_items_in_batch`` (like the Trainer's ``compute_loss_func`` and transformers models whose
 ``forward`` takes ``**kwargs``): it then gets the batch's own item count and returns ``sum / num_items_in_batch``,
@@ -25,6 +26,7 @@ from torch import nn
 
 __all__ = [
     "IGNORE_INDEX",
+    "LABEL_KEYS",
     "LossFn",
     "NumItemsFn",
     "accepts_num_items",
@@ -40,6 +42,10 @@ __all__ = [
 IGNORE_INDEX = -100
 """Label value that the transformers losses (and ``nn.CrossEntropyLoss``) ignore."""
 
+LABEL_KEYS = ("labels", "start_positions", "end_positions")
+"""Batch keys a transformers model computes its loss from: ``labels``, or the answer span of extractive QA (one loss
+item per sample)."""
+
 LossFn = Callable[..., "torch.Tensor | tuple[torch.Tensor, int | torch.Tensor]"]
 """``loss_fn(model, batch[, num_items_in_batch=n])`` → scalar mean loss, or ``(mean loss, number of items)``."""
 
@@ -48,14 +54,16 @@ NumItemsFn = Callable[[Any], int]
 
 
 def batch_num_samples(batch: Any) -> int:
-    """Sample count of a batch: length of ``labels`` (mapping) or of the first element (tuple/list/tensor)."""
+    """Sample count of a batch: length of its labels (mapping: ``labels``, or extractive QA's ``start_positions``)
+    or of the first element (tuple/list/tensor)."""
     if isinstance(batch, Mapping):
-        if "labels" not in batch:
+        key = next((k for k in LABEL_KEYS if k in batch), None)
+        if key is None:
             raise ValueError(
                 f"A Hessian-dataset batch has no 'labels' (keys: {sorted(batch)}); the Hessian is of the training "
-                "loss, which needs labels. Add them to the Hessian dataset."
+                "loss, which needs labels. Add them to the Hessian dataset (or make them in the data collator)."
             )
-        return len(batch["labels"])
+        return len(batch[key])
     if isinstance(batch, (tuple, list)):
         return len(batch[0])
     if isinstance(batch, torch.Tensor):
@@ -93,18 +101,19 @@ def count_loss_items(batch: Any, shift_labels: bool = False) -> int:
     """Number of loss items of a batch.
 
     Mapping batches: the entries of ``shift_labels`` (if the collator provides it) or of ``labels`` (without the
-    first position when ``shift_labels``) that are not ``-100``; this is the Trainer's count for ``num_items_in_batch``
+    first position when ``shift_labels``) that are not ``-100``, or the number of samples without either; this is the Trainer's count for ``num_items_in_batch``
     and the denominator of the transformers losses. Other batches: the number of samples (first dimension).
 
     Raises:
-        ValueError: a mapping batch without labels, or labels that are not a tensor / array.
+        ValueError: labels that are not a tensor / array.
     """
     if not isinstance(batch, Mapping):
         return batch_num_samples(batch)
     if "shift_labels" in batch:
         labels = batch["shift_labels"]
+    elif "labels" not in batch:  # a loss without a labels tensor (e.g. extractive QA's positions): one per sample
+        return batch_num_samples(batch)
     else:
-        batch_num_samples(batch)  # the clear error for a batch without labels
         labels = batch["labels"]
         if shift_labels:
             labels = torch.as_tensor(labels)[..., 1:]

@@ -5,7 +5,8 @@ A pass is computed
 * on the bare module (DDP / DataParallel / ``torch.compile`` wrappers stripped, sharded setups refused);
 * in full precision: autocast is disabled around the pass **and** the autocast wrapper that accelerate installs on
   ``model.forward`` for ``fp16`` / ``bf16`` training (which an outer ``autocast(enabled=False)`` cannot undo, since
-  it re-enters autocast inside) is bypassed for the pass;
+  it re-enters autocast inside) is bypassed for the pass; frozen bf16 / fp16 weights (a LoRA base) are upcast for
+  the pass only (:func:`full_precision_weights`);
 * with the differentiable math attention kernel (fused SDPA kernels lack double backward);
 * in eval mode by default (``eval_mode=False`` keeps the modules' own modes);
 * without changing the model: in train-mode passes BatchNorm normalises with each Hessian batch's own statistics and
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["check_not_sharded", "exact_mode", "is_fsdp2", "state_fingerprint", "unwrap_model"]
+__all__ = ["check_not_sharded", "exact_mode", "full_precision_weights", "is_fsdp2", "state_fingerprint", "unwrap_model"]
 
 
 def is_fsdp2(model: nn.Module) -> bool:
@@ -120,6 +121,27 @@ def _no_buffer_side_effects(model: nn.Module) -> Iterator[None]:
             for b, version, saved in snapshot:
                 if b._version != version:
                     b.copy_(saved)
+
+
+@contextlib.contextmanager
+def full_precision_weights(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
+    """bf16 / fp16 parameters and buffers held in ``dtype`` for the block; the original tensors are put back after.
+
+    A frozen low-precision base under full-precision trainable parameters (peft LoRA adapters on a bf16 model) would
+    otherwise run every product through bf16 matmuls. The upcast copies exist only during the block (no resident
+    full-precision copy of the base); the originals are restored as they were (same storage, no rounding).
+    """
+    saved = []
+    with torch.no_grad():
+        for t in chain(model.parameters(), model.buffers()):
+            if t.dtype in (torch.bfloat16, torch.float16) and dtype not in (torch.bfloat16, torch.float16):
+                saved.append((t, t.data))
+                t.data = t.data.to(dtype)
+    try:
+        yield
+    finally:
+        for t, data in saved:
+            t.data = data
 
 
 @contextlib.contextmanager

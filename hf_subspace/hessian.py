@@ -42,7 +42,7 @@ from ._loss_items import (
     evaluate_loss,
     model_shifts_labels,
 )
-from ._model_state import exact_mode, is_fsdp2, state_fingerprint, unwrap_model
+from ._model_state import exact_mode, full_precision_weights, is_fsdp2, state_fingerprint, unwrap_model
 from ._params import select_parameters, split_like
 from ._pass_sums import Sums as _Sums
 from ._pass_sums import finite as _finite
@@ -279,7 +279,11 @@ class HessianOperator(LinearOperator):
         exact = self.product == "double_backward"
         steps = [] if exact or not m else difference_steps(self.params, vectors)  # type: ignore[arg-type]
         saved = [p.detach().clone() for p in self.params] if steps else []
-        with exact_mode(self.model, self.eval_mode, self.device), torch.set_grad_enabled(want_grad):
+        with (
+            exact_mode(self.model, self.eval_mode, self.device),
+            full_precision_weights(self.model, self.dtype),
+            torch.set_grad_enabled(want_grad),
+        ):
             for items, batch in self._iter_batches(desc):
                 loss, n = evaluate_loss(self.loss_fn, self.model, batch, items, self.device)
                 if n == 0:

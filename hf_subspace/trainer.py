@@ -8,26 +8,39 @@ parameters, the :class:`~hf_subspace.hessian.HessianOperator` of its own loss ov
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 
 from . import distributed
+from ._hessian_set import (
+    build_hessian_batches,
+    choose_hessian_loss,
+    hessian_seed,
+    hessian_subset_indices,
+    isolated_rng,
+)
 from ._params import select_parameters
 from ._shards import RowShard
 from .callback import SubspaceCallback, SubspaceState, tensorboard_writers
-from .hessian import HessianOperator, unwrap_model
+from .hessian import HessianOperator, LossFn, unwrap_model
 from .metrics import AlignmentEMA
 from .optim import SAM
 from .subspace import SubspaceBasis
 from .training_args import SubspaceTrainingArguments
 
-__all__ = ["SUBSPACE_STATE_NAME", "SubspaceTrainer", "hessian_subset_indices", "load_subspace_state"]
+__all__ = [
+    "SUBSPACE_STATE_NAME",
+    "SubspaceTrainer",
+    "SubspaceTrainerMixin",
+    "hessian_subset_indices",
+    "load_subspace_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,33 +48,41 @@ SUBSPACE_STATE_NAME = "subspace_state.pt"
 ROWS_FILE = "subspace_rows-{rank:05d}-of-{world:05d}.pt"
 """One process's rows of a split basis and warm start, beside ``subspace_state.pt``."""
 
-
-def hessian_subset_indices(num_examples: int, args: SubspaceTrainingArguments) -> np.ndarray:
-    """Indices of the default Hessian dataset among ``num_examples`` training examples (sorted).
-
-    All of them when ``args.hessian_num_samples >= num_examples``; otherwise a choice without replacement of
-    ``hessian_num_samples`` drawn with seed ``args.hessian_seed`` (default ``args.seed``), so every run, resume and
-    process of an experiment computes the Hessian on the same examples.
-    """
-    if args.hessian_num_samples >= num_examples:
-        return np.arange(num_examples)
-    seed = args.seed if args.hessian_seed is None else args.hessian_seed
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(num_examples, size=args.hessian_num_samples, replace=False))
+# The mixin is typed as a Trainer for the checker; at run time it derives from object and goes first in the bases.
+if TYPE_CHECKING:
+    _TrainerBase = Trainer
+else:
+    _TrainerBase = object
 
 
-class SubspaceTrainer(Trainer):
-    """`transformers.Trainer` that projects updates onto (or out of) the dominant Hessian subspace.
+class SubspaceTrainerMixin(_TrainerBase):
+    """Adds dominant- / bulk-subspace projection to any `transformers.Trainer` subclass (put it first in the bases).
+
+    ``SubspaceTrainer`` is ``SubspaceTrainerMixin`` + ``Trainer``. For another trainer, combine its arguments class
+    with :class:`SubspaceTrainingArguments` the same way::
+
+        @dataclasses.dataclass
+        class SubspaceSFTConfig(SubspaceTrainingArguments, trl.SFTConfig): ...
+
+        class SubspaceSFTTrainer(SubspaceTrainerMixin, trl.SFTTrainer): ...
+
+    (``Seq2SeqTrainer`` with ``Seq2SeqTrainingArguments`` likewise.) The Hessian is of the loss that trainer's
+    ``compute_loss`` optimises, checked on the first Hessian batch at construction (see
+    :func:`~hf_subspace._hessian_set.choose_hessian_loss`).
 
     Args:
-        *args, **kwargs: as for `transformers.Trainer`; ``args`` must be :class:`SubspaceTrainingArguments`.
-        hessian_dataset: dataset on which the Hessian, full-batch gradient and full training loss are computed.
-            Default: a fixed subset of ``train_dataset`` of ``hessian_num_samples`` examples chosen with
-            ``hessian_seed``. Each process takes its own contiguous shard; products are reduced across processes.
+        *args, **kwargs: as for the trainer; ``args`` must be an instance of :class:`SubspaceTrainingArguments`.
+        hessian_dataset: the data on which the Hessian, full-batch gradient and full training loss are computed: a
+            map-style or iterable dataset (collated by the trainer's ``data_collator``, whose labels may be made by
+            the collator), a ``DataLoader``, or a list of collated batches. Default: a fixed subset of
+            ``train_dataset`` of ``hessian_num_samples`` examples chosen with ``hessian_seed`` (the first
+            ``hessian_num_samples`` of an iterable one). Each process takes its own contiguous shard; products are
+            reduced across processes. Building it leaves the global random state untouched.
 
     Raises:
         ValueError: at construction (before any training) for invalid subspace settings, e.g. ``subspace_k`` not
-            below the number of covered parameters, or a Hessian dataset without labels.
+            below the number of covered parameters, or Hessian batches that give the model no loss.
+        RuntimeError: at construction, a training loss that is not twice differentiable (e.g. CTC).
     """
 
     args: SubspaceTrainingArguments
@@ -70,8 +91,9 @@ class SubspaceTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, SubspaceTrainingArguments):
             raise TypeError(
-                f"SubspaceTrainer needs SubspaceTrainingArguments, got {type(self.args).__name__}; "
-                "replace TrainingArguments(...) by SubspaceTrainingArguments(...)."
+                f"{type(self).__name__} needs SubspaceTrainingArguments, got {type(self.args).__name__}; "
+                "replace TrainingArguments(...) by SubspaceTrainingArguments(...) (for another trainer's arguments "
+                "class, a dataclass deriving from both)."
             )
         if self.model is None:
             raise ValueError("SubspaceTrainer needs a model (model_init is not supported).")
@@ -89,10 +111,19 @@ class SubspaceTrainer(Trainer):
                 "1 for subspace_basis_tol) must be smaller than the number of covered parameters "
                 f"d={dim}; lower subspace_k or widen subspace_parameter_filter."
             )
+        batches = self._hessian_batches()
+        metrics = copy.deepcopy(getattr(self, "_metrics", None))  # TRL trainers record metrics in compute_loss
+        loss_fn: LossFn = self._hessian_loss
+        if batches:  # a rank may hold no batch of a tiny set; the operator's reduction covers it
+            with isolated_rng(hessian_seed(self.args)):  # dropout is off, but a model's forward may still draw
+                loss_fn = choose_hessian_loss(self.model, batches[0], self.subspace_params, self._hessian_loss)
+        if metrics is not None:
+            self._metrics = metrics
+        warn_batch_dependent_loss(self.model)
         self.hessian_operator = HessianOperator(
             self.model,
-            self._hessian_batches(),
-            self._hessian_loss,
+            batches,
+            loss_fn,
             params=self.subspace_params,
             progress=self.args.subspace_progress,
             shard_vectors=self.subspace_shard_vectors,
@@ -118,37 +149,41 @@ class SubspaceTrainer(Trainer):
             return distributed.world_size() > 1 and self.args.subspace_solver != "eigsh"
         return shard and distributed.world_size() > 1
 
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """`Trainer.train`, after checking that the covered parameters are still the trainable ones.
+
+        Raises:
+            ValueError: parameters were frozen or unfrozen after the trainer was built.
+        """
+        self._check_covered_parameters()
+        return super().train(*args, **kwargs)
+
+    def _check_covered_parameters(self) -> None:
+        frozen = [n for n, p in zip(self.subspace_param_names, self.subspace_params) if not p.requires_grad]
+        covered = set(self.subspace_param_names)
+        try:
+            trainable = select_parameters(unwrap_model(self.model), self.args.subspace_parameter_filter)  # type: ignore[arg-type]
+        except ValueError:
+            trainable = []
+        unfrozen = [n for n, _ in trainable if n not in covered]
+        if frozen or unfrozen:
+            raise ValueError(
+                f"Parameters were frozen ({frozen[:3]}) or unfrozen ({unfrozen[:3]}) after {type(self).__name__} "
+                "was built; the subspace covers the parameters trainable at construction. Set requires_grad before "
+                "building the trainer."
+            )
+
     # -- the Hessian dataset and loss -------------------------------------------------------------------------
     def _hessian_batches(self) -> list[Any]:
-        args = self.args
-        dataset = self.hessian_dataset
+        dataset, subset = self.hessian_dataset, False
         if dataset is None:
-            dataset = self.train_dataset
+            dataset, subset = self.train_dataset, True
             if dataset is None:
                 raise ValueError("SubspaceTrainer needs a train_dataset or a hessian_dataset to build the Hessian.")
-            try:
-                n = len(dataset)  # type: ignore[arg-type]  # an IterableDataset raises TypeError below
-            except TypeError:
-                raise ValueError(
-                    "The train dataset has no length (an IterableDataset); pass hessian_dataset= with a fixed set of "
-                    "examples for the Hessian."
-                ) from None
-            indices = hessian_subset_indices(n, args)
-        else:
-            indices = np.arange(len(dataset))
-        if hasattr(dataset, "column_names"):
-            if "labels" not in dataset.column_names and "label" not in dataset.column_names:
-                raise ValueError(
-                    f"The Hessian dataset has no 'labels' column (columns: {dataset.column_names}); the Hessian is of "
-                    "the training loss, which needs labels. Pass hessian_dataset= with labels."
-                )
-            dataset = self._remove_unused_columns(dataset, description="hessian")
-        # Each rank takes a contiguous shard; products are summed across ranks weighted by loss-item counts.
-        shard = np.array_split(indices, distributed.world_size())[distributed.rank()]
-        size = args.hessian_batch_size
-        collator = self.data_collator
-        # Built without a DataLoader: iterating one draws from the global RNG and would change the training run.
-        return [collator([dataset[int(i)] for i in shard[s : s + size]]) for s in range(0, len(shard), size)]
+        batches = build_hessian_batches(self, dataset, subset=subset)
+        if not batches and distributed.world_size() == 1:
+            raise ValueError("The Hessian dataset is empty; pass a hessian_dataset with at least one example.")
+        return batches
 
     def _hessian_loss(
         self, model: nn.Module, batch: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
@@ -231,10 +266,11 @@ class SubspaceTrainer(Trainer):
             torch.save(state, os.path.join(folder, SUBSPACE_STATE_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
         target = model if model is not None else self.model
-        if target is not None:
-            _load_converted_weights(target, resume_from_checkpoint)
+        # A transformers model is loaded through from_pretrained (key mapping included) instead of the Trainer's plain
+        # load, which warns about every renamed key of e.g. ViT before the weights are loaded correctly anyway.
+        if target is None or not _load_converted_weights(target, resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = os.path.join(resume_from_checkpoint, SUBSPACE_STATE_NAME)
         if os.path.isfile(path):
             device = self.subspace_params[0].device
@@ -307,7 +343,7 @@ class SubspaceTrainer(Trainer):
         return self.subspace_callback.summary()
 
 
-def _load_converted_weights(model: nn.Module, checkpoint: str) -> None:
+def _load_converted_weights(model: nn.Module, checkpoint: str) -> bool:
     """Load a checkpoint's weights into ``model`` through ``from_pretrained`` (its key-conversion mapping included).
 
     ``Trainer._load_from_checkpoint`` (transformers 5.24) reads the checkpoint with a plain ``load_state_dict``,
@@ -316,19 +352,52 @@ def _load_converted_weights(model: nn.Module, checkpoint: str) -> None:
     in memory) no key matches and a resumed run would silently restart from the initial weights. Loading through
     ``from_pretrained`` applies the mapping; optimizer, scheduler, RNG and subspace state are resumed as usual.
 
+    Returns:
+        True when the weights were loaded this way (a ``PreTrainedModel`` and a checkpoint with ``config.json``).
+
     Raises:
         RuntimeError: the checkpoint's weights do not match the model (missing or unexpected keys).
     """
     model = unwrap_model(model)
     if not isinstance(model, PreTrainedModel) or not os.path.isfile(os.path.join(checkpoint, "config.json")):
-        return
+        return False
     loaded = type(model).from_pretrained(checkpoint, config=model.config)
-    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    state = loaded.state_dict()
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(
             f"The checkpoint {checkpoint} does not match the model: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}; resume with the model the checkpoint was saved from."
         )
+    logger.info("Resumed the model's %d weight tensors from %s.", len(state), checkpoint)
+    return True
+
+
+def warn_batch_dependent_loss(model: nn.Module) -> None:
+    """Warn when the model's loss includes a per-batch term, so that its Hessian depends on ``hessian_batch_size``.
+
+    A Mixture-of-Experts router's load-balancing loss (``output_router_logits`` with ``router_aux_loss_coef > 0``)
+    is computed from each batch's routing statistics, not as a mean over loss items.
+    """
+    config = getattr(unwrap_model(model), "config", None)
+    get_text = getattr(config, "get_text_config", None)
+    config = get_text() if callable(get_text) else config
+    coef = getattr(config, "router_aux_loss_coef", 0.0) or 0.0
+    if getattr(config, "output_router_logits", False) and coef > 0:
+        logger.warning(
+            "The model adds a router auxiliary loss (output_router_logits=True, router_aux_loss_coef=%g) computed per "
+            "batch, so its Hessian depends on hessian_batch_size (and the number of processes): set "
+            "hessian_batch_size to the per-device training batch size for the loss the optimizer sees.",
+            coef,
+        )
+
+
+class SubspaceTrainer(SubspaceTrainerMixin, Trainer):
+    """`transformers.Trainer` that projects updates onto (or out of) the dominant Hessian subspace.
+
+    Takes the arguments of `transformers.Trainer` plus ``hessian_dataset``; ``args`` must be
+    :class:`SubspaceTrainingArguments`. See :class:`SubspaceTrainerMixin` for the Hessian set, the loss and errors.
+    """
 
 
 def load_subspace_state(checkpoint: str, rows: RowShard | None, device: torch.device) -> dict[str, Any]:

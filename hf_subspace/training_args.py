@@ -117,7 +117,11 @@ class SubspaceTrainingArguments(TrainingArguments):
         },
     )
     hessian_batch_size: int = field(
-        default=250, metadata={"help": "Batch size of the Hessian passes (memory bound; does not change the Hessian)."}
+        default=250,
+        metadata={
+            "help": "Batch size of the Hessian passes (memory bound; does not change the Hessian unless the loss has "
+            "a per-batch term, such as a Mixture-of-Experts router's auxiliary loss)."
+        },
     )
     hessian_seed: int | None = field(
         default=None, metadata={"help": "Seed of the Hessian subset selection. Default: the training seed."}

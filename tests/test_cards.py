@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from hf_subspace.experiments.cards import render_index
+from hf_subspace.experiments.card_text import render_index
 from hf_subspace.experiments.claims import evaluate_claims
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,15 +68,24 @@ def test_index_numbers_come_from_the_summary(quick_cards: tuple[Path, list[dict]
     sgd = entries[0]["summary"]["runs"]["sgd"]
     assert f"| {sgd['final_loss']:.4g} |" in index
     assert "cnn_cifar10" in index and "not run" in index
-    assert "| Dom-SGD stalls (paper: yes) | toy_quadratic |" in index
+    assert "| Dom-SGD fails to train (paper: yes) | toy_quadratic |" in index
+    # every seed of the multi-seed run is in the stored summary, and the card shows them
+    seeds = entries[0]["summary"]["seed_summaries"]
+    assert sorted(seeds) == ["1", "2"] and all(s["seed"] == int(k) for k, s in seeds.items())
+    card = (root / "toy_quadratic" / "sgd" / "README.md").read_text()
+    assert "| seed | switch step |" in card and (root / "toy_quadratic" / "seeds.png").stat().st_size > 1000
     # rebuilt from the stored summaries alone, the index is the same
     regen.regenerate(root, index_only=True)
     assert (root / "README.md").read_text() == index
 
 
 def _summary() -> dict:
-    def run(switch: float, final: float, chi: float) -> dict:
-        return {"loss_at_switch": switch, "final_loss": final, "mean_chi_k": chi, "chi_k_at_switch": 0.9}
+    def run(final: float, chi: float, mode: str = "none", full_batch: bool = False) -> dict:
+        # the loss falls geometrically from 1.0 at the switch (step 10) to `final` at step 20
+        curve = [[s, final ** ((s - 10) / 10)] for s in range(10, 21)]
+        return {"loss_at_switch": 1.0, "final_loss": final, "mean_chi_k": chi, "chi_k_at_switch": 0.9,
+                "loss_curve": curve, "chi_k_curve": [[s, chi] for s in range(10, 21)], "subspace_mode": mode,
+                "full_batch": full_batch}  # fmt: skip
 
     return {
         "recipe": "synthetic",
@@ -84,10 +93,10 @@ def _summary() -> dict:
         "switch_step": 10,
         "max_steps": 20,
         "runs": {
-            "sgd": run(1.0, 0.2, 0.95),
-            "gd": run(1.0, 0.2, 0.01),
-            "dominant": run(1.0, 0.98, 0.95),
-            "bulk": run(1.0, 0.25, 0.9),
+            "sgd": run(0.2, 0.95),
+            "gd": run(0.2, 0.01, full_batch=True),
+            "dominant": run(1.0, 0.95, "dominant"),
+            "bulk": run(0.25, 0.9, "bulk"),
         },
     }
 
@@ -99,8 +108,8 @@ def _answers(summary: dict) -> dict[str, str]:
 def test_claims_follow_the_numbers() -> None:
     summary = _summary()
     assert _answers(summary) == {
-        "Dom-SGD stalls": "yes",
-        "Bulk-SGD tracks SGD": "yes",
+        "Dom-SGD fails to train": "yes",
+        "Bulk-SGD is as effective as SGD": "yes",
         "SGD→GD loses the alignment": "yes",
         "GD→SGD restores the alignment": "n/a",
     }
@@ -109,14 +118,14 @@ def test_claims_follow_the_numbers() -> None:
     moving["runs"]["bulk"]["final_loss"] = 0.9  # and Bulk-SGD falls behind SGD
     moving["runs"]["gd"]["mean_chi_k"] = 0.9  # and GD stays aligned
     answers = _answers(moving)
-    assert answers["Dom-SGD stalls"] == "no"
-    assert answers["Bulk-SGD tracks SGD"] == "no"
+    assert answers["Dom-SGD fails to train"] == "no"
+    assert answers["Bulk-SGD is as effective as SGD"] == "no"
     assert answers["SGD→GD loses the alignment"] == "no"
     index = render_index([{"run": "synthetic", "recipe": "toy", "summary": moving, "command": "x"}])
-    assert "| Dom-SGD stalls (paper: yes) | synthetic | **no** (disagrees) | final/switch loss = 0.300" in index
+    assert "| Dom-SGD fails to train (paper: yes) | synthetic | **no** (disagrees) | progress" in index
     flat = copy.deepcopy(summary)
-    flat["runs"]["sgd"]["final_loss"] = 0.97  # SGD itself barely moved: stalling says nothing
-    assert _answers(flat)["Dom-SGD stalls"] == "inconclusive"
+    flat["runs"]["sgd"]["final_loss"] = 0.97  # SGD itself barely moved: a Dom/Bulk verdict says nothing
+    assert _answers(flat)["Dom-SGD fails to train"] == "inconclusive"
     del moving["runs"]["gd"]
     assert _answers(moving)["SGD→GD loses the alignment"] == "n/a"
 
@@ -128,14 +137,15 @@ def test_gd_prefix_restoring_alignment_is_detected() -> None:
     answers = _answers(summary)
     assert answers["GD→SGD restores the alignment"] == "yes"
     # the other claims are about branches after an SGD prefix
-    assert [answers[c] for c in ("Dom-SGD stalls", "Bulk-SGD tracks SGD", "SGD→GD loses the alignment")] == ["n/a"] * 3
+    texts = ("Dom-SGD fails to train", "Bulk-SGD is as effective as SGD", "SGD→GD loses the alignment")
+    assert [answers[c] for c in texts] == ["n/a"] * 3
     index = render_index([{"run": "gdp", "recipe": "toy", "summary": summary, "command": "x"}])
     assert (
         "| GD→SGD restores the alignment (paper: yes) | gdp | **yes** (agrees) | χ_k at the switch (after GD) 0.050"
         in index
     )
     stays = copy.deepcopy(summary)
-    stays["runs"]["sgd"]["mean_chi_k"] = 0.08  # SGD after GD stays unaligned: the paper's claim fails
+    stays["runs"]["sgd"]["chi_k_curve"] = [[s, 0.08] for s in range(10, 21)]  # SGD after GD stays unaligned
     assert _answers(stays)["GD→SGD restores the alignment"] == "no"
     unmeasured = copy.deepcopy(summary)
     unmeasured["runs"]["sgd"]["chi_k_at_switch"] = None  # alignment interval not dividing the switch step
@@ -150,7 +160,7 @@ def test_sgd_prefix_points_to_the_gd_prefix_run() -> None:
     assert claim.answer == "n/a" and "--prefix gd" in claim.evidence and "reference run" not in claim.evidence
     # a run points at the GD-prefix run of its own recipe, never at another model's (the toy's)
     assert regen.gd_prefix_run("toy_quadratic") == regen.GD_PREFIX_RUN
-    assert regen.gd_prefix_run("mlp_digits") == regen.gd_prefix_run("mlp_mnist") == "mlp_digits_gd_prefix"
+    assert regen.gd_prefix_run("mlp_digits") == regen.gd_prefix_run("mlp_mnist_sgd") == "mlp_digits_gd_prefix"
     assert regen.gd_prefix_run("transformer_sst2") is None
     run = next(r for r in regen.REFERENCE_RUNS if r.name == regen.GD_PREFIX_RUN)
     command = run.command(Path("data"), Path("out"))
@@ -170,10 +180,11 @@ def test_gd_prefix_reference_run_answers_the_claim(tmp_path: Path) -> None:
     entries = regen.regenerate(tmp_path / "cards", runs=run, work_dir=tmp_path / "work", quick=True)
     summary = entries[0]["summary"]
     assert summary["prefix_optimizer"] == "gd" and list(summary["runs"]) == ["sgd", "gd"]
+    assert len(summary["seed_summaries"]) == len(run[0].seeds) - 1
     index = (tmp_path / "cards" / "README.md").read_text()
     assert f"| GD→SGD restores the alignment (paper: yes) | {regen.GD_PREFIX_RUN} | **yes** (agrees) |" in index
     card = (tmp_path / "cards" / regen.GD_PREFIX_RUN / "sgd" / "README.md").read_text()
-    assert "leaving a shared full-batch GD prefix at step 6 of 12" in card
+    assert "leaving a shared full-batch GD prefix at step 6 (a fixed step) of 12" in card
 
 
 def test_main_rejects_unknown_run() -> None:
@@ -190,17 +201,17 @@ def test_adopt_writes_cards_from_a_finished_experiment(quick_cards: tuple[Path, 
 
     root, _ = quick_cards
     toy = next(r for r in regen.REFERENCE_RUNS if r.name == "toy_quadratic")
-    # A copy of the quick fixture's experiment folder (work_dir/<run>: summary.json and one folder per branch).
-    source = next(p for p in (root.parent / "work").iterdir() if (p / "summary.json").is_file())
-    work = shutil.copytree(source, tmp_path / "experiment")
-    summary = json.loads((work / "summary.json").read_text())
+    # A copy of the quick fixture's experiment folder (work_dir/<run>/seed-<s>: summary.json, one folder per branch).
+    work = shutil.copytree(root.parent / "work" / "toy_quadratic", tmp_path / "experiment")
+    summary = json.loads((work / "seed-0" / "summary.json").read_text())
     for branch in summary["runs"].values():  # an older summary without these fields is accepted
         branch.pop("mode", None)
-    (work / "summary.json").write_text(json.dumps(summary))
+    (work / "seed-0" / "summary.json").write_text(json.dumps(summary))
     entry = adopt_run(toy, work, tmp_path / "cards", Path("../shared/data"), Path("runs/cards"))
     assert entry["run"] == "toy_quadratic"
     card = (tmp_path / "cards" / "toy_quadratic" / "bulk" / "README.md").read_text()
     final = summary["runs"]["bulk"]["final_loss"]
     assert f"{final:.4g}" in card or f"{final:.4f}" in card
-    assert "hf-subspace run toy_quadratic" in card and "--output_dir runs/cards/toy_quadratic" in card
+    assert "hf-subspace run toy_quadratic" in card and "--output_dir runs/cards/toy_quadratic/seed-0" in card
+    assert len(entry["summary"]["seed_summaries"]) == 2
     assert (tmp_path / "cards" / "toy_quadratic" / "figure.png").stat().st_size > 1000

@@ -91,7 +91,7 @@ def test_quickstart_tiny(tmp_path, monkeypatch, capsys):
     # the exit status says whether the digits run showed the paper's result (a tiny run need not): 0 iff all ✓
     marks = [line.strip()[0] for line in printed.splitlines() if line.strip().startswith(("✓", "✗"))]
     assert len(marks) == 2 and code == (0 if set(marks) == {"✓"} else 1)
-    assert "mlp_digits (digits)" in printed and "Dom-SGD stalls" in printed
+    assert "mlp_digits (digits)" in printed and "Dom-SGD fails to train" in printed
     report = json.loads((out / "quickstart.json").read_text())
     assert (out / "mlp_digits" / "summary.json").is_file() and (out / "mlp_digits" / "figure.png").is_file()
     assert "mlp_digits" in report["runs"] and report["seconds"] > 0

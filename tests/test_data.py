@@ -132,6 +132,34 @@ def test_idx_validation_file_and_folder(tmp_path: Path) -> None:
         )
 
 
+def test_validation_size_the_data_cannot_hold_is_refused(tmp_path: Path) -> None:
+    """Issue 20: --num_train 5000 --num_validation 1000 on a 5,000-image npz without --validation_file used to give 0
+    validation examples without a word; every source that cannot fill --num_validation is refused by name."""
+    x, y = _images(50, (4, 4))
+    np.savez(tmp_path / "mnist_5k.npz", x=x, y=y)
+    np.savez(tmp_path / "test.npz", x=x[:8], y=y[:8])
+    with pytest.raises(
+        DatasetLoadError, match=r"--num_validation 10 .*mnist_5k\.npz.*50 examples.*leaves 0.*--num_train"
+    ):
+        load_image_classification(None, train_file=tmp_path / "mnist_5k.npz", num_train=50, num_validation=10)
+    with pytest.raises(DatasetLoadError, match=r"leaves 5:.*--validation_file"):  # fewer than asked, not only none
+        load_image_classification(None, train_file=tmp_path / "mnist_5k.npz", num_train=45, num_validation=10)
+    with pytest.raises(DatasetLoadError, match=r"--num_validation 10 .*test\.npz.* leaves 8"):
+        load_image_classification(
+            None, train_file=tmp_path / "mnist_5k.npz", validation_file=tmp_path / "test.npz", num_validation=10
+        )
+    with pytest.raises(DatasetLoadError, match=r"--num_validation 500 .*leaves 297"):
+        load_image_classification("digits", num_train=1500, num_validation=500)
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\nok \t1\n", encoding="utf-8")
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\na\t0\nb\t1\n", encoding="utf-8")
+    with pytest.raises(DatasetLoadError, match=r"--num_validation 2 .*dev\.tsv.* leaves 1"):
+        load_text_classification(None, train_file=tmp_path / "train.tsv", validation_file=tmp_path / "dev.tsv",
+                                 num_validation=2)  # fmt: skip
+    # exactly what the source holds is fine
+    dd = load_image_classification(None, train_file=tmp_path / "mnist_5k.npz", num_train=40, num_validation=10)
+    assert (len(dd["train"]), len(dd["validation"])) == (40, 10)
+
+
 def test_csv_parquet_and_saved_dataset_images(tmp_path: Path) -> None:
     x, y = _images(12, (2, 2))
     table = {"label": y.tolist(), **{f"p{i}": x.reshape(12, -1)[:, i].tolist() for i in range(4)}}

@@ -64,3 +64,33 @@ def test_example_trains_evaluates_and_writes_a_card(tiny_checkpoint: Path, tmp_p
 def test_example_refuses_ambiguous_data(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exactly one of --dataset_name"):
         _load_example().main(["--model_name_or_path", "x", "--output_dir", str(tmp_path)])
+
+
+CLM_EXAMPLE = EXAMPLE.with_name("run_subspace_clm.py")
+SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+
+
+@pytest.mark.skipif(not (SST2 / "train.tsv").is_file(), reason="the shipped SST-2 copy is not there")
+def test_clm_example_trains_a_tiny_gpt2_in_bulk_mode_with_a_basis_tolerance(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("run_subspace_clm", CLM_EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    out = tmp_path / "out"
+    metrics = module.main([
+        "--model_type", "gpt2", "--config_overrides", "n_embd=8,n_layer=1,n_head=2,n_positions=16",
+        "--tokenizer_vocab_size", "100", "--train_file", str(SST2 / "train.tsv"),
+        "--validation_file", str(SST2 / "dev.tsv"), "--text_column", "sentence", "--block_size", "16",
+        "--max_train_samples", "300", "--max_eval_samples", "40", "--output_dir", str(out), "--max_steps", "4",
+        "--per_device_train_batch_size", "8", "--optim", "sgd", "--learning_rate", "0.1", "--logging_steps", "1",
+        "--subspace_mode", "bulk", "--subspace_k", "2", "--subspace_start_step", "2", "--subspace_basis_tol", "0.05",
+        "--subspace_refresh_steps", "4", "--hessian_num_samples", "16", "--hessian_batch_size", "8",
+        "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true", "--disable_tqdm", "true",
+    ])  # fmt: skip
+    assert metrics["perplexity"] > 1 and metrics["train_loss"] > 0
+    assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
+    assert "bulk" in ModelCard.load(out / "README.md").text
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    chi_update = [e["subspace/chi_k_update"] for e in history if "subspace/chi_k_update" in e and e["step"] > 2]
+    assert chi_update and max(chi_update) < 1e-3
+    assert any("subspace/basis_error_estimate" in e for e in history)  # the certified (tolerance) schedule ran

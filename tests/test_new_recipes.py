@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from hf_subspace.experiments.claims import (
-    AMPLIFICATION_RATIO,
     effective_lr_table,
     evaluate_claims,
     optimizer_label,
@@ -157,9 +156,9 @@ def test_edge_of_stability_branches_and_sharpness_figure(tmp_path):
     sharp = sharpness_summary(s)
     assert sharp["two_over_lr"] == pytest.approx(40.0) and sharp["max_prefix"] > 0
     claims = {c.claim: c for c in evaluate_claims("eos", s)}
-    for text in ("GD reaches the edge of stability (λ₁ ≈ 2/η)", "Dom-GD fails at the edge of stability",
+    for text in ("GD reaches the edge of stability (λ₁ ≈ 2/η)", "Dom-GD fails to train at the edge of stability",
                  "Bulk-GD is as effective as GD at the edge of stability"):  # fmt: skip
-        assert claims[text].answer in ("yes", "no", "inconclusive") and paper_answer(text) == "yes"
+        assert claims[text].answer in ("yes", "no", "different regime", "inconclusive") and paper_answer(text) == "yes"
     assert s["runs"]["dominant-gd"]["curves"]["eigenvalue_top_01"]
 
 
@@ -184,7 +183,7 @@ def test_optimizer_variants_dom_and_bulk(tmp_path, options, label):
     row = effective_lr_table(s)
     assert row is not None and row["optimizer"] == label and row["measurements"] == 1  # step 0 of the prefix
     texts = [c.claim for c in evaluate_claims(label, s)]
-    assert f"Dom-{label} stalls" in texts and f"Bulk-{label} tracks {label}" in texts
+    assert f"Dom-{label} fails to train" in texts and f"Bulk-{label} is as effective as {label}" in texts
     amplification = f"{label} amplifies the bulk effective LR over the dominant one"
     assert (amplification in texts) == (label != "SAM")  # Table 1's claim is about momentum and Adam
 
@@ -228,20 +227,23 @@ def test_claims_from_synthetic_summaries(tmp_path):
     # edge of stability: λ₁ reaches 2/η = 20; GD and Bulk-GD halve the loss, Dom-GD does not
     lam = [[0, 10.0], [5, 19.5], [10, 20.5], [20, 20.1]]
 
-    def branch(losses):  # loss at steps 10 (switch), 15 (mid-branch), 20 (end)
-        curve = [[10, losses[0]], [15, losses[1]], [20, losses[2]]]
-        return {"loss_at_switch": losses[0], "final_loss": losses[2], "loss_curve": curve,
-                "curves": {"eigenvalue_top_01": lam}}  # fmt: skip
+    def branch(losses, mode="none"):  # loss at steps 10 (switch), 12, ..., 20 (end)
+        curve = [[10 + 2 * i, v] for i, v in enumerate(losses)]
+        return {"loss_at_switch": losses[0], "final_loss": losses[-1], "loss_curve": curve, "subspace_mode": mode,
+                "full_batch": True, "curves": {"eigenvalue_top_01": lam}}  # fmt: skip
 
-    # Dom-GD: a one-time drop (damping the EoS oscillation), then flat; the stall is judged on the second half
-    runs = {"gd": branch([1.0, 0.8, 0.5]), "dominant-gd": branch([1.0, 0.7, 0.7]), "bulk-gd": branch([1.0, 0.8, 0.55])}
+    # Dom-GD stays flat: judged against GD (progress ≤ 0.1 × GD's, second-half slope within the spread of 0)
+    runs = {"gd": branch([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]),
+            "dominant-gd": branch([1.0, 1.0, 0.999, 1.001, 0.999, 1.0], "dominant"),
+            "bulk-gd": branch([1.0, 0.9, 0.8, 0.7, 0.6, 0.55], "bulk")}  # fmt: skip
     eos = {**_summary(**runs), "prefix_optimizer": "gd", "max_steps": 20}
     answers = {c.claim: c.answer for c in evaluate_claims("eos", eos)}
     assert answers["GD reaches the edge of stability (λ₁ ≈ 2/η)"] == "yes"
-    assert answers["Dom-GD fails at the edge of stability"] == "yes"
-    eos["runs"]["dominant-gd"] = branch([1.0, 0.7, 0.5])  # keeps decreasing in the second half: it does not fail
-    assert {c.claim: c.answer for c in evaluate_claims("eos", eos)}["Dom-GD fails at the edge of stability"] == "no"
-    eos["runs"]["dominant-gd"] = branch([1.0, 0.7, 0.7])
+    assert answers["Dom-GD fails to train at the edge of stability"] == "yes"
+    # a one-time drop, then flat: 51 % of GD's progress (the old half-branch rule called this a failure): no
+    eos["runs"]["dominant-gd"] = branch([1.0, 0.7, 0.7, 0.7, 0.7, 0.7], "dominant")
+    dom = {c.claim: c.answer for c in evaluate_claims("eos", eos)}["Dom-GD fails to train at the edge of stability"]
+    assert dom == "no"
     assert answers["Bulk-GD is as effective as GD at the edge of stability"] == "yes"
     assert sharpness_summary(eos)["first_step_90"] == 5
     lower = {**eos, "learning_rate": 0.01}  # 2/η = 200: far from the edge
@@ -262,8 +264,8 @@ def test_claims_from_synthetic_summaries(tmp_path):
     assert effective_lr_means(mom["runs"]["sgd"], 10) == pytest.approx({"dominant": 0.02, "bulk": 0.2,
                                                                         "measurements": 2})  # fmt: skip
     row = [c for c in evaluate_claims("m", mom) if "amplifies" in c.claim]
-    assert len(row) == 1 and row[0].claim.startswith("momentum") and row[0].answer == "yes"
-    assert AMPLIFICATION_RATIO <= 0.2 / 0.02
+    # one seed and no SGD baseline: no interval to compare (tests/test_claims.py has the multi-seed rule)
+    assert len(row) == 1 and row[0].claim.startswith("momentum") and row[0].answer == "inconclusive"
     assert not [c for c in evaluate_claims("sgd", _summary(sgd={"curves": lrs})) if "amplifies" in c.claim]
     # the figures the data supports
     written = {p.name for p in extra_figures(eos, tmp_path)} | {p.name for p in extra_figures(s, tmp_path)}

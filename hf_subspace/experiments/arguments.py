@@ -27,7 +27,20 @@ class RecipeArguments:
         metadata={"help": "Comma-separated branches after the switch: sgd, dominant, bulk, gd, dominant-gd, bulk-gd."},
     )
     switch_step: int = field(
-        default=1000, metadata={"help": "Step at which the branches leave the shared unprojected prefix."}
+        default=1000,
+        metadata={
+            "help": "Step at which the branches leave the shared unprojected prefix (with --switch_rule ema: the "
+            "latest step, a cap)."
+        },
+    )
+    switch_rule: str = field(
+        default="fixed",
+        metadata={
+            "help": "When the branches leave the prefix: fixed (at --switch_step) or ema (the paper's rule: once the "
+            "EMA of χ_k of the full-batch gradient, measured at every prefix step with decay --subspace_ema_decay, "
+            "reaches --subspace_auto_start_threshold; at --switch_step at the latest).",
+            "choices": ["fixed", "ema"],
+        },
     )
     prefix: str = field(
         default="sgd",
@@ -36,6 +49,27 @@ class RecipeArguments:
             "--per_device_train_batch_size, the paper's protocol) or gd (full-batch gradient descent, for the GD→SGD "
             "comparison, e.g. --prefix gd --modes sgd,gd).",
             "choices": list(PREFIXES),
+        },
+    )
+    switch_measure_steps: int = field(
+        default=1,
+        metadata={
+            "help": "With --switch_rule ema: measure χ_k (and update its EMA) every this many prefix steps (the "
+            "paper: 1)."
+        },
+    )
+    resume_experiment: bool = field(
+        default=False,
+        metadata={
+            "help": "Continue an interrupted experiment in --output_dir: reuse its finished prefix and branches, and "
+            "resume an unfinished branch from its latest checkpoint (saved with --save_strategy steps)."
+        },
+    )
+    basis_audit_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Every N steps of a projected branch, solve the top-k eigenspace from scratch (eigsh) and record "
+            "the distance of the basis in use to it (summary.json: basis_error_audit). 0: never."
         },
     )
     overwrite_output_dir: bool = field(
@@ -113,6 +147,10 @@ class RecipeArguments:
             raise ValueError(f"--loss_type={self.loss_type!r} must be mse or cross_entropy.")
         if self.task not in (None, "text", "image"):
             raise ValueError(f"--task={self.task!r} must be text or image.")
+        if self.switch_rule not in ("fixed", "ema"):
+            raise ValueError(f"--switch_rule={self.switch_rule!r} must be fixed or ema.")
+        if self.switch_measure_steps < 1:
+            raise ValueError(f"--switch_measure_steps={self.switch_measure_steps} must be at least 1.")
         if self.num_train is not None and self.num_train < 1:
             raise ValueError(f"--num_train={self.num_train} must be at least 1.")
         # The recipe path's gate for the branch names and the prefix: normalised once, here, when parsed.

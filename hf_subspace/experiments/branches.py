@@ -12,23 +12,29 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..metrics import METRIC_PREFIX
-from .settings import OUTPUT_NAMES
+from .settings import OUTPUT_NAMES, BranchSpec
 
 __all__ = [
+    "BasisAudit",
     "CompactProgress",
     "StopAtStep",
+    "StopWhenAligned",
     "TrajectoryRecorder",
+    "audit_summary",
     "branch_curves",
     "branch_name",
+    "branch_record",
     "clean_outputs",
     "default_alignment_steps",
     "format_results_table",
     "optimizer_label",
     "quiet_runs",
+    "switch_record",
     "value_at",
 ]
 
@@ -162,6 +168,93 @@ class StopAtStep(TrainerCallback):
         if state.global_step >= self.step:
             control.should_save = True
             control.should_training_stop = True
+
+
+class StopWhenAligned(TrainerCallback):
+    """The paper's switch: stop the prefix once the χ_k EMA of the full-batch gradient reaches ``threshold``, or at
+    step ``cap`` at the latest, and save a checkpoint there.
+
+    The EMA takes its first measurement as is, so one high value at step 0 would trigger it: the rule only applies
+    once the EMA has averaged ``min_measurements`` values (default ``ceil(1 / (1 − decay))``, its time constant; 10
+    for the paper's 0.9), i.e. once χ_k has stayed high. The measurement logged at step t is of θ_t, taken before
+    the update of step t; the prefix stops at the end of that step, so the branches start from θ_{t+1}.
+    :attr:`crossed_at` is t (``None`` when the cap was reached first).
+    """
+
+    def __init__(
+        self, threshold: float, cap: int, decay: float = 0.9, tag: str = "subspace/chi_k_full_grad_ema"
+    ) -> None:
+        self.threshold, self.cap, self.tag = threshold, cap, tag
+        self.min_measurements = math.ceil(1.0 / (1.0 - decay) - 1e-9)
+        self.seen = 0
+        self.crossed_at: int | None = None
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        value = (kw.get("logs") or {}).get(self.tag)
+        if value is None:
+            return
+        self.seen += 1
+        if self.crossed_at is None and self.seen >= self.min_measurements and value >= self.threshold:
+            self.crossed_at = state.global_step
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if self.crossed_at is not None or state.global_step >= self.cap:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def switch_record(stopper: TrainerCallback, rule: str, cap: int, crossed_at: int | None) -> dict[str, Any]:
+    """``summary["switch_rule"]``: the rule, the cap and, for the EMA rule, its settings and the step it crossed."""
+    ema = isinstance(stopper, StopWhenAligned)
+    return {
+        "rule": rule,
+        "cap": cap,
+        "threshold": stopper.threshold if ema else None,
+        "min_measurements": stopper.min_measurements if ema else None,
+        "crossed_at": crossed_at,
+    }
+
+
+class BasisAudit(TrainerCallback):
+    """Exact checks of the basis a projected run uses: every ``every`` projected steps, the distance
+    ‖P_used − P_exact‖₂ between the basis the step projects onto and the top-k eigenspace at θ_t, solved from scratch
+    with ARPACK (``eigsh``, relative residual 1e-6) on the trainer's own Hessian operator.
+
+    Add it with ``trainer.add_callback`` after the trainer is built, so it runs after the subspace callback has
+    refreshed (or kept) the basis for the step. Its products are not counted in ``subspace/hvps_total``.
+    :attr:`records` holds ``[step, distance]`` pairs; :func:`audit_summary` gives median / p95 / max.
+    """
+
+    def __init__(self, trainer: Any, every: int) -> None:
+        self.trainer, self.every = trainer, every
+        self.records: list[list[float]] = []
+
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        from ..eigensolvers import top_eigenpairs
+        from ..subspace import projector_distance
+
+        sub = self.trainer.subspace_state
+        step = state.global_step
+        if self.every <= 0 or not sub.projecting or sub.basis is None or step % self.every:
+            return
+        result = top_eigenpairs(self.trainer.hessian_operator, sub.basis.k, method="eigsh", tol=1e-6, seed=step)
+        self.records.append([step, projector_distance(sub.basis.vectors, result.eigenvectors)])
+
+
+def audit_summary(records: Sequence[Sequence[float]]) -> dict[str, Any] | None:
+    """``{"n", "median", "p95", "max", "points"}`` of :class:`BasisAudit` records (``None`` without any)."""
+    if not records:
+        return None
+    values = np.asarray([r[1] for r in records], dtype=float)
+    return {
+        "n": len(values),
+        "median": float(np.median(values)),
+        "p95": float(np.percentile(values, 95)),
+        "max": float(values.max()),
+        "points": [list(r) for r in records],
+    }
 
 
 class CompactProgress(TrainerCallback):
@@ -303,3 +396,32 @@ def format_results_table(summary: Mapping[str, Any]) -> str:
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def branch_record(
+    prefix_history: list[dict[str, Any]],
+    branch_history: list[dict[str, Any]],
+    switch_step: int,
+    spec: BranchSpec,
+    seconds: float,
+    curves: dict[str, list[list[float]]],
+) -> dict[str, Any]:
+    """One branch's entry of ``summary["runs"]``: its curves (the shared prefix, then the branch), the loss and χ_k at
+    the switch and at the end, the mean χ_k after the switch, and ``curves`` (:func:`.diagnostics.metric_curves`)."""
+    loss_curve, chi_curve = branch_curves(prefix_history, branch_history, switch_step)
+    after = [c for s, c in chi_curve if s > switch_step]
+    at_switch = value_at(loss_curve, switch_step)
+    return {
+        "loss_at_switch": at_switch,
+        "final_loss": loss_curve[-1][1] if loss_curve else None,
+        "loss_curve": loss_curve,
+        "chi_k_curve": chi_curve,
+        "mean_chi_k": float(np.mean(after)) if after else None,
+        "chi_k_at_switch": value_at(chi_curve, switch_step),
+        "final_chi_k": chi_curve[-1][1] if chi_curve else None,
+        "subspace_mode": spec.subspace_mode,
+        "full_batch": spec.full_batch,
+        "wall_time_s": seconds,
+        # eigenvalues, eigengap, effective learning rates (prefix, then branch): :mod:`.diagnostics`
+        "curves": curves,
+    }

@@ -27,32 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .claims import (
-    ALIGNMENT_LOSS_RATIO,
-    AMPLIFICATION_RATIO,
-    BULK_TRACK_RATIO,
-    DOM_STALL_RATIO,
-    EOS_RATIO,
-    SPECTRUM_GAP_RATIO,
-    TABLE1_STEPS,
-    effective_lr_table,
-    evaluate_claims,
-    format_value,
-    paper_answer,
-    ratio,
-)
+from .card_text import branch_card_section, insert_section, render_index, seed_summaries
 from .diagnostics import EXTRA_FIGURES
 
-FIGURES: tuple[str, ...] = ("figure.png", "trajectory.png", *EXTRA_FIGURES)
+FIGURES: tuple[str, ...] = ("figure.png", "seeds.png", "trajectory.png", *EXTRA_FIGURES)
 """The figures of an experiment copied into its cards folder when present."""
 
 __all__ = [
     "ReferenceRun",
     "adopt_run",
-    "branch_card_section",
     "machine_info",
     "regenerate_cards",
-    "render_index",
 ]
 
 
@@ -68,6 +53,8 @@ class ReferenceRun:
         description: one line for the index.
         differences: how the run differs from the paper's setup.
         needs: data files (relative to the data root) without which the run is skipped.
+        seeds: the seeds run (``--seed``); with several, each writes ``<work_dir>/<name>/seed-<s>`` and the cards
+            show the spread across them.
     """
 
     name: str
@@ -77,19 +64,28 @@ class ReferenceRun:
     description: str
     differences: tuple[str, ...]
     needs: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0,)
 
-    def argv(self, data_root: Path, output_dir: Path, quick: bool = False) -> list[str]:
-        """The recipe options, data root filled in, with ``--output_dir``, consent to overwrite, and the run's name
-        as ``--experiment_name`` (so its cards are titled ``<run>-<branch>``, e.g. ``mlp_digits-sgd``)."""
+    def argv(self, data_root: Path, output_dir: Path, quick: bool = False, seed: int | None = None) -> list[str]:
+        """The recipe options, data root filled in, with ``--output_dir``, consent to overwrite, the run's name
+        as ``--experiment_name`` (so its cards are titled ``<run>-<branch>``, e.g. ``mlp_digits-sgd``) and, for a
+        multi-seed run, ``--seed``."""
         opts = [o.replace("{data}", str(data_root)) for o in self.options]
         opts += list(self.quick_options) if quick else []
         if "--experiment_name" not in opts:
             opts += ["--experiment_name", self.name]
+        if seed is not None:
+            opts += ["--seed", str(seed)]
         return [*opts, "--output_dir", str(output_dir), "--overwrite_output_dir", "true", "--disable_tqdm", "true"]
 
-    def command(self, data_root: Path, output_dir: Path, quick: bool = False) -> str:
-        """The shell command that reproduces the run."""
-        return shlex.join(["hf-subspace", "run", self.recipe, *self.argv(data_root, output_dir, quick)])
+    def command(self, data_root: Path, output_dir: Path, quick: bool = False, seed: int | None = None) -> str:
+        """The shell command that reproduces the run (one seed of a multi-seed run)."""
+        return shlex.join(["hf-subspace", "run", self.recipe, *self.argv(data_root, output_dir, quick, seed)])
+
+    def seed_dir(self, work_dir: Path, seed: int) -> Path:
+        """Where seed ``seed`` of this run writes: ``<work_dir>/<name>`` for a single-seed run, else
+        ``<work_dir>/<name>/seed-<seed>``."""
+        return work_dir / self.name if len(self.seeds) == 1 else work_dir / self.name / f"seed-{seed}"
 
 
 # ----------------------------------------------------------------------------------------------- machine, cards
@@ -117,213 +113,73 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def branch_card_section(
-    run: ReferenceRun, branch: str, summary: Mapping[str, Any], record: Mapping[str, Any], figures: Sequence[str]
-) -> str:
-    """The "Reference run" section added to a branch card (numbers from ``summary.json``)."""
-    b = summary["runs"][branch]
-    machine = record["machine"]
-    n_hessian, n_train = summary.get("hessian_num_samples"), summary.get("num_train")
-    subset = isinstance(n_hessian, int) and isinstance(n_train, int) and n_hessian < n_train
-    loss_on = f"{n_hessian}-example Hessian subset" if subset else "full training subset"
-    rows = [
-        (f"loss at the switch ({loss_on})", format_value(b.get("loss_at_switch"))),
-        ("final loss", format_value(b.get("final_loss"))),
-        ("final / switch", format_value(ratio(b.get("final_loss"), b.get("loss_at_switch")), ".3f")),
-        ("mean χ_k after the switch", format_value(b.get("mean_chi_k"), ".3f")),
-        (
-            "χ_k at the switch / at the end",
-            f"{format_value(b.get('chi_k_at_switch'), '.3f')} / {format_value(b.get('final_chi_k'), '.3f')}",
-        ),
-        ("validation accuracy", format_value(b.get("eval_accuracy"), ".4f")),
-        ("branch wall time", f"{format_value(b.get('wall_time_s'), '.1f')} s"),
-        ("whole experiment wall time", f"{record['wall_time_s']:.1f} s"),
-    ]
-    lines = [
-        "## Reference run",
-        "",
-        f"Measured by `hf-subspace cards` ({run.description}). Branch `{branch}` of an experiment with branches "
-        f"{', '.join(summary['runs'])}, leaving a shared {_prefix_name(summary)} prefix at step "
-        f"{summary['switch_step']} of {summary['max_steps']}.",
-        "",
-        "| quantity | value |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in rows],
-        "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads"
-        + (f", {machine['gpu']}" if machine.get("gpu") else ", no GPU")
-        + f"; {machine['platform']}. Measured {record['date']}.",
-        "",
-        "Command (from the repository root; `../shared/data` holds the offline data):",
-        "",
-        "```bash",
-        record["command"],
-        "```",
-        "",
-        "### Differences from the paper's setup",
-        "",
-        *[f"- {d}" for d in run.differences],
-        "",
-        *[f"![{Path(p).stem} of {run.name}]({p})\n" for p in figures],
-    ]
-    return "\n".join(lines)
-
-
-def _prefix_name(summary: Mapping[str, Any]) -> str:
-    return "full-batch GD" if summary.get("prefix_optimizer", "sgd") == "gd" else "minibatch SGD"
-
-
-def _insert_section(card_text: str, section: str) -> str:
-    marker = "\n## Framework versions"
-    i = card_text.find(marker)
-    return card_text + "\n" + section if i < 0 else card_text[:i] + "\n" + section + card_text[i:]
-
-
-def render_index(
-    entries: Sequence[Mapping[str, Any]],
-    unavailable: Mapping[str, str] | None = None,
-    gd_prefix_run: Callable[[str], str | None] | None = None,
-) -> str:
-    """``model_cards/README.md``: the table of all runs and the claims computed from their summaries.
-
-    Args:
-        entries: ``{"run": ReferenceRun name, "recipe", "summary", "wall_time_s", "command"}`` per run.
-        unavailable: ``{run: why}`` for runs listed as not run.
-        gd_prefix_run: the run that answers GD→SGD for a given run (named in the evidence), if any.
-    """
-    lines = [
-        "# Reference runs",
-        "",
-        "Generated by `hf-subspace cards` (`model_cards/regenerate.py`); do not edit by hand. Every number comes from "
-        "the `summary.json` of the run whose command is in its cards. The runs are shortened for a 2-core CPU: each "
-        "card lists how it differs from the paper (Song, Ahn & Yun, ICLR 2025).",
-        "",
-        "| run | recipe | mode | loss at switch | final loss | final/switch | mean χ_k | val. accuracy | wall time (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for e in entries:
-        for mode, b in e["summary"]["runs"].items():
-            final_over_switch = ratio(b.get("final_loss"), b.get("loss_at_switch"))
-            lines.append(
-                f"| [{e['run']}]({e['run']}/{mode}/README.md) | {e['recipe']} | {mode} | {format_value(b.get('loss_at_switch'))} "
-                f"| {format_value(b.get('final_loss'))} | {format_value(final_over_switch, '.3f')} | {format_value(b.get('mean_chi_k'), '.3f')} "
-                f"| {format_value(b.get('eval_accuracy'), '.3f')} | {format_value(b.get('wall_time_s'), '.1f')} |"
-            )
-    for name, why in (unavailable or {}).items():
-        lines.append(f"| {name} | {name} | — | — | — | — | — | — | not run: {why} |")
-    lines += [
-        "",
-        "mean χ_k: mean over the measurements after the switch of the fraction of the full-batch gradient in the "
-        "top-k Hessian eigenspace. Wall time: the branch alone (the shared prefix is extra, see each card).",
-        "",
-        "## The paper's claims, answered from the measured numbers",
-        "",
-        f"Thresholds (`hf_subspace/experiments/claims.py`): Dom-SGD stalls if final/switch loss ≥ {DOM_STALL_RATIO}; Bulk-SGD "
-        f"tracks SGD if its final loss ≤ {BULK_TRACK_RATIO} × SGD's; SGD→GD loses the alignment if GD's mean χ_k < "
-        f"{ALIGNMENT_LOSS_RATIO} × SGD's; GD→SGD restores it if, after a GD prefix (`--prefix gd`), SGD's mean χ_k "
-        f"after the switch is above the χ_k at the switch and ≥ {1 / ALIGNMENT_LOSS_RATIO:g} × it. The first three "
-        "are about branches after an SGD prefix (n/a after a GD prefix), the last needs a GD prefix. The first two "
-        f"are inconclusive when SGD's own final/switch loss is ≥ {DOM_STALL_RATIO} (the branch was too short for SGD "
-        "itself to make progress). "
-        f"Edge of stability (a GD prefix, then GD, Dom-GD, Bulk-GD): reached if λ₁ ≥ {EOS_RATIO} × 2/η during the "
-        f"prefix; Dom-GD fails if its final loss is ≥ {DOM_STALL_RATIO} × its loss at mid-branch (at the edge of "
-        "stability the loss oscillates and a projection onto the sharp directions first damps that oscillation, so "
-        "the first half of the branch is not used; the whole-branch ratio is in the evidence); Bulk-GD is as "
-        f"effective if its final loss is ≤ {BULK_TRACK_RATIO} × GD's. Spectrum gap: mean λ_k/λ_k+1 over the "
-        f"measurements ≥ {SPECTRUM_GAP_RATIO} and its minimum > 1. Momentum/Adam amplify the bulk if mean η_bulk ≥ "
-        f"{AMPLIFICATION_RATIO} × mean η_dom over the measurements of the first {TABLE1_STEPS} steps (or η_dom ≤ 0 < "
-        "η_bulk). Dom-/Bulk- claims of momentum, Adam and SAM use the SGD thresholds.",
-        "",
-        "| paper's claim (Song, Ahn & Yun 2025) | run | measured | evidence |",
-        "|---|---|---|---|",
-    ]
-    for e in entries:
-        for c in evaluate_claims(e["run"], e["summary"], gd_prefix_run(e["run"]) if gd_prefix_run else None):
-            paper = paper_answer(c.claim)
-            agree = (
-                "" if c.answer in ("n/a", "inconclusive") else (" (agrees)" if c.answer == paper else " (disagrees)")
-            )
-            lines.append(f"| {c.claim} (paper: {paper}) | {c.run} | **{c.answer}**{agree} | {c.evidence} |")
-    lines += _table1_section(entries)
-    lines += ["", "## Figures", ""]
-    for e in entries:
-        for fig in e.get("figures", []):
-            lines.append(f"![{e['run']}: {Path(fig).stem}]({e['run']}/{fig})\n")
-    lines += ["## Commands", ""]
-    for e in entries:
-        lines += [f"- `{e['run']}`: `{e['command']}`"]
-    return "\n".join(lines) + "\n"
-
-
-def _table1_section(entries: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The paper's Table 1 from every run whose summary has effective-learning-rate curves before the switch."""
-    rows = []
-    for e in entries:
-        row = effective_lr_table(e["summary"])
-        # a mean of fewer than 3 single-step measurements is not a Table 1 entry (e.g. an early switch)
-        if row is not None and row["measurements"] >= 3 and e["summary"].get("prefix_optimizer", "sgd") == "sgd":
-            amp = row["bulk"] / row["dominant"] if row["dominant"] > 0 else None
-            rows.append(
-                f"| {e['run']} | {row['optimizer']} | {row['learning_rate']} | {row['dominant']:.4g} | "
-                f"{row['bulk']:.4g} | {format_value(amp, '.2f')} | {row['measurements']} |"
-            )
-    if not rows:
-        return []
-    return [
-        "",
-        "## Effective learning rates (the paper's Table 1)",
-        "",
-        f"Mean effective learning rates of the unprojected prefix over its measurements before step {TABLE1_STEPS} "
-        "(or the switch): η_dom = −⟨Δθ, Pg⟩/‖Pg‖², η_bulk = −⟨Δθ, (I−P)g⟩/‖(I−P)g‖² (g the full-batch gradient, P "
-        "the top-k projector; `hf_subspace/metrics.py`). For plain GD both equal the learning rate.",
-        "",
-        "| run | optimizer | lr | mean η_dom | mean η_bulk | η_bulk/η_dom | measurements |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-    ]
-
-
 # ----------------------------------------------------------------------------------------------- running
 
 
 def _run_one(run: ReferenceRun, data_root: Path, work_dir: Path, quick: bool, shown_root: Path) -> dict[str, Any]:
+    """Run every seed of ``run``; the record holds the first seed's result and the others' summaries."""
     from .recipes import parse_recipe_arguments, run_recipe
 
-    out = work_dir / run.name
-    argv = run.argv(data_root, out, quick)
-    recipe_args, training_args = parse_recipe_arguments(run.recipe, argv)
+    results, commands = [], []
     started = time.perf_counter()
-    result = run_recipe(run.recipe, recipe_args, training_args, print_table=True)
-    seconds = time.perf_counter() - started
+    for seed in run.seeds:
+        chosen = seed if len(run.seeds) > 1 else None
+        out = run.seed_dir(work_dir, seed)
+        recipe_args, training_args = parse_recipe_arguments(run.recipe, run.argv(data_root, out, quick, chosen))
+        results.append(run_recipe(run.recipe, recipe_args, training_args, print_table=True))
+        commands.append(run.command(shown_root, out, quick, chosen))
     return {
-        "result": result,
-        "wall_time_s": seconds,
-        "command": run.command(shown_root, out, quick),
+        "result": results[0],
+        "seed_results": {str(seed): r.summary for seed, r in zip(run.seeds[1:], results[1:])},
+        "wall_time_s": time.perf_counter() - started,
+        "command": commands[0],
+        "seed_commands": commands[1:],
+        "data_root": str(data_root.resolve()),
+        "shown_data_root": str(shown_root),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine_info(),
     }
 
 
+def _scrub(value: Any, record: Mapping[str, Any]) -> Any:
+    """``value`` (a summary or a card's text) with the machine's data path replaced by the data root as shown in the
+    commands (e.g. ``../shared/data``): cards name the data by repository-relative path, never by this machine's."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    real, shown = record.get("data_root"), record.get("shown_data_root")
+    if real and shown and real != shown:
+        text = text.replace(str(real), str(shown))
+    return text if isinstance(value, str) else json.loads(text)
+
+
 def _write_run(run: ReferenceRun, record: Mapping[str, Any], dest: Path) -> dict[str, Any]:
     result = record["result"]
-    summary = result.summary
+    summary = dict(result.summary)
+    summary.setdefault("seed", run.seeds[0])
+    if record.get("seed_results"):
+        summary["seed_summaries"] = {k: {**v, "seed": v.get("seed", int(k))} for k, v in record["seed_results"].items()}
+    summary = _scrub(summary, record)
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    figures = []
     for name in FIGURES:
         src = result.output_dir / name
         if src.is_file():
             shutil.copy2(src, dest / name)
-            figures.append(name)
-    slim = {**summary, "reference_run": {k: v for k, v in record.items() if k != "result"}}
+    if summary.get("seed_summaries"):
+        from .seeds import plot_seeds
+
+        plot_seeds(seed_summaries(summary), dest / "seeds.png")
+    figures = [name for name in FIGURES if (dest / name).is_file()]
+    kept = ("result", "seed_results", "data_root")
+    slim = _scrub({**summary, "reference_run": {k: v for k, v in record.items() if k not in kept}}, record)
     (dest / "summary.json").write_text(json.dumps(slim, indent=2, default=str))
     for branch, folder in result.branch_dirs.items():
         card = Path(folder) / "README.md"
         text = card.read_text(encoding="utf-8") if card.is_file() else f"# {run.name}-{branch}\n"
         section = branch_card_section(run, branch, summary, record, [f"../{f}" for f in figures])
         (dest / branch).mkdir()
-        (dest / branch / "README.md").write_text(_insert_section(text, section), encoding="utf-8")
+        card_text = _scrub(insert_section(text, section), record)
+        (dest / branch / "README.md").write_text(card_text, encoding="utf-8")
     return {
         "run": run.name,
         "recipe": run.recipe,
@@ -334,24 +190,16 @@ def _write_run(run: ReferenceRun, record: Mapping[str, Any], dest: Path) -> dict
     }
 
 
-def adopt_run(
-    run: ReferenceRun, folder: str | Path, output_root: str | Path, shown_data_root: str | Path, work_dir: str | Path
-) -> dict[str, Any]:
-    """Write ``run``'s cards from an experiment already on disk (``folder``: its ``summary.json`` and branches).
-
-    For long runs made with ``run``'s own options outside ``hf-subspace cards`` (e.g. in the background): the card
-    shows the same command, the wall time the run recorded and the date of its ``summary.json``. Fields that older
-    summaries lack (``mode``, ``name``) are filled in, and the figure is redrawn with the current plotting code.
-    """
+def _load_adopted(run: ReferenceRun, out: Path) -> tuple[Any, float]:
+    """One finished experiment folder as an :class:`ExperimentResult` (figure redrawn) and its wall time."""
     from .experiment import ExperimentResult
     from .plotting import plot_summary
 
-    out = Path(folder)
     summary_path = out / "summary.json"
     if not summary_path.is_file():
         raise FileNotFoundError(f"{summary_path} does not exist: pass the folder of a finished experiment to --adopt")
     summary = json.loads(summary_path.read_text())
-    summary.setdefault("name", run.name)
+    summary["name"] = run.name
     for mode, branch in summary["runs"].items():
         branch.setdefault("mode", mode)
     plot_summary(summary, out / "figure.png")
@@ -361,11 +209,39 @@ def adopt_run(
     result = ExperimentResult(
         out, summary, summary_path, out / "figure.png", {mode: out / mode for mode in summary["runs"]}
     )
+    return result, wall
+
+
+def adopt_run(
+    run: ReferenceRun,
+    folder: str | Path,
+    output_root: str | Path,
+    shown_data_root: str | Path,
+    work_dir: str | Path,
+    data_root: str | Path | None = None,
+) -> dict[str, Any]:
+    """Write ``run``'s cards from an experiment already on disk (``folder``: its ``summary.json`` and branches; for
+    a multi-seed run, its ``seed-<s>`` folders).
+
+    For long runs made with ``run``'s own options outside ``hf-subspace cards`` (e.g. in the background): the card
+    shows the same command, the wall time the run recorded and the date of its ``summary.json``. The figure is
+    redrawn with the current plotting code.
+    """
+    out, work = Path(folder), Path(work_dir)
+    multi = len(run.seeds) > 1
+    loaded = [_load_adopted(run, out / f"seed-{s}") for s in run.seeds] if multi else [_load_adopted(run, out)]
+    result = loaded[0][0]
     record = {
         "result": result,
-        "wall_time_s": wall,
-        "command": run.command(Path(shown_data_root), Path(work_dir) / run.name),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(summary_path.stat().st_mtime)),
+        "seed_results": {str(s): r.summary for s, (r, _) in zip(run.seeds[1:], loaded[1:])},
+        "wall_time_s": sum(w for _, w in loaded),
+        "command": run.command(
+            Path(shown_data_root), run.seed_dir(work, run.seeds[0]), seed=run.seeds[0] if multi else None
+        ),
+        "seed_commands": [run.command(Path(shown_data_root), run.seed_dir(work, s), seed=s) for s in run.seeds[1:]],
+        "data_root": str(Path(data_root).resolve()) if data_root is not None else None,
+        "shown_data_root": str(shown_data_root),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(Path(result.summary_path).stat().st_mtime)),
         "machine": machine_info(),
     }
     return _write_run(run, record, Path(output_root) / run.name)

@@ -120,6 +120,21 @@ def _image_dataset(x: np.ndarray, y: np.ndarray) -> datasets.Dataset:
     return datasets.Dataset(table).with_format("torch")
 
 
+def _where(source: Any) -> str:
+    return f"`{source.name}`" if isinstance(source, Path) else "the dataset"
+
+
+def _check_validation_size(requested: int | None, available: int, where: str, held_out: bool = False) -> None:
+    """Refuse a ``--num_validation`` the validation source cannot fill (training would otherwise validate on fewer
+    examples than asked, or on none, without a word). ``held_out``: validation is what follows the training subset."""
+    if requested is not None and available < requested:
+        fix = f"pass a --validation_file holding at least {requested:,} examples or lower --num_validation"
+        raise DatasetLoadError(
+            f"--num_validation {requested} asks for {requested:,} validation examples, but {where} leaves "
+            f"{available:,}: {fix}{' or --num_train' if held_out else f' to {available:,}'}"
+        )
+
+
 def load_image_classification(
     name_or_path: str | None,
     *,
@@ -156,7 +171,8 @@ def load_image_classification(
         ``DatasetDict`` with ``train`` and ``validation``, plus the info dict when ``return_info``.
 
     Raises:
-        DatasetLoadError: unreadable source, missing file, or Hub name unavailable (offline).
+        DatasetLoadError: unreadable source, missing file, Hub name unavailable (offline), or fewer validation
+            examples than ``num_validation`` (in ``validation_file``, or after the training subset without one).
         ValueError: unknown ``standardize`` value.
     """
     if standardize not in ("per_channel", "global", None):
@@ -167,15 +183,20 @@ def load_image_classification(
 
         digits = load_digits()
         train_x, train_y = digits.images.astype(np.float32), digits.target.astype(np.int64)
+        where = "scikit-learn's digits"
         val_x = val_y = None
         scale = 16.0
         if validation_file:
             val_x, val_y = _image_arrays(check_file(validation_file, "validation file"), num_validation)
+            _check_validation_size(num_validation, len(val_x), str(validation_file))
     else:
         train_src, val_src = resolve_sources(name_or_path, train_file, validation_file, split, IMAGE_HUB_NAMES, "image")
         pool_limit = None if (seed is not None or val_src is None) else num_train
         train_x, train_y = _image_arrays(train_src, pool_limit)
+        where = _where(train_src)
         val_x, val_y = _image_arrays(val_src, num_validation) if val_src is not None else (None, None)
+        if val_src is not None:
+            _check_validation_size(num_validation, len(val_x), _where(val_src))
     if seed is not None:
         order = np.random.default_rng(seed).permutation(len(train_x))
         train_x, train_y = train_x[order], train_y[order]
@@ -184,6 +205,8 @@ def load_image_classification(
         if num_train is None:
             n_train = len(train_x) - max(1, len(train_x) // 10)
         stop = len(train_x) if num_validation is None else n_train + num_validation
+        held_out = f"{where} ({len(train_x):,} examples, --num_train {n_train} of them; no --validation_file)"
+        _check_validation_size(num_validation, len(train_x) - n_train, held_out, held_out=True)
         val_x, val_y = train_x[n_train:stop], train_y[n_train:stop]
     train_x, train_y = train_x[:n_train], train_y[:n_train]
     if n_train == 0:
@@ -280,6 +303,7 @@ def load_text_classification(
         val = train.select([])
     else:
         val = _text_dataset(val_src, text_column, label_column, num_validation)
+        _check_validation_size(num_validation, len(val), _where(val_src))
     return datasets.DatasetDict({"train": train, "validation": val})
 
 

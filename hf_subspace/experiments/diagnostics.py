@@ -39,7 +39,10 @@ __all__ = [
     "spectrum_gap",
 ]
 
-CURVE_PATTERN = re.compile(r"^(eigenvalue_(top|next)_\d+|eigengap|effective_lr_(dominant|bulk))$")
+CURVE_PATTERN = re.compile(
+    r"^(eigenvalue_(top|next)_\d+|eigengap|effective_lr_(dominant|bulk)|chi_k_full_grad_ema|hvps_total"
+    r"|basis_error_estimate)$"
+)
 """Logged metrics (names without ``subspace/``) kept as curves in ``summary.json``."""
 EXTRA_FIGURES: tuple[str, ...] = ("sharpness.png", "spectrum.png")
 """Figures :func:`extra_figures` may write beside ``figure.png``."""

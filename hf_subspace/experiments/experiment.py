@@ -50,27 +50,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from .. import distributed
 from ..tensor_dataset import to_tensor_dataset
 from ..trainer import SubspaceTrainer, hessian_subset_indices
 from ..training_args import SubspaceTrainingArguments
 from .branches import (
+    BasisAudit,
     CompactProgress,
     StopAtStep,
+    StopWhenAligned,
     TrajectoryRecorder,
-    branch_curves,
+    audit_summary,
     branch_name,
+    branch_record,
     clean_outputs,
     default_alignment_steps,
     format_results_table,
     optimizer_label,
     quiet_runs,
-    value_at,
+    switch_record,
 )
 from .diagnostics import metric_curves
 from .evaluation import accuracy_metrics
@@ -81,7 +84,6 @@ from .settings import (
     PREFIX_DIR,
     PREFIXES,
     SUMMARY_NAME,
-    BranchSpec,
     ExperimentError,
     check_output_dir,
     parse_modes,
@@ -303,6 +305,10 @@ def run_experiment(
     train_dataset: Any,
     *,
     switch_step: int,
+    switch_rule: str = "fixed",
+    basis_audit_steps: int = 0,
+    switch_measure_steps: int = 1,
+    resume: bool = False,
     modes: str | Iterable[str] = DEFAULT_MODES,
     prefix: str = "sgd",
     recipe: str = "custom",
@@ -334,7 +340,16 @@ def run_experiment(
             (dividing ``switch_step`` when possible). ``subspace_mode`` must stay ``"none"`` (``modes`` decides).
         train_dataset: the training set. A ``datasets.Dataset`` of numeric columns is converted to an in-memory
             :class:`TensorDataset` (same items, much faster batching).
-        switch_step: the step at which the branches leave the shared prefix (``1 <= switch_step < max_steps``).
+        switch_step: the step at which the branches leave the shared prefix (``1 <= switch_step < max_steps``);
+            with ``switch_rule="ema"`` the latest such step (a cap).
+        switch_rule: ``"fixed"`` (at ``switch_step``) or ``"ema"``, the paper's rule (:class:`~.branches.StopWhenAligned`:
+            the prefix stops after the first step whose χ_k EMA reaches ``args.subspace_auto_start_threshold``);
+            ``summary["switch_step"]`` is where the branches start, ``summary["switch_rule"]`` the rule and cap.
+        switch_measure_steps: with ``switch_rule="ema"``, the prefix's measurement interval (the paper: 1).
+        resume: continue an interrupted experiment in ``output_dir``: reuse a finished prefix and finished branches
+            (their ``*_record.json``); resume others from their latest checkpoint (``save_strategy="steps"``).
+        basis_audit_steps: every that many steps of a projected branch, the distance of the basis in use to the
+            exact top-k eigenspace (:class:`~.branches.BasisAudit`), in each run's ``basis_error_audit``; 0: never.
         modes: branch kinds (``"sgd,dominant,bulk"``; see :data:`BRANCHES`: also ``gd``, ``dominant-gd``,
             ``bulk-gd``). Each branch is named by what it ran (:func:`~.branches.branch_name`): the unprojected
             minibatch branch takes the optimizer's name (``sgd``, ``momentum``, ``adamw``, ``sam-sgd``, ...).
@@ -344,8 +359,7 @@ def run_experiment(
             prefix at the same global step; the Trainer then skips ``switch_step mod (batches per epoch)`` batches
             of their first epoch, so their data order differs from that of an uninterrupted SGD run.
         recipe: name recorded in the summary, the figure title and the model cards.
-        eval_dataset: optional validation set: every branch reports ``eval_accuracy`` (through ``evaluate``) and
-            ``eval_loss`` at the end.
+        eval_dataset: optional validation set: every branch reports ``eval_accuracy`` and ``eval_loss`` at the end.
         hessian_dataset: dataset of the Hessian, full-batch gradient and logged loss, shared by every run (default:
             :func:`hessian_subset`: the whole ``train_dataset`` if ``args.hessian_num_samples`` covers it, else the
             trainer's seeded subset of that many examples; ``hessian_num_samples`` is ignored when this is given).
@@ -377,6 +391,8 @@ def run_experiment(
         ExperimentError: for invalid settings, before anything is trained or written.
     """
     _ = args.device  # sets up the process group under torchrun / accelerate before anything else
+    if switch_rule not in ("fixed", "ema"):
+        raise ExperimentError(f"switch_rule={switch_rule!r} must be 'fixed' or 'ema'.")
     names, prefix = validate_experiment(
         model,
         args,
@@ -386,7 +402,7 @@ def run_experiment(
         overwrite_output_dir=overwrite_output_dir,
         hessian_dataset=hessian_dataset,
         prefix=prefix,
-        output_dir_checked=output_dir_checked,
+        output_dir_checked=output_dir_checked or resume,
     )
     _barrier()  # every rank has validated before rank 0 creates anything
     out = Path(args.output_dir)
@@ -436,21 +452,41 @@ def run_experiment(
         **prefix_changes,
         **base,
     )
+    stopper: TrainerCallback = StopAtStep(switch_step)
+    if switch_rule == "ema":
+        # The paper's protocol: χ_k and its EMA at every prefix step (or every switch_measure_steps).
+        prefix_args = dataclasses.replace(prefix_args, subspace_alignment_steps=switch_measure_steps)
+        stopper = StopWhenAligned(args.subspace_auto_start_threshold, switch_step, args.subspace_ema_decay)
+    cap = switch_step
     recorder = TrajectoryRecorder() if record_trajectory else None
-    prefix_cbs = [StopAtStep(switch_step), *([recorder] if recorder else []), *run_callbacks(PREFIX_DIR)]
-    start = time.perf_counter()
-    prefix_trainer = _first_trainer(model, prefix_args, common, prefix_cbs)
-    if distributed.is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
-        if overwrite_output_dir:
-            clean_outputs(out)
-    _barrier()
-    prefix_trainer.train()
-    prefix_history = list(prefix_trainer.state.log_history)
-    prefix_seconds = time.perf_counter() - start
+    prefix_cbs = [stopper, *([recorder] if recorder else []), *run_callbacks(PREFIX_DIR)]
+    record_path = out / PREFIX_DIR / "prefix_record.json"
+    if resume and record_path.is_file():
+        saved = json.loads(record_path.read_text())
+        switch_step, prefix_history, prefix_seconds = saved["switch_step"], saved["history"], saved["seconds"]
+        prefix_hvps, crossed_at, prefix_traj = saved["hvps"], saved["crossed_at"], saved["trajectory"]
+        logger.info("hf-subspace %s: reusing the finished prefix (switch at step %d)", recipe, switch_step)
+    else:
+        start = time.perf_counter()
+        prefix_trainer = _first_trainer(model, prefix_args, common, prefix_cbs)
+        if distributed.is_main_process():
+            out.mkdir(parents=True, exist_ok=True)
+            if overwrite_output_dir and not resume:
+                clean_outputs(out)
+        _barrier()
+        prefix_trainer.train()
+        switch_step = prefix_trainer.state.global_step
+        prefix_hvps = prefix_trainer.subspace_state.hvps_total
+        prefix_history = list(prefix_trainer.state.log_history)
+        prefix_seconds = time.perf_counter() - start
+        crossed_at = getattr(stopper, "crossed_at", None)
+        prefix_traj = [[s, *p] for s, p in zip(recorder.steps, recorder.points)] if recorder else []
+        del prefix_trainer
+        if distributed.is_main_process():
+            saved = {"switch_step": switch_step, "history": prefix_history, "seconds": prefix_seconds,
+                     "hvps": prefix_hvps, "crossed_at": crossed_at, "trajectory": prefix_traj}  # fmt: skip
+            record_path.write_text(json.dumps(saved, default=float))
     checkpoint = out / PREFIX_DIR / f"checkpoint-{switch_step}"
-    prefix_traj = [[s, *p] for s, p in zip(recorder.steps, recorder.points)] if recorder else []
-    del prefix_trainer
     _barrier()  # the checkpoint is complete before any rank resumes from it
     if not checkpoint.is_dir():
         raise RuntimeError(f"the prefix did not save its checkpoint {checkpoint}; was training stopped early?")
@@ -464,6 +500,11 @@ def run_experiment(
     for mode in names:
         spec = BRANCHES[mode]
         label = branch_name(mode, optimizer)
+        done = out / label / "branch_record.json"
+        if resume and done.is_file():
+            runs[label], branch_dirs[label] = json.loads(done.read_text()), out / label
+            logger.info("hf-subspace %s: reusing the finished branch %s", title, label)
+            continue
         logger.info("hf-subspace %s: branch %s (%s) from step %d", title, label, spec.description, switch_step)
         changes: dict[str, Any] = {"subspace_mode": spec.subspace_mode, "subspace_start_step": switch_step, **base}
         if spec.full_batch:
@@ -474,9 +515,17 @@ def run_experiment(
         trainer = _make_trainer(
             model, branch_args, label, common, [*([recorder] if recorder else []), *run_callbacks(label)]
         )
-        trainer.train(resume_from_checkpoint=str(checkpoint))
+        audit = BasisAudit(trainer, basis_audit_steps)
+        trainer.add_callback(audit)  # after the subspace callback: it sees the basis each step projects onto
+        latest = get_last_checkpoint(str(out / label)) if resume and (out / label).is_dir() else None
+        trainer.train(resume_from_checkpoint=latest or str(checkpoint))
         seconds = time.perf_counter() - start
-        run = _run_record(prefix_history, trainer.state.log_history, switch_step, spec, seconds)
+        history = trainer.state.log_history
+        run = branch_record(
+            prefix_history, history, switch_step, spec, seconds, metric_curves(prefix_history, history, switch_step)
+        )
+        run["hvps_branch"] = trainer.subspace_state.hvps_total - prefix_hvps  # the prefix's are checkpointed too
+        run["basis_error_audit"] = audit_summary(audit.records)
         run["mode"] = mode
         if eval_dataset is not None:
             metrics = trainer.evaluate()
@@ -493,6 +542,7 @@ def run_experiment(
                 info = {"recipe": recipe, "name": title, "mode": mode, "branch": label, "switch_step": switch_step}
                 info.update(dict(metadata))
                 (out / label / "hf_subspace_experiment.json").write_text(json.dumps(info, indent=2, default=str))
+            done.write_text(json.dumps(run, default=float))
         runs[label] = run
         branch_dirs[label] = out / label
         if recorder is not None:
@@ -506,6 +556,8 @@ def run_experiment(
         "name": title,
         "k": args.subspace_k,
         "switch_step": switch_step,
+        "seed": args.seed,
+        "switch_rule": switch_record(stopper, switch_rule, cap, crossed_at),
         "prefix_optimizer": prefix,
         "runs": runs,
         "dataset": dataset_name,
@@ -514,6 +566,7 @@ def run_experiment(
         "world_size": args.world_size,
         "alignment_steps": align,
         "refresh_steps": args.subspace_refresh_steps,
+        "basis_tol": args.subspace_basis_tol,
         "learning_rate": args.learning_rate,
         "optimizer": str(getattr(args.optim, "value", args.optim)),
         "optim_args": args.optim_args,
@@ -528,6 +581,7 @@ def run_experiment(
         "num_train": len(train_dataset),
         "hessian_num_samples": len(hessian_dataset),
         "prefix_wall_time_s": prefix_seconds,
+        "prefix_hvps": prefix_hvps,
         **dict(extras or {}),
     }
     summary_path = figure_path = None
@@ -544,29 +598,3 @@ def run_experiment(
         logger.info("hf-subspace %s: wrote %s", recipe, summary_path)
     _barrier()
     return ExperimentResult(out, summary, summary_path, figure_path, branch_dirs, checkpoint, trajectories)
-
-
-def _run_record(
-    prefix_history: list[dict[str, Any]],
-    branch_history: list[dict[str, Any]],
-    switch_step: int,
-    spec: BranchSpec,
-    seconds: float,
-) -> dict[str, Any]:
-    loss_curve, chi_curve = branch_curves(prefix_history, branch_history, switch_step)
-    after = [c for s, c in chi_curve if s > switch_step]
-    at_switch = value_at(loss_curve, switch_step)
-    return {
-        "loss_at_switch": at_switch,
-        "final_loss": loss_curve[-1][1] if loss_curve else None,
-        "loss_curve": loss_curve,
-        "chi_k_curve": chi_curve,
-        "mean_chi_k": float(np.mean(after)) if after else None,
-        "chi_k_at_switch": value_at(chi_curve, switch_step),
-        "final_chi_k": chi_curve[-1][1] if chi_curve else None,
-        "subspace_mode": spec.subspace_mode,
-        "full_batch": spec.full_batch,
-        "wall_time_s": seconds,
-        # eigenvalues, eigengap, effective learning rates (prefix, then branch): :mod:`.diagnostics`
-        "curves": metric_curves(prefix_history, branch_history, switch_step),
-    }

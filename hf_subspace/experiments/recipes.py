@@ -141,7 +141,16 @@ RECIPE_OPTIONS: dict[str, set[str]] = {
 """The data and model options of :class:`RecipeArguments` each builder reads; ``--help`` of a recipe lists only
 those (the others are still accepted). A builder not listed shows them all."""
 
-_GENERAL_OPTIONS = {"modes", "switch_step", "prefix", "overwrite_output_dir", "plot", "experiment_name"}
+_GENERAL_OPTIONS = {
+    "modes",
+    "switch_step",
+    "switch_rule",
+    "basis_audit_steps",
+    "prefix",
+    "overwrite_output_dir",
+    "plot",
+    "experiment_name",
+}
 
 
 class _RecipeParser(HfArgumentParser):
@@ -287,7 +296,7 @@ def validate_recipe(recipe: str, recipe_args: RecipeArguments, training_args: Su
             raise ExperimentError(f"--{option} {value!r} does not exist.")
     if spec.name == "finetune" and not recipe_args.model_name_or_path:
         raise ExperimentError("the finetune recipe needs --model_name_or_path (a Hub checkpoint or a local folder).")
-    check_output_dir(training_args.output_dir, recipe_args.overwrite_output_dir)
+    check_output_dir(training_args.output_dir, recipe_args.overwrite_output_dir or recipe_args.resume_experiment)
 
 
 def run_recipe(
@@ -311,6 +320,10 @@ def run_recipe(
         training_args,
         prepared.train_dataset,
         switch_step=recipe_args.switch_step,
+        switch_rule=recipe_args.switch_rule,
+        basis_audit_steps=recipe_args.basis_audit_steps,
+        switch_measure_steps=recipe_args.switch_measure_steps,
+        resume=recipe_args.resume_experiment,
         modes=recipe_args.modes,
         prefix=recipe_args.prefix,
         recipe=spec.name,
