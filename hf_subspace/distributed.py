@@ -7,6 +7,8 @@ world has one process, so library code can call them unconditionally. Processes 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -75,23 +77,23 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 def all_gather_into(out: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's ``local`` (equal sizes, rank order) into the contiguous ``out``; returns ``out``."""
-    if not is_distributed():
-        return out.copy_(local.reshape(out.shape))
-    device = _comm_device(out)
-    buf = out if device == out.device else torch.empty_like(out, device=device)
-    dist.all_gather_into_tensor(buf, local.to(device).contiguous())
-    if buf is not out:
-        out.copy_(buf)
-    return out
+    return _into(out, local, dist.all_gather_into_tensor)
 
 
 def reduce_scatter_sum(out: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     """Sum ``full`` (contiguous, ``world_size`` equal parts) over the ranks; rank r gets part r in ``out``."""
+    return _into(out, full, lambda buf, src: dist.reduce_scatter_tensor(buf, src, op=dist.ReduceOp.SUM))
+
+
+def _into(out: torch.Tensor, source: torch.Tensor, collective: Any) -> torch.Tensor:
+    """Run ``collective(out_buffer, source)`` on the backend's device, writing the result into ``out``."""
     if not is_distributed():
-        return out.copy_(full.reshape(out.shape))
-    device = _comm_device(full)
-    buf = out if device == out.device and out.is_contiguous() else torch.empty_like(out, device=device).contiguous()
-    dist.reduce_scatter_tensor(buf, full.to(device).contiguous(), op=dist.ReduceOp.SUM)
+        return out.copy_(source.reshape(out.shape))
+    device = _comm_device(source)
+    buf = (
+        out if device == out.device and out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype, device=device)
+    )
+    collective(buf, source.to(device).contiguous())
     if buf is not out:
         out.copy_(buf)
     return out

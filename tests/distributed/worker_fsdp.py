@@ -11,24 +11,21 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from worker_core import problem
+from worker_core import problem_in, start_two
 
 from hf_subspace import HessianOperator, top_eigenpairs
 
 
 def main(out_dir: str) -> None:
-    dist.init_process_group("gloo")
-    world, rank = dist.get_world_size(), dist.get_rank()
-    assert world == 2, f"expected 2 processes, got {world}"
+    world, rank = start_two()
     results: dict = {"world": world}
     for dtype in (torch.float64, torch.float32):
-        model, batches = problem()
-        model = model.to(dtype)
+        model, batches = problem_in(dtype)
         mesh = init_device_mesh("cpu", (world,))
         for module in model.children():
             fully_shard(module, mesh=mesh)
         fully_shard(model, mesh=mesh)
-        shard = [{k: v.to(dtype) if v.is_floating_point() else v for k, v in b.items()} for b in batches[rank::world]]
+        shard = batches[rank::world]
         shard = shard[: 3 if rank == 0 else 4]  # unequal batch counts: the extra backward must still match up
         op = HessianOperator(model, shard)
         before = [p.to_local().detach().clone() for p in op.params]

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from worker_core import problem
+from worker_core import problem_in, start_two
 
 from hf_subspace import HessianOperator, SubspaceBasis, top_eigenpairs
 from hf_subspace.metrics import effective_learning_rates
@@ -50,14 +50,11 @@ def _basis_results(whole: SubspaceBasis, split: SubspaceBasis, op: HessianOperat
 
 
 def main(out_dir: str) -> None:
-    dist.init_process_group("gloo")
-    world, rank = dist.get_world_size(), dist.get_rank()
-    assert world == 2, f"expected 2 processes, got {world}"
+    world, rank = start_two()
     results: dict = {"world": world}
     for dtype in (torch.float64, torch.float32):
-        model, batches = problem()
-        model = model.to(dtype)
-        shard = [{k: v.to(dtype) if v.is_floating_point() else v for k, v in b.items()} for b in batches[rank::world]]
+        model, batches = problem_in(dtype)
+        shard = batches[rank::world]
         whole = HessianOperator(model, shard)
         split = HessianOperator(model, shard, shard_vectors=True, columns_per_pass=2)
         rows = slice(split.row_start, split.row_start + split.local_dim)
