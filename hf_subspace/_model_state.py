@@ -24,11 +24,21 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["check_not_sharded", "exact_mode", "full_precision_weights", "state_fingerprint", "unwrap_model"]
+__all__ = ["check_not_sharded", "exact_mode", "full_precision_weights", "is_fsdp2", "state_fingerprint", "unwrap_model"]
+
+
+def is_fsdp2(model: nn.Module) -> bool:
+    """Whether ``model`` (or a submodule) is sharded by FSDP2 (``torch.distributed.fsdp.fully_shard``)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch builds without distributed
+        return False
+    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 def check_not_sharded(model: nn.Module) -> None:
-    """Refuse parameter-sharding setups, whose local parameters are not the full model."""
+    """Refuse parameter-sharding setups whose local parameters are not the full model, except FSDP2 (whose
+    Hessian-vector products :class:`~hf_subspace.hessian.HessianOperator` takes by finite differences)."""
     names = {type(m).__name__ for m in (model, getattr(model, "module", model))}
     if any("FullyShardedDataParallel" in n for n in names) or hasattr(model, "_fsdp_wrapped_module"):
         raise NotImplementedError(
@@ -45,13 +55,14 @@ def check_not_sharded(model: nn.Module) -> None:
         from torch.distributed.tensor import DTensor as dtensor
     except ImportError:  # pragma: no cover - torch builds without distributed
         dtensor = None
+    fsdp2 = is_fsdp2(model)
     for name, p in model.named_parameters():
         if hasattr(p, "ds_id") or hasattr(p, "ds_numel"):
             raise NotImplementedError(
                 f"Parameter {name!r} is a DeepSpeed ZeRO partitioned parameter; HessianOperator needs whole "
                 "parameters on every rank. Use DDP instead."
             )
-        if dtensor is not None and isinstance(p, dtensor):
+        if dtensor is not None and isinstance(p, dtensor) and not fsdp2:
             raise NotImplementedError(
                 f"Parameter {name!r} is a sharded DTensor (FSDP2 / tensor parallel); HessianOperator needs whole "
                 "parameters on every rank. Use DDP instead."

@@ -193,7 +193,7 @@ class SubspaceCallback(TrainerCallback):
                 progress=args.subspace_progress,
             )
         self._notes.after_solve(time.perf_counter() - start, result.num_matvecs, self.operator)
-        basis = SubspaceBasis(result.eigenvectors[:, :k], result.eigenvalues[:k])
+        basis = SubspaceBasis(result.eigenvectors[:, :k], result.eigenvalues[:k], rows=self.operator.rows)
         out: dict[str, float | None] = {}
         old = st.basis if st.basis is not None and st.basis.dim == basis.dim else None
         if old is not None:

@@ -7,10 +7,13 @@ world has one process, so library code can call them unconditionally. Processes 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
 __all__ = [
+    "all_gather_into",
     "all_reduce_sum",
     "barrier",
     "broadcast",
@@ -18,6 +21,7 @@ __all__ = [
     "is_distributed",
     "is_main_process",
     "rank",
+    "reduce_scatter_sum",
     "world_size",
 ]
 
@@ -69,6 +73,30 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if buf is not tensor:
         tensor.copy_(buf)
     return tensor
+
+
+def all_gather_into(out: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``local`` (equal sizes, rank order) into the contiguous ``out``; returns ``out``."""
+    return _into(out, local, dist.all_gather_into_tensor)
+
+
+def reduce_scatter_sum(out: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """Sum ``full`` (contiguous, ``world_size`` equal parts) over the ranks; rank r gets part r in ``out``."""
+    return _into(out, full, lambda buf, src: dist.reduce_scatter_tensor(buf, src, op=dist.ReduceOp.SUM))
+
+
+def _into(out: torch.Tensor, source: torch.Tensor, collective: Any) -> torch.Tensor:
+    """Run ``collective(out_buffer, source)`` on the backend's device, writing the result into ``out``."""
+    if not is_distributed():
+        return out.copy_(source.reshape(out.shape))
+    device = _comm_device(source)
+    buf = (
+        out if device == out.device and out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype, device=device)
+    )
+    collective(buf, source.to(device).contiguous())
+    if buf is not out:
+        out.copy_(buf)
+    return out
 
 
 def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -33,6 +32,8 @@ from tqdm.auto import tqdm
 
 from . import distributed as dist
 from ._batched_product import batched_or_refuse
+from ._finite_difference import difference_products_, difference_steps
+from ._fsdp import fsdp_pass, local_rows
 from ._loss_items import (
     LossFn,
     NumItemsFn,
@@ -42,8 +43,12 @@ from ._loss_items import (
     evaluate_loss,
     model_shifts_labels,
 )
-from ._model_state import exact_mode, full_precision_weights, state_fingerprint, unwrap_model
+from ._model_state import exact_mode, full_precision_weights, is_fsdp2, state_fingerprint, unwrap_model
 from ._params import select_parameters, split_like
+from ._pass_sums import Sums as _Sums
+from ._pass_sums import finite as _finite
+from ._pass_sums import to_device
+from ._shards import RowShard
 from .operator import LinearOperator
 
 __all__ = [
@@ -51,6 +56,7 @@ __all__ = [
     "HessianOperator",
     "LossFn",
     "NumItemsFn",
+    "Product",
     "batch_num_samples",
     "count_loss_items",
     "default_loss_fn",
@@ -59,20 +65,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+Product = Literal["double_backward", "finite_difference"]
+"""How a Hessian-vector product is computed: ``"double_backward"`` (exact, Pearlmutter's trick) or
+``"finite_difference"`` (central differences of the gradient, see :mod:`hf_subspace._finite_difference`: for models
+without double backward, e.g. fused attention kernels or CTC losses)."""
+
 BlockProduct = Literal["auto", "loop", "batched"]
 """How a block of ``m`` vectors is multiplied: ``"loop"`` (one backward per column through the retained graph),
 ``"batched"`` (one vectorised backward, ``is_grads_batched``), ``"auto"`` (loop on CPU; on CUDA, timed once on the
 first block pass and the faster one kept)."""
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
 
 
 class HessianOperator(LinearOperator):
@@ -102,6 +103,17 @@ class HessianOperator(LinearOperator):
             ``!= -100`` of mapping batches (shifted by one for causal LMs, ``shift_labels`` if present), else the
             number of samples.
         block_product: see :data:`BlockProduct`.
+        shard_vectors: split the vectors across the processes (needs ``torch.distributed`` with the products
+            reduced): every block, product and gradient is then this rank's rows of the flat parameter vector,
+            ``[local_dim, m]``, rows ``row_start … row_start + local_dim`` of an even split by parameter order (rank
+            r holds rows ``[r·c, min(d, (r + 1)·c))``, ``c = ceil(d / world_size)``; see
+            :class:`~hf_subspace._shards.RowShard`). Solver memory per process then falls by the number of processes;
+            only ``columns_per_pass`` columns exist at full length at a time, during a product.
+        columns_per_pass: with ``shard_vectors``, how many columns of a block are gathered to full length and
+            multiplied per pass over the data (default 4: a transient of about ``2·4 + 1`` full-length vectors, at
+            the cost of one forward and gradient per extra pass; ``None`` multiplies the whole block in one pass).
+        product: see :data:`Product`. Finite differences cost two gradients per column and batch, keep the same
+            contract (counts, loss items, finite checks) and restore the parameters bitwise after every product.
 
     Attributes:
         num_samples: samples in the Hessian dataset (all ranks). num_items: loss items ``N`` (all ranks).
@@ -130,6 +142,9 @@ class HessianOperator(LinearOperator):
         progress: bool = False,
         num_items_fn: NumItemsFn | None = None,
         block_product: BlockProduct = "auto",
+        shard_vectors: bool = False,
+        columns_per_pass: int | None = 4,
+        product: Product | None = None,
     ) -> None:
         self.model = unwrap_model(model)
         self.params: list[torch.Tensor]
@@ -154,6 +169,15 @@ class HessianOperator(LinearOperator):
             )
         if block_product not in ("auto", "loop", "batched"):
             raise ValueError(f"block_product={block_product!r}: choose 'auto', 'loop' or 'batched'.")
+        self.fsdp = is_fsdp2(self.model)
+        if product not in (None, "double_backward", "finite_difference"):
+            raise ValueError(f"product={product!r}: choose 'double_backward' or 'finite_difference'.")
+        if self.fsdp and product == "double_backward":
+            raise ValueError(
+                "product='double_backward' is unavailable for an FSDP2 model (it computes with gathered copies of "
+                "its sharded parameters): leave product unset or pass product='finite_difference'."
+            )
+        self.product: Product = product or ("finite_difference" if self.fsdp else "double_backward")
         self.block_product: BlockProduct = block_product
         self._block_method: str | None = None if block_product == "auto" else block_product
         self.dim = sum(p.numel() for p in self.params)
@@ -163,6 +187,13 @@ class HessianOperator(LinearOperator):
         self.is_distributed = dist.is_distributed() if distributed is None else bool(distributed)
         if self.is_distributed and not dist.is_distributed():
             raise ValueError("distributed=True but no torch.distributed process group with >1 process is initialised")
+        if shard_vectors and not self.is_distributed and dist.is_distributed():
+            raise ValueError("shard_vectors=True needs the products reduced across processes: drop distributed=False")
+        if columns_per_pass is not None and columns_per_pass < 1:
+            raise ValueError(f"columns_per_pass={columns_per_pass} must be >= 1 (or None for the whole block)")
+        self.rows: RowShard | None = RowShard.current(self.dim) if shard_vectors and not self.fsdp else None
+        self._fsdp_rows = local_rows(self.params) if self.fsdp else None
+        self.columns_per_pass = columns_per_pass
 
         if isinstance(batches, Mapping):
             batches = [batches]
@@ -197,6 +228,31 @@ class HessianOperator(LinearOperator):
         # Read live: a Trainer may move the model after the operator was built.
         return self.params[0].device
 
+    # -- split vectors (LinearOperator hooks) ------------------------------------------------------------------
+    @property
+    def local_dim(self) -> int:
+        if self._fsdp_rows is not None:
+            return int(self._fsdp_rows.numel())
+        return self.dim if self.rows is None else self.rows.size
+
+    @property
+    def row_start(self) -> int:
+        return 0 if self.rows is None else self.rows.start
+
+    @property
+    def local_rows(self) -> slice | torch.Tensor:
+        """This rank's rows of the flat vector: a range, or (FSDP2) the indices of every parameter's local shard."""
+        return (
+            self._fsdp_rows if self._fsdp_rows is not None else slice(self.row_start, self.row_start + self.local_dim)
+        )
+
+    @property
+    def shards_vectors(self) -> bool:
+        return self.rows is not None or self.fsdp
+
+    def reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if not self.shards_vectors else dist.all_reduce_sum(tensor)
+
     # -- passes over the data ---------------------------------------------------------------------------------
     def _iter_batches(self, desc: str) -> Iterator[tuple[int, Any]]:
         items = zip(self.batch_items, self.batches)
@@ -204,19 +260,26 @@ class HessianOperator(LinearOperator):
             items = tqdm(items, total=len(self.batches), desc=desc, leave=False)
         for n, batch in items:
             if n > 0:
-                yield n, _to_device(batch, self.device)
+                yield n, to_device(batch, self.device)
 
-    def _pass(self, total: torch.Tensor, desc: str, block: torch.Tensor | None = None) -> None:
-        """Accumulate one pass into ``total`` = [m·d products | d gradient | loss sum | item count], unreduced.
+    def _run(self, sums: _Sums, desc: str, vectors: torch.Tensor | None = None) -> None:
+        """One pass: :meth:`_pass`, or for an FSDP2 model :func:`~hf_subspace._fsdp.fsdp_pass`."""
+        if self.fsdp:
+            fsdp_pass(self, sums, vectors)
+        else:
+            self._pass(sums, desc, vectors)
 
-        ``block`` (``[m, d]`` rows) given: products and gradient; ``total`` of length ``d + 2``: gradient only;
-        length 2: loss only (no graph).
-        """
-        m = 0 if block is None else block.shape[0]
-        want_grad = total.numel() > 2
-        products = split_like(total[: m * self.dim].view(m, self.dim), self.params) if m else []
-        grad_parts = split_like(total[m * self.dim : -2], self.params) if want_grad else []
-        v_parts = split_like(block, self.params) if block is not None else []
+    def _pass(self, sums: _Sums, desc: str, vectors: torch.Tensor | None = None) -> None:
+        """Accumulate one pass into ``sums`` (unreduced): the loss, and the gradient and the products of the rows of
+        ``vectors`` (``[m, d]``, one full-length vector per row) where ``sums`` has room for them."""
+        m = sums.num_products
+        want_grad = sums.grad is not None or m > 0
+        products = split_like(sums.products[:, : self.dim], self.params) if m else []
+        grad_parts = split_like(sums.grad, self.params) if sums.grad is not None else []
+        v_parts = split_like(vectors, self.params) if vectors is not None and m else []
+        exact = self.product == "double_backward"
+        steps = [] if exact or not m else difference_steps(self.params, vectors)  # type: ignore[arg-type]
+        saved = [p.detach().clone() for p in self.params] if steps else []
         with (
             exact_mode(self.model, self.eval_mode, self.device),
             full_precision_weights(self.model, self.dtype),
@@ -227,20 +290,57 @@ class HessianOperator(LinearOperator):
                 if n == 0:
                     continue
                 loss = loss.to(self.dtype)
-                total[-2] += n * loss.detach().to(total.dtype)
-                total[-1] += n
+                sums.loss += n * loss.detach().to(sums.loss.dtype)
+                sums.count += n
                 if not want_grad or not loss.requires_grad:
                     continue
-                grads = torch.autograd.grad(loss, self.params, create_graph=m > 0, allow_unused=True)
+                grads = torch.autograd.grad(loss, self.params, create_graph=exact and m > 0, allow_unused=True)
                 for out, g in zip(grad_parts, grads):
                     if g is not None:
                         out.add_(g.detach(), alpha=n)
                 # Gradients that do not depend on the parameters (unused or linear ones) have zero curvature.
                 active = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-                if m and active:
+                if steps:
+                    difference_products_(
+                        functools.partial(self._batch_gradient, batch, items),
+                        self.params,
+                        saved,
+                        v_parts,
+                        steps,
+                        products,
+                        n,
+                    )
+                elif m and active:
                     self._block_products([grads[i] for i in active], [v_parts[i] for i in active], products, n, m)
                 del grads, loss
         self.num_passes += 1
+
+    def _batch_gradient(self, batch: Any, items: int) -> tuple[torch.Tensor | None, ...]:
+        """One batch's gradient at the current parameters (first order only: the finite-difference product)."""
+        loss, _ = evaluate_loss(self.loss_fn, self.model, batch, items, self.device)
+        return torch.autograd.grad(loss.to(self.dtype), self.params, allow_unused=True)
+
+    def _column_loop(
+        self,
+        outputs: list[torch.Tensor],
+        vectors: list[torch.Tensor],
+        products: list[torch.Tensor],
+        n: int,
+        m: int,
+        keep: bool = False,
+    ) -> None:
+        """One backward per column through the retained graph (kept after the last column with ``keep``)."""
+        for j in range(m):
+            hv = torch.autograd.grad(
+                outputs,
+                self.params,
+                grad_outputs=[v[j] for v in vectors],
+                retain_graph=keep or j < m - 1,
+                allow_unused=True,
+            )
+            for out, h in zip(products, hv):
+                if h is not None:
+                    out[j].add_(h, alpha=n)
 
     def _block_products(
         self, outputs: list[torch.Tensor], vectors: list[torch.Tensor], products: list[torch.Tensor], n: int, m: int
@@ -258,13 +358,7 @@ class HessianOperator(LinearOperator):
                 if h is not None:
                     out.add_(h, alpha=n)
             return
-        for j in range(m):
-            hv = torch.autograd.grad(
-                outputs, self.params, grad_outputs=[v[j] for v in vectors], retain_graph=j < m - 1, allow_unused=True
-            )
-            for out, h in zip(products, hv):
-                if h is not None:
-                    out[j].add_(h, alpha=n)
+        self._column_loop(outputs, vectors, products, n, m)
 
     def _choose_block_method(
         self, outputs: list[torch.Tensor], vectors: list[torch.Tensor], products: list[torch.Tensor], n: int, m: int
@@ -276,16 +370,9 @@ class HessianOperator(LinearOperator):
             torch.cuda.synchronize(self.device)
             return time.perf_counter() - start
 
-        def loop() -> None:
-            for j in range(m):
-                hv = torch.autograd.grad(
-                    outputs, self.params, grad_outputs=[v[j] for v in vectors], retain_graph=True, allow_unused=True
-                )
-                for out, h in zip(products, hv):
-                    if h is not None:
-                        out[j].add_(h, alpha=n)
-
-        loop_s = timed(loop)
+        loop_s = timed(
+            lambda: self._column_loop(outputs, vectors, products, n, m, keep=True)
+        )  # the products this batch keeps
         try:
             batched_s = timed(
                 lambda: torch.autograd.grad(
@@ -299,23 +386,36 @@ class HessianOperator(LinearOperator):
         logger.info("HessianOperator: block of %d: loop %.4fs, batched %.4fs -> %s", m, loop_s, batched_s, method)
         return method
 
-    def _reduce(self, total: torch.Tensor, what: str) -> torch.Tensor:
-        """All-reduce the sums, divide by the item count, and refuse non-finite results (the one check per pass)."""
+    def _reduce(self, sums: _Sums, what: str, local_out: torch.Tensor | None = None) -> None:
+        """Sum over the ranks, divide by the item count, and refuse non-finite results (the one check per pass).
+
+        With ``local_out`` (split vectors) the products are reduce-scattered into it (this rank's rows, ``[rows, m]``)
+        and its finiteness travels to every rank in ``sums.flag``, so all ranks raise together.
+        """
+        head = sums.buffer
+        if self.fsdp:  # products and gradient come summed over the ranks from the backward's reduce-scatter
+            sums.flag.fill_(0.0 if _finite(sums.buffer[3:]) else 1.0)
+            head = sums.buffer[:3]
+        elif local_out is not None:
+            assert self.rows is not None
+            self.rows.reduce_scatter_columns(sums.products, local_out)
+            sums.flag.fill_(0.0 if _finite(local_out) else 1.0)
+            head = sums.head
         if self.is_distributed:
-            dist.all_reduce_sum(total)
-        count = float(total[-1].item())
+            dist.all_reduce_sum(head)
+        count = float(sums.count.item())
         if count <= 0:
             raise ValueError("No loss items in the Hessian dataset: loss_fn returned 0 items for every batch.")
         self.num_items = round(count)
-        total[:-1].div_(count)
+        sums.buffer[1:].div_(count)
+        if local_out is not None:
+            local_out.div_(count)
         # aminmax propagates NaN and ±inf and allocates nothing; a float64 sum or isfinite would copy the whole buffer.
-        low, high = torch.aminmax(total)
-        if not (math.isfinite(float(low)) and math.isfinite(float(high))):
+        if not _finite(head if local_out is not None else sums.buffer) or float(sums.flag.item()) != 0.0:
             raise FloatingPointError(
                 f"The {what} over the Hessian dataset is not finite (NaN or inf): the parameters or the loss have "
                 "diverged, or the Hessian dataset holds NaN/inf. Lower the learning rate or check the data."
             )
-        return total
 
     def _remember(self, loss: torch.Tensor, grad: torch.Tensor | None) -> None:
         key = state_fingerprint(self.model, self.batches, self.eval_mode)
@@ -330,29 +430,57 @@ class HessianOperator(LinearOperator):
         return cache[1], cache[2]
 
     def matmat(self, block: torch.Tensor) -> torch.Tensor:
-        """Hessian times a block of vectors ``[d, m]`` in one pass over the Hessian dataset.
+        """Hessian times a block of vectors ``[d, m]`` (split vectors: this rank's rows, ``[local_dim, m]``).
 
-        The same pass yields the loss and its gradient, kept for :meth:`loss_and_gradient` / :meth:`loss`.
+        Whole vectors: one pass over the Hessian dataset. Split vectors: the columns are gathered to full length
+        ``columns_per_pass`` at a time (one pass each) and the products reduce-scattered back to this rank's rows.
+        Either way the first pass yields the loss and its gradient, kept for :meth:`loss_and_gradient` / :meth:`loss`.
 
         Returns:
-            ``H @ block`` as a ``[d, m]`` tensor (identical on every rank when distributed).
+            ``H @ block``, same shape as ``block`` (identical on every rank for whole vectors).
 
         Raises:
-            FloatingPointError: if a product, the loss or the gradient is not finite.
+            FloatingPointError: if a product, the loss or the gradient is not finite (on every rank at once).
         """
         self._check_block(block)
         m = block.shape[1]
-        rows = block.detach().to(device=self.device, dtype=self.dtype).T.contiguous()  # [m, d]: row j is vector j
-        # One buffer, one all-reduce: m products, the gradient, the loss sum and the item count.
-        total = torch.zeros((m + 1) * self.dim + 2, dtype=self.dtype, device=self.device)
-        self._pass(total, "Hessian-vector products", rows)
-        self._reduce(total, "Hessian-vector product")
+        block = block.detach().to(device=self.device, dtype=self.dtype)
+        if self.rows is None:
+            rows = block.T.contiguous()  # [m, d]: row j is vector j (FSDP2: [m, local_dim], the local shards)
+            sums = _Sums.new(self.local_dim, m, dtype=self.dtype, device=self.device)
+            self._run(sums, "Hessian-vector products", rows)
+            del rows
+            self._reduce(sums, "Hessian-vector product")
+            out = sums.products.T.contiguous()
+        else:
+            out = torch.empty(m, self.local_dim, dtype=self.dtype, device=self.device).T  # each column contiguous
+            step = self.columns_per_pass or m
+            for first in range(0, m, step):
+                cols = slice(first, min(m, first + step))
+                full = self.rows.gather_columns(block[:, cols])  # the only full-length copies: [columns, d]
+                sums = _Sums.new(
+                    self.dim,
+                    full.shape[0],
+                    grad=first == 0,
+                    width=self.rows.padded,
+                    dtype=self.dtype,
+                    device=self.device,
+                )
+                self._pass(sums, "Hessian-vector products", full)
+                del full
+                self._reduce(sums, "Hessian-vector product", out[:, cols])
+                if first == 0:
+                    assert sums.grad is not None
+                    self._remember(sums.loss, sums.grad[self.rows.start : self.rows.stop])
+            self.num_matvecs += m
+            return out
         self.num_matvecs += m
-        self._remember(total[-2], total[m * self.dim : -2])
-        return total[: m * self.dim].view(m, self.dim).T.contiguous()
+        self._remember(sums.loss, sums.grad)
+        return out
 
     def loss_and_gradient(self) -> tuple[float, torch.Tensor]:
-        """Mean loss and its gradient ``[d]`` over the whole Hessian dataset (all ranks).
+        """Mean loss and its gradient over the whole Hessian dataset (all ranks): ``[d]``, or this rank's rows
+        ``[local_dim]`` with split vectors.
 
         Computed under the same conditions as the products (eval mode, full precision), so it is the gradient
         whose alignment with the dominant subspace the paper measures. Every product pass computes it too; while no
@@ -364,11 +492,13 @@ class HessianOperator(LinearOperator):
         cached = self._cached(need_grad=True)
         if cached is not None:
             return cached[0], cached[1].clone()  # type: ignore[union-attr]
-        total = torch.zeros(self.dim + 2, dtype=self.dtype, device=self.device)
-        self._pass(total, "full-batch gradient")
-        self._reduce(total, "loss or gradient")
-        self._remember(total[-2], total[:-2])
-        return float(total[-2].item()), total[:-2].clone()
+        sums = _Sums.new(self.local_dim if self.fsdp else self.dim, dtype=self.dtype, device=self.device)
+        self._run(sums, "full-batch gradient")
+        self._reduce(sums, "loss or gradient")
+        assert sums.grad is not None
+        grad = sums.grad if self.rows is None else sums.grad[self.rows.start : self.rows.stop]
+        self._remember(sums.loss, grad)
+        return float(sums.loss.item()), grad.clone()
 
     def loss(self) -> float:
         """Mean loss over the whole Hessian dataset (all ranks), without gradients (reused from the last pass if
@@ -380,8 +510,8 @@ class HessianOperator(LinearOperator):
         cached = self._cached(need_grad=False)
         if cached is not None:
             return cached[0]
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        self._pass(total, "loss")
-        self._reduce(total, "loss")
-        self._remember(total[0], None)
-        return float(total[0].item())
+        sums = _Sums.new(0, grad=False, dtype=torch.float64, device=self.device)
+        self._run(sums, "loss")
+        self._reduce(sums, "loss")
+        self._remember(sums.loss, None)
+        return float(sums.loss.item())

@@ -71,18 +71,25 @@ def effective_learning_rates(
     Args:
         basis: the dominant subspace.
         update: the applied parameter change Δθ (flat, or per parameter in the basis' order).
-        gradient: the flat full-batch gradient g at the parameters the update started from.
+        gradient: the flat full-batch gradient g at the parameters the update started from (this process's rows
+            when the basis is split across processes).
     """
-    flat_update = update if isinstance(update, torch.Tensor) else torch.cat([u.reshape(-1) for u in update])
+    if isinstance(update, torch.Tensor):
+        flat_update = update
+    elif basis.rows is not None:  # a split basis: this process's rows of the update, like the gradient's
+        flat_update = basis.rows.local_rows(update)
+    else:
+        flat_update = torch.cat([u.reshape(-1) for u in update])
     flat_update = flat_update.to(basis.vectors.dtype)
     g = gradient.to(basis.vectors.dtype)
     g_dom = basis.vectors @ basis.coefficients(g)  # P g (flat)
     g_bulk = g - g_dom
-    rates = []
-    for part in (g_dom, g_bulk):
-        denom = float(part.square().sum().item())
-        rates.append(float("nan") if denom == 0.0 else -float(torch.dot(flat_update, part).item()) / denom)
-    return rates[0], rates[1]
+    parts = torch.stack([torch.stack([p.square().sum(), torch.dot(flat_update, p)]) for p in (g_dom, g_bulk)])
+    (dom_sq, dom_dot), (bulk_sq, bulk_dot) = basis.reduce_(parts.to(torch.float64)).tolist()
+    return (
+        float("nan") if dom_sq == 0.0 else -dom_dot / dom_sq,
+        float("nan") if bulk_sq == 0.0 else -bulk_dot / bulk_sq,
+    )
 
 
 def eigenvalue_tag(index: int, k: int, total: int) -> str:

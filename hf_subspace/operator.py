@@ -12,12 +12,43 @@ class LinearOperator:
 
     Subclasses implement :meth:`matmat` for a block ``[d, m]``; :meth:`matvec` and ``@`` derive from it.
     ``is_distributed`` tells solvers that every rank runs them in lock step (their control flow must agree).
+
+    An operator whose vectors are split across processes (``HessianOperator(..., shard_vectors=True)``) takes and
+    returns this process's rows only: blocks are ``[local_dim, m]`` holding rows ``row_start … row_start +
+    local_dim`` of the ``d``-dimensional vectors, and :meth:`reduce_` sums per-row partial results (Gram matrices,
+    squared norms) over the processes. For whole vectors (the default) ``local_dim = dim``, ``row_start = 0`` and
+    :meth:`reduce_` does nothing, so solvers written against these hooks run unchanged on both.
     """
 
     dim: int
     dtype: torch.dtype
     device: torch.device
     is_distributed: bool = False
+
+    @property
+    def local_dim(self) -> int:
+        """Rows of each vector held by this process (``dim`` unless the vectors are split across processes)."""
+        return self.dim
+
+    @property
+    def row_start(self) -> int:
+        """Index of this process's first row in the full vector (0 unless the vectors are split)."""
+        return 0
+
+    @property
+    def local_rows(self) -> slice | torch.Tensor:
+        """This process's rows of the full vector: a range, or an index tensor (FSDP2 shards)."""
+        return slice(self.row_start, self.row_start + self.local_dim)
+
+    @property
+    def shards_vectors(self) -> bool:
+        """Whether blocks are this process's rows of vectors split across processes."""
+        return False
+
+    def reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor``, a partial result over this process's rows (e.g. ``Aᵀ B`` of local blocks), over the
+        processes, in place; returns it. The identity for whole vectors."""
+        return tensor
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -36,8 +67,8 @@ class LinearOperator:
         return self.matvec(other) if other.dim() == 1 else self.matmat(other)
 
     def _check_block(self, block: torch.Tensor) -> None:
-        if block.dim() != 2 or block.shape[0] != self.dim:
-            raise ValueError(f"expected a block of shape [{self.dim}, m], got {tuple(block.shape)}")
+        if block.dim() != 2 or block.shape[0] != self.local_dim:
+            raise ValueError(f"expected a block of shape [{self.local_dim}, m], got {tuple(block.shape)}")
 
 
 class MatrixOperator(LinearOperator):

@@ -429,8 +429,9 @@ class BasisTracker:
         """
         vectors = basis.vectors
         products = products.to(vectors.dtype)
-        residual = products - vectors @ (vectors.T @ products)
-        raw = float(torch.linalg.matrix_norm(residual.double()).item()) / math.sqrt(block.shape[1])
+        residual = products - vectors @ basis.reduce_(vectors.T @ products)
+        square = basis.reduce_(torch.linalg.matrix_norm(residual.double()).square().reshape(1))  # split rows: summed
+        raw = float(square.sqrt().item()) / math.sqrt(block.shape[1])
         self.last_probe_raw = raw
         estimate = raw / self.probe_calibration()
         self.num_probes += 1

@@ -26,6 +26,7 @@ from ._hessian_set import (
     isolated_rng,
 )
 from ._params import select_parameters
+from ._shards import RowShard
 from .callback import SubspaceCallback, SubspaceState, tensorboard_writers
 from .hessian import HessianOperator, LossFn, unwrap_model
 from .metrics import AlignmentEMA
@@ -34,11 +35,19 @@ from .subspace import SubspaceBasis
 from .tracking import refresh_schedule
 from .training_args import SubspaceTrainingArguments
 
-__all__ = ["SUBSPACE_STATE_NAME", "SubspaceTrainer", "SubspaceTrainerMixin", "hessian_subset_indices"]
+__all__ = [
+    "SUBSPACE_STATE_NAME",
+    "SubspaceTrainer",
+    "SubspaceTrainerMixin",
+    "hessian_subset_indices",
+    "load_subspace_state",
+]
 
 logger = logging.getLogger(__name__)
 
 SUBSPACE_STATE_NAME = "subspace_state.pt"
+ROWS_FILE = "subspace_rows-{rank:05d}-of-{world:05d}.pt"
+"""One process's rows of a split basis and warm start, beside ``subspace_state.pt``."""
 
 # The mixin is typed as a Trainer for the checker; at run time it derives from object and goes first in the bases.
 if TYPE_CHECKING:
@@ -113,7 +122,12 @@ class SubspaceTrainerMixin(_TrainerBase):
             self._metrics = metrics
         warn_batch_dependent_loss(self.model)
         self.hessian_operator = HessianOperator(
-            self.model, batches, loss_fn, params=self.subspace_params, progress=self.args.subspace_progress
+            self.model,
+            batches,
+            loss_fn,
+            params=self.subspace_params,
+            progress=self.args.subspace_progress,
+            shard_vectors=self.subspace_shard_vectors,
         )
         self.subspace_state = SubspaceState(AlignmentEMA(decay=self.args.subspace_ema_decay), schedule)
         self.subspace_callback = SubspaceCallback(
@@ -132,6 +146,14 @@ class SubspaceTrainerMixin(_TrainerBase):
 
             every, matvecs = self.args.subspace_trace_steps, self.args.subspace_trace_matvecs
             self.add_callback(HessianTraceCallback(self.hessian_operator, every, matvecs, self.args.seed, self.log))
+
+    @property
+    def subspace_shard_vectors(self) -> bool:
+        """Whether solver vectors and basis are split across processes (``subspace_shard_vectors``, resolved)."""
+        shard = self.args.subspace_shard_vectors
+        if shard is None:
+            return distributed.world_size() > 1 and self.args.subspace_solver != "eigsh"
+        return shard and distributed.world_size() > 1
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """`Trainer.train`, after checking that the covered parameters are still the trainable ones.
@@ -231,11 +253,23 @@ class SubspaceTrainerMixin(_TrainerBase):
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """The Trainer's checkpoint plus ``subspace_state.pt``; with split vectors every process also writes its rows
+        of the basis and of the warm start (``subspace_rows-<rank>-of-<world>.pt``), which a resume in any number
+        of processes reassembles (see :func:`load_subspace_state`)."""
         super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            if os.path.isdir(folder):
-                torch.save(self.subspace_state.state_dict(), os.path.join(folder, SUBSPACE_STATE_NAME))
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        state = self.subspace_state.state_dict()
+        rows = self.hessian_operator.rows
+        if rows is not None and rows.world > 1:
+            part = {"start": rows.start, "stop": rows.stop, "dim": rows.dim, "warm_start": state["warm_start"]}
+            part["vectors"] = None if state["basis"] is None else state["basis"]["vectors"]
+            os.makedirs(folder, exist_ok=True)
+            torch.save(part, os.path.join(folder, ROWS_FILE.format(rank=rows.rank, world=rows.world)))
+            if state["basis"] is not None:
+                state["basis"] = {**state["basis"], "vectors": None, "rows": None}
+            state["warm_start"], state["row_files"] = None, rows.world
+        if self.args.should_save and os.path.isdir(folder):
+            torch.save(state, os.path.join(folder, SUBSPACE_STATE_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         target = model if model is not None else self.model
@@ -246,7 +280,7 @@ class SubspaceTrainerMixin(_TrainerBase):
         path = os.path.join(resume_from_checkpoint, SUBSPACE_STATE_NAME)
         if os.path.isfile(path):
             device = self.subspace_params[0].device
-            state = torch.load(path, map_location=device, weights_only=False)
+            state = load_subspace_state(resume_from_checkpoint, self.hessian_operator.rows, device)
             self.subspace_callback.load_state_dict(state)
         else:
             logger.warning(
@@ -370,3 +404,39 @@ class SubspaceTrainer(SubspaceTrainerMixin, Trainer):
     Takes the arguments of `transformers.Trainer` plus ``hessian_dataset``; ``args`` must be
     :class:`SubspaceTrainingArguments`. See :class:`SubspaceTrainerMixin` for the Hessian set, the loss and errors.
     """
+
+
+def load_subspace_state(checkpoint: str, rows: RowShard | None, device: torch.device) -> dict[str, Any]:
+    """A checkpoint's subspace state with the basis and warm start laid out for this run: whole (``rows`` None) or
+    this process's rows of a split run, whatever the number of processes that saved it.
+
+    A split-vector checkpoint keeps each saving process's rows in its own file (``ROWS_FILE``); only the files that
+    overlap this process's rows are read.
+    """
+    state = torch.load(os.path.join(checkpoint, SUBSPACE_STATE_NAME), map_location=device, weights_only=False)
+    saved_world = state.pop("row_files", None)
+    basis = state["basis"]
+    if saved_world is None:  # saved whole: keep this process's rows
+        if rows is not None:
+            if basis is not None:
+                basis["vectors"] = basis["vectors"][rows.start : rows.stop]
+            if state["warm_start"] is not None:
+                state["warm_start"] = state["warm_start"][rows.start : rows.stop]
+    else:
+        dim = state["settings"]["dim"]
+        start, stop = (0, dim) if rows is None else (rows.start, rows.stop)
+        saved = RowShard(dim, saved_world)
+        parts = []
+        for rank in range(saved_world):
+            lo, hi = saved.bounds(rank)
+            if max(lo, start) < min(hi, stop) or rank == 0:  # rank 0 too: a process without rows still gets k
+                file = os.path.join(checkpoint, ROWS_FILE.format(rank=rank, world=saved_world))
+                parts.append(torch.load(file, map_location=device, weights_only=False))
+        for key, target in (("vectors", basis), ("warm_start", state)):
+            if target is None or parts[0][key] is None:
+                continue
+            pieces = [p[key][max(0, start - p["start"]) : max(0, min(stop, p["stop"]) - p["start"])] for p in parts]
+            target[key] = torch.cat(pieces).contiguous()
+    if basis is not None:
+        basis["rows"] = None if rows is None else (rows.dim, rows.world, rows.rank)
+    return state

@@ -141,6 +141,14 @@ class SubspaceTrainingArguments(TrainingArguments):
     subspace_solver_max_iters: int | None = field(
         default=None, metadata={"help": "Iteration limit of the eigensolver. Default: the solver's own."}
     )
+    subspace_shard_vectors: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Split the eigensolver's vectors and the dominant basis across the processes (each holds 1/N of "
+            "every vector, so a refresh's memory per process falls N-fold). Default: on with more than one process, "
+            "except with subspace_solver='eigsh' (ARPACK needs whole vectors). Results are those of whole vectors.",
+        },
+    )
     subspace_progress: bool = field(
         default=False, metadata={"help": "Show tqdm progress bars for Hessian passes and eigensolves."}
     )
@@ -191,6 +199,11 @@ class SubspaceTrainingArguments(TrainingArguments):
         ):
             if getattr(self, name) not in choices:
                 fail(f"{name}={getattr(self, name)!r} is not one of {list(choices)}.")
+        if self.subspace_shard_vectors and self.subspace_solver == "eigsh":
+            fail(
+                "subspace_shard_vectors=True cannot be used with subspace_solver='eigsh' (ARPACK needs whole vectors); "
+                "choose subspace_solver='auto', 'lanczos' or 'lobpcg', or set subspace_shard_vectors=False."
+            )
         if self.subspace_k < 1:
             fail(f"subspace_k={self.subspace_k} must be at least 1 (the paper uses the number of classes).")
         if self.subspace_refresh_steps < 1:

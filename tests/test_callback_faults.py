@@ -170,7 +170,7 @@ def test_parameter_without_gradient_on_two_processes_matches_one(tmp_path):
     from worker_trainer import run
 
     _torchrun("worker_trainer.py", str(tmp_path / "ddp"), "unused")
-    r0, r1 = (json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1))
+    r0, r1 = (json.loads((tmp_path / "ddp" / f"rank{r}_unused.json").read_text()) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2 and r0["unused_fixed"] and r1["unused_fixed"]
     single = run(str(tmp_path / "single"), 50, unused=True)
     history = single.state.log_history

@@ -17,8 +17,8 @@ WORKERS = Path(__file__).resolve().parent / "distributed"
 pytestmark = pytest.mark.distributed
 
 
-def _torchrun(worker: str, out_dir: Path) -> None:
-    torchrun_two([str(WORKERS / worker), str(out_dir)], {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+def _torchrun(worker: str, out_dir: Path, *extra: str) -> None:
+    torchrun_two([str(WORKERS / worker), str(out_dir), *extra], {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -62,7 +62,7 @@ def test_trainer_two_processes_match_one_process(tmp_path):
     from worker_trainer import run
 
     _torchrun("worker_trainer.py", tmp_path / "ddp")
-    r0, r1 = (json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1))
+    r0, r1 = (json.loads((tmp_path / "ddp" / f"rank{r}_plain.json").read_text()) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
     assert r0["eigenvalues"] == r1["eigenvalues"]
     single = run(str(tmp_path / "single"), 50)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from ._result import EigenResult
 __all__ = [
     "CountingOperator",
     "Problem",
+    "Reduce",
     "all_finite",
     "boundary_warning",
     "combine_columns_",
@@ -24,6 +26,7 @@ __all__ = [
     "finalize",
     "gram_f64",
     "new_block",
+    "no_reduce",
     "normalize_signs",
     "prepare",
     "progress_bar",
@@ -99,9 +102,23 @@ class CountingOperator:
         return out.to(self.dtype)
 
 
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+"""Sums a partial result over this process's rows over the processes, in place (``LinearOperator.reduce_``)."""
+
+
+def no_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    """The :data:`Reduce` of whole vectors: nothing to add."""
+    return tensor
+
+
 @dataclass
 class Problem:
-    """A validated eigenproblem: the operator's geometry and the resolved options."""
+    """A validated eigenproblem: the operator's geometry and the resolved options.
+
+    ``dim`` is the vectors' length ``d``; blocks hold ``local_dim`` rows, ``rows`` of the full vectors (all of them
+    unless the operator splits its vectors across processes, ``sharded``), and ``reduce`` sums every inner product
+    of local rows over the processes (the identity for whole vectors).
+    """
 
     k: int
     dim: int
@@ -111,6 +128,10 @@ class Problem:
     tol: float
     init: torch.Tensor | None = None
     start: float = field(default_factory=time.perf_counter)
+    local_dim: int = -1
+    rows: slice | torch.Tensor | None = None
+    sharded: bool = False
+    reduce: Reduce = no_reduce
 
 
 def prepare(operator: Any, k: int, init: torch.Tensor | None, tol: float | None) -> Problem:
@@ -133,6 +154,9 @@ def prepare(operator: Any, k: int, init: torch.Tensor | None, tol: float | None)
             f"operator must provide `dim`, `dtype`, `device` and `matmat(block)`, got {type(operator).__name__}"
         )
     dim = int(operator.dim)
+    local_dim = int(getattr(operator, "local_dim", dim))
+    sharded = bool(getattr(operator, "shards_vectors", False))
+    row_start = int(getattr(operator, "row_start", 0))
     dtype = getattr(operator, "dtype", torch.float32)
     device = torch.device(getattr(operator, "device", "cpu"))
     if not dtype.is_floating_point:
@@ -150,22 +174,42 @@ def prepare(operator: Any, k: int, init: torch.Tensor | None, tol: float | None)
             raise TypeError(f"init must be a torch.Tensor of shape [d, m], got {type(init).__name__}")
         if init.dim() == 1:
             init = init.unsqueeze(1)
-        if init.dim() != 2 or init.shape[0] != dim or init.shape[1] < 1:
-            raise ValueError(f"init must have shape [d, m] = [{dim}, m] with m >= 1, got shape {tuple(init.shape)}")
+        if init.dim() != 2 or init.shape[0] != local_dim or init.shape[1] < 1:
+            raise ValueError(
+                f"init must have shape [d, m] = [{local_dim}, m] with m >= 1, got shape {tuple(init.shape)}"
+            )
         init = init.detach().to(device=device, dtype=dtype)
         if not all_finite(init):
             raise ValueError("init contains non-finite values (NaN or Inf)")
     distributed = bool(getattr(operator, "is_distributed", False))
     return Problem(
-        k=k, dim=dim, dtype=dtype, device=device, distributed=distributed, tol=float(tol), init=init, start=start
+        k=k,
+        dim=dim,
+        dtype=dtype,
+        device=device,
+        distributed=distributed,
+        tol=float(tol),
+        init=init,
+        start=start,
+        local_dim=local_dim,
+        rows=getattr(operator, "local_rows", slice(row_start, row_start + local_dim)) if sharded else None,
+        sharded=sharded,
+        reduce=operator.reduce_ if sharded else no_reduce,
     )
 
 
 def random_block(
-    generator: torch.Generator, dim: int, m: int, dtype: torch.dtype, device: torch.device
+    generator: torch.Generator,
+    dim: int,
+    m: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    rows: slice | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Standard-normal ``[dim, m]`` block drawn on the CPU from ``generator`` (identical on every rank)."""
-    return torch.randn(dim, m, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+    """Standard-normal ``[dim, m]`` block drawn on the CPU from ``generator`` (identical on every rank); with ``rows``
+    only those rows of it (split vectors: the same random vectors as with whole ones)."""
+    block = torch.randn(dim, m, generator=generator, dtype=torch.float64)
+    return (block if rows is None else block[rows]).to(device=device, dtype=dtype)
 
 
 def new_block(dim: int, m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -217,22 +261,23 @@ def combine_columns_(
             col += width
 
 
-def gram_f64(a: torch.Tensor, b: torch.Tensor, rows: int = 1 << 16) -> torch.Tensor:
+def gram_f64(a: torch.Tensor, b: torch.Tensor, rows: int = 1 << 16, reduce: Reduce = no_reduce) -> torch.Tensor:
     r"""``a.T @ b`` (``[d, p]``, ``[d, q]``) accumulated in float64 over row chunks, returned on the CPU.
 
     A float32 product with :math:`d \sim 10^6`–:math:`10^8` terms loses accuracy systematically (measured: Rayleigh
     quotients 0.45 % low at d = 5.6 M), so each chunk is cast to float64 before its product; only one
     ``[rows, p + q]`` float64 chunk exists at a time (``[rows, p]`` when ``b`` is ``a``: the Gram matrix of a block).
+    ``reduce`` sums the result over the processes of split vectors.
     """
     out = torch.zeros(a.shape[1], b.shape[1], dtype=torch.float64, device=a.device)
     same = b is a
     for start in range(0, int(a.shape[0]), rows):
         left = a[start : start + rows].to(torch.float64)
         out += left.T @ (left if same else b[start : start + rows].to(torch.float64))
-    return out.cpu()
+    return reduce(out).cpu()
 
 
-def residual_norms(x: torch.Tensor, hx: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+def residual_norms(x: torch.Tensor, hx: torch.Tensor, theta: torch.Tensor, reduce: Reduce = no_reduce) -> torch.Tensor:
     r"""Column norms :math:`\lVert Hx_i - \theta_i x_i \rVert_2` (float64 ``[m]``), by row chunks (no ``[d, m]`` copy)."""
     m = int(x.shape[1])
     total = torch.zeros(m, dtype=torch.float64, device=x.device)
@@ -240,23 +285,26 @@ def residual_norms(x: torch.Tensor, hx: torch.Tensor, theta: torch.Tensor) -> to
     for rows in _row_chunks(int(x.shape[0]), m):
         r = torch.addcmul(hx[rows], x[rows], lam, value=-1)
         total += torch.linalg.vector_norm(r, dim=0).to(torch.float64) ** 2
-    return total.sqrt()
+    return reduce(total).sqrt()
 
 
-def fill_random_(target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def fill_random_(
+    target: torch.Tensor, generator: torch.Generator, dim: int | None = None, rows: slice | torch.Tensor | None = None
+) -> torch.Tensor:
     """Fill ``target`` ([d, m]) with standard-normal columns drawn on the CPU from ``generator``, one at a time.
 
     Column ``j`` is ``torch.randn(d, dtype=float64)`` (identical on every rank for the same generator state); only
-    one float64 column exists at a time. Returns ``target``.
+    one float64 column exists at a time. With split vectors (``dim``, ``rows``) each column is drawn at full length
+    ``dim`` and only ``rows`` of it kept, so the vectors are those of a whole-vector run. Returns ``target``.
     """
     for j in range(int(target.shape[1])):
-        column = torch.randn(int(target.shape[0]), generator=generator, dtype=torch.float64)
-        target[:, j].copy_(column)
+        column = torch.randn(int(target.shape[0]) if dim is None else dim, generator=generator, dtype=torch.float64)
+        target[:, j].copy_(column if rows is None else column[rows])
         del column
     return target
 
 
-def svqb_(block: torch.Tensor, drop: float | None = None) -> torch.Tensor:
+def svqb_(block: torch.Tensor, drop: float | None = None, reduce: Reduce = no_reduce) -> torch.Tensor:
     r"""In-place :func:`svqb`: orthonormalise the columns of ``block`` into its first ``r`` columns.
 
     Same mathematics as :func:`svqb` (zero and near-dependent directions dropped, a second round when the first was
@@ -275,7 +323,7 @@ def svqb_(block: torch.Tensor, drop: float | None = None) -> torch.Tensor:
         m = int(block.shape[1])
         if m == 0:
             return block
-        gram = gram_f64(block, block)  # float64 [m, m] on the CPU; d-sized data only in float64 row chunks
+        gram = gram_f64(block, block, reduce=reduce)  # float64 [m, m] on the CPU; d-sized data in float64 row chunks
         gram = (gram + gram.T) / 2
         norms = gram.diagonal().clamp_min(0).sqrt()
         keep = norms > 0
@@ -317,10 +365,12 @@ def svqb(block: torch.Tensor, drop: float | None = None) -> torch.Tensor:
     return svqb_(block.clone(), drop)
 
 
-def normalize_signs(vectors: torch.Tensor) -> torch.Tensor:
+def normalize_signs(vectors: torch.Tensor, sharded: bool = False) -> torch.Tensor:
     """Flip columns, in place, so that the entry of largest magnitude of each column is positive; returns ``vectors``.
 
-    The search runs over row chunks, so no ``[d, k]`` temporary is allocated.
+    The search runs over row chunks, so no ``[d, k]`` temporary is allocated. With ``sharded`` (rows split across
+    processes, in rank order) the largest entry is found across all processes (the first one on ties, as for whole
+    vectors).
     """
     k = int(vectors.shape[1])
     if k == 0:
@@ -334,6 +384,14 @@ def normalize_signs(vectors: torch.Tensor) -> torch.Tensor:
         best = torch.where(better, values, best)
         entry = chunk.gather(0, idx.unsqueeze(0)).squeeze(0)
         signs = torch.where(better, torch.where(entry < 0, -1.0, 1.0).to(vectors.dtype), signs)
+    if sharded:
+        # Every rank's (largest magnitude, sign) per column, stacked by rank; the first rank holding the maximum wins.
+        table = torch.zeros(2, distributed.world_size(), k, dtype=torch.float64)
+        table[0, distributed.rank()] = best.to(torch.float64).cpu()
+        table[1, distributed.rank()] = signs.to(torch.float64).cpu()
+        distributed.all_reduce_sum(table)
+        winner = table[0].argmax(dim=0)
+        signs = table[1].gather(0, winner.unsqueeze(0)).squeeze(0).to(device=vectors.device, dtype=vectors.dtype)
     return vectors.mul_(signs)
 
 
@@ -354,6 +412,14 @@ def sync_block(block: torch.Tensor, problem: Problem) -> torch.Tensor:
     size = torch.tensor([block.shape[1]], dtype=torch.int64)
     distributed.broadcast(size)
     m = int(size.item())
+    if problem.sharded:
+        # Each rank holds other rows: nothing to copy. The blocks' widths follow from all-reduced Gram matrices,
+        # identical on every rank, so they agree; should they not, the ranks have diverged.
+        if m != block.shape[1]:
+            raise RuntimeError(
+                f"split-vector eigensolver: rank 0 has a block of {m} columns, this rank {block.shape[1]}"
+            )
+        return block
     if m != block.shape[1]:
         block = new_block(problem.dim, m, block.dtype, block.device)
     if block.T.is_contiguous():
@@ -405,14 +471,15 @@ def finalize(
     order = torch.argsort(key, descending=True, stable=True)[: problem.k]
     values = eigenvalues[order].to(device=problem.device, dtype=problem.dtype).contiguous()
     vectors = eigenvectors[:, order.to(eigenvectors.device)].to(device=problem.device, dtype=problem.dtype)
-    vectors = normalize_signs(vectors.contiguous())
+    vectors = normalize_signs(vectors.contiguous(), problem.sharded)
     res = residuals[order.to(residuals.device)].to(device=problem.device, dtype=problem.dtype).contiguous()
     gap = None
     if next_value is not None and values.numel() and math.isfinite(float(next_value)):
         gap = torch.tensor([float(values[-1]) - float(next_value)], dtype=torch.float64)
     if problem.distributed:
         distributed.broadcast(values)
-        distributed.broadcast(vectors)
+        if not problem.sharded:
+            distributed.broadcast(vectors)
         distributed.broadcast(res)
         if gap is not None:
             distributed.broadcast(gap)

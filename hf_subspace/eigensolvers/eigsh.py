@@ -60,6 +60,11 @@ def eigsh(
         bit-identical operator products (an all-reduce gives them) for the ranks to stay in lock step.
     """
     problem = prepare(operator, k, init, tol)
+    if problem.sharded:
+        raise ValueError(
+            "eigsh (ARPACK) needs whole vectors, but this operator splits them across processes (shard_vectors=True); "
+            "use method='lanczos' or 'lobpcg', or build the operator with shard_vectors=False."
+        )
     if which not in _WHICH:
         raise ValueError(f"which={which!r} is not supported; valid values: {', '.join(_WHICH)}")
     dim, dtype, device = problem.dim, problem.dtype, problem.device

@@ -49,10 +49,12 @@ import torch
 from ._common import (
     CountingOperator,
     Problem,
+    Reduce,
     combine_columns_,
     finalize,
     gram_f64,
     new_block,
+    no_reduce,
     prepare,
     progress_bar,
     random_block,
@@ -74,7 +76,7 @@ def _ritz(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values[::-1].copy(), vectors[:, ::-1].copy()
 
 
-def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+def _orthogonalize(w: torch.Tensor, basis: torch.Tensor, reduce: Reduce = no_reduce) -> torch.Tensor:
     r"""Remove from ``w`` ([d]) its components along the orthonormal columns of ``basis`` ([d, n]), twice, in place.
 
     The coefficients :math:`c = Q^\top w` are accumulated in float64 over row chunks (:func:`gram_f64`): a float32
@@ -85,21 +87,21 @@ def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     Returns the coefficients of both passes, summed (float64 ``[n]``, on the CPU).
     """
     column = w.unsqueeze(1)
-    coef = gram_f64(basis, column)[:, 0]
+    coef = gram_f64(basis, column, reduce=reduce)[:, 0]
     w.addmv_(basis, coef.to(device=w.device, dtype=w.dtype), alpha=-1)
-    coef2 = gram_f64(basis, column)[:, 0]
+    coef2 = gram_f64(basis, column, reduce=reduce)[:, 0]
     w.addmv_(basis, coef2.to(device=w.device, dtype=w.dtype), alpha=-1)
     return coef + coef2
 
 
-def _norm(v: torch.Tensor) -> float:
+def _norm(v: torch.Tensor, reduce: Reduce = no_reduce) -> float:
     r"""``\lVert v \rVert_2`` of a ``[d]`` vector, accumulated in float64 (:func:`gram_f64`).
 
     torch's float32 ``norm`` was measured up to 6e-6 relative off at d = 2e4 (on vectors dominated by a few large
     eigen-directions): dividing by it left the Lanczos vectors that far from unit length.
     """
     column = v.unsqueeze(1)
-    return float(gram_f64(column, column)[0, 0]) ** 0.5
+    return float(gram_f64(column, column, reduce=reduce)[0, 0]) ** 0.5
 
 
 PAIR_FLOOR = 1e-2
@@ -159,9 +161,9 @@ def _sweep(run: _Run, k: int, steps_cap: int) -> _Sweep:
     for step in range(steps_cap):
         w = run.counter(basis[:, n : n + 1])[:, 0]
         run.steps += 1
-        coef = _orthogonalize(w, basis[:, : n + 1])
+        coef = _orthogonalize(w, basis[:, : n + 1], problem.reduce)
         t[n, n] = float(coef[n])
-        b = _norm(w)
+        b = _norm(w, problem.reduce)
         n += 1
         row = np.abs(t[n - 1, : n - 1]).sum() if n > 1 else 0.0
         norm_estimate = max(norm_estimate, abs(t[n - 1, n - 1]) + b + row)
@@ -186,9 +188,9 @@ def _sweep(run: _Run, k: int, steps_cap: int) -> _Sweep:
         if stop(breakdown, problem):
             # Invariant subspace found before the top k converged: continue from a fresh random direction.
             coupling = 0.0
-            w = random_block(run.generator, dim, 1, problem.dtype, problem.device)[:, 0]
-            _orthogonalize(w, basis[:, :n])
-            w_norm = _norm(w)
+            w = random_block(run.generator, dim, 1, problem.dtype, problem.device, problem.rows)[:, 0]
+            _orthogonalize(w, basis[:, :n], problem.reduce)
+            w_norm = _norm(w, problem.reduce)
         else:
             w_norm = b
         if full:
@@ -227,9 +229,9 @@ def _deflated_check(run: _Run, k: int, threshold: float, steps: int) -> tuple[fl
     """
     problem, basis = run.problem, run.basis
     eps = torch.finfo(problem.dtype).eps
-    q = random_block(run.generator, problem.dim, 1, problem.dtype, problem.device)[:, 0]
-    _orthogonalize(q, basis[:, :k])
-    basis[:, k].copy_(q).div_(_norm(q))
+    q = random_block(run.generator, problem.dim, 1, problem.dtype, problem.device, problem.rows)[:, 0]
+    _orthogonalize(q, basis[:, :k], problem.reduce)
+    basis[:, k].copy_(q).div_(_norm(q, problem.reduce))
     del q
     t = np.zeros((steps, steps))
     mu, found, j = -np.inf, False, 0
@@ -239,9 +241,9 @@ def _deflated_check(run: _Run, k: int, threshold: float, steps: int) -> tuple[fl
         run.steps += 1
         if run.bar is not None:
             run.bar.update(1)
-        coef = _orthogonalize(w, basis[:, : k + j + 1])
+        coef = _orthogonalize(w, basis[:, : k + j + 1], problem.reduce)
         t[j, j] = float(coef[k + j])
-        b = _norm(w)
+        b = _norm(w, problem.reduce)
         theta, s = _ritz(t[: j + 1, : j + 1])
         mu = float(theta[0])
         found = mu > threshold
@@ -335,19 +337,24 @@ def lanczos(
     run = _Run(
         problem=problem,
         counter=CountingOperator(operator),
-        basis=new_block(dim, ncv, dtype, device),
+        basis=new_block(problem.local_dim, ncv, dtype, device),  # the only d-sized storage of the method
         generator=generator,
         ncv=ncv,
         keep=keep,
         check_every=check_every,
         bar=progress_bar(progress, steps_cap, f"lanczos k={k}"),
     )
-    q = problem.init.sum(dim=1) if problem.init is not None else random_block(generator, dim, 1, dtype, device)[:, 0]
-    if _norm(q) == 0.0:
-        q = random_block(generator, dim, 1, dtype, device)[:, 0]
+    rows, reduce = problem.rows, problem.reduce
+    q = (
+        problem.init.sum(dim=1)
+        if problem.init is not None
+        else random_block(generator, dim, 1, dtype, device, rows)[:, 0]
+    )
+    if _norm(q, reduce) == 0.0:
+        q = random_block(generator, dim, 1, dtype, device, rows)[:, 0]
     lanczos_steps = 0
     while True:
-        run.basis[:, 0].copy_(q).div_(_norm(q))
+        run.basis[:, 0].copy_(q).div_(_norm(q, reduce))
         del q
         before = run.steps
         sweep = _sweep(run, k, steps_cap - lanczos_steps)

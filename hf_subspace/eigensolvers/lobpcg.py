@@ -42,11 +42,13 @@ import torch
 
 from ._common import (
     CountingOperator,
+    Reduce,
     combine_columns_,
     fill_random_,
     finalize,
     gram_f64,
     new_block,
+    no_reduce,
     prepare,
     progress_bar,
     residual_norms,
@@ -66,7 +68,9 @@ def _whiten(gram: torch.Tensor, drop: float) -> torch.Tensor:
     return vecs[:, keep] / sigma[keep].sqrt()
 
 
-def _gram_blocks(left: list[torch.Tensor], right: list[torch.Tensor], symmetric_pairs: bool) -> torch.Tensor:
+def _gram_blocks(
+    left: list[torch.Tensor], right: list[torch.Tensor], symmetric_pairs: bool, reduce: Reduce = no_reduce
+) -> torch.Tensor:
     r"""The float64 matrix :math:`[L_1, \dots]^\top [R_1, \dots]` from the small products :math:`L_i^\top R_j`.
 
     With ``symmetric_pairs`` the result is known to be symmetric, so only the blocks ``i <= j`` are computed (the
@@ -79,7 +83,7 @@ def _gram_blocks(left: list[torch.Tensor], right: list[torch.Tensor], symmetric_
         for j, rj in enumerate(right):
             if symmetric_pairs and j < i:
                 continue
-            block = gram_f64(li, rj)
+            block = gram_f64(li, rj, reduce=reduce)
             out[offsets[i] : offsets[i + 1], offsets[j] : offsets[j + 1]] = block
             if symmetric_pairs and j > i:
                 out[offsets[j] : offsets[j + 1], offsets[i] : offsets[i + 1]] = block.T
@@ -87,11 +91,11 @@ def _gram_blocks(left: list[torch.Tensor], right: list[torch.Tensor], symmetric_
 
 
 def _rayleigh_ritz(
-    s: list[torch.Tensor], hs: list[torch.Tensor], drop: float
+    s: list[torch.Tensor], hs: list[torch.Tensor], drop: float, reduce: Reduce = no_reduce
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All Ritz values (descending), their coefficients ``C`` ([n, r], float64) and the Gram matrix of ``[S_1, ...]``."""
-    a = _gram_blocks(s, hs, symmetric_pairs=True)
-    gram = _gram_blocks(s, s, symmetric_pairs=True)
+    a = _gram_blocks(s, hs, symmetric_pairs=True, reduce=reduce)
+    gram = _gram_blocks(s, s, symmetric_pairs=True, reduce=reduce)
     t = _whiten(gram, drop)
     b = t.T @ a @ t
     theta, y = torch.linalg.eigh((b + b.T) / 2)
@@ -192,29 +196,30 @@ def lobpcg(
     generator = torch.Generator().manual_seed(seed)
     eps = torch.finfo(dtype).eps
     drop = 100 * eps
+    reduce = problem.reduce
 
     # Start block: init columns (all of them), padded with random ones, orthonormalised in place.
     m0 = 0 if problem.init is None else int(problem.init.shape[1])
     m = min(dim, max(k + buffer, m0))
-    storage = new_block(dim, m, dtype, device)
+    storage = new_block(problem.local_dim, m, dtype, device)
     filled = 0
     if m0 and problem.init is not None:
         storage[:, :m0].copy_(problem.init)
-        filled = int(svqb_(storage[:, :m0], drop).shape[1])
+        filled = int(svqb_(storage[:, :m0], drop, reduce).shape[1])
     problem.init = None  # the caller's block is not needed any more (nor kept alive by the problem)
     while filled < m:
-        extra = fill_random_(storage[:, filled:m], generator)
+        extra = fill_random_(storage[:, filled:m], generator, dim, problem.rows)
         if filled:
             done = storage[:, :filled]
             for _ in range(2):
-                extra.addmm_(done, done.T @ extra, alpha=-1)
-        filled += int(svqb_(extra, drop).shape[1])
+                extra.addmm_(done, reduce(done.T @ extra), alpha=-1)
+        filled += int(svqb_(extra, drop, reduce).shape[1])
     x = sync_block(storage[:, :m], problem)
     del storage
     if history is None:
         history = 0 if m0 else m
     hx = counter(x)
-    theta, c, _ = _rayleigh_ritz([x], [hx], drop)
+    theta, c, _ = _rayleigh_ritz([x], [hx], drop, reduce)
     m = int(theta.shape[0])
     combine_columns_([x], c, [x[:, :m]], [m])
     combine_columns_([hx], c, [hx[:, :m]], [m])
@@ -226,7 +231,7 @@ def lobpcg(
     converged = False
 
     while True:
-        res = residual_norms(x, hx, theta)
+        res = residual_norms(x, hx, theta, reduce)
         scale = max(float(theta[:k].abs().max()), 1e-300)
         threshold = problem.tol * scale
         converged = stop(bool(res[:k].max() <= threshold), problem)
@@ -240,23 +245,23 @@ def lobpcg(
             active[k:] = False
         picked = torch.nonzero(active).flatten()
         # W: the active residuals, orthogonalised against [X, P] and among themselves, in their own storage.
-        w = new_block(dim, int(picked.numel()), dtype, device)
+        w = new_block(problem.local_dim, int(picked.numel()), dtype, device)
         for j, i in enumerate(picked.tolist()):
             w[:, j].copy_(hx[:, i]).add_(x[:, i], alpha=-float(theta[i]))
         before = res[picked].to(device=device, dtype=dtype)
         for _ in range(2):
             for basis in (x, p):
                 if basis is not None and basis.shape[1]:
-                    w.addmm_(basis, basis.T @ w, alpha=-1)
-        after = torch.linalg.vector_norm(w, dim=0)
+                    w.addmm_(basis, reduce(basis.T @ w), alpha=-1)
+        after = reduce(torch.linalg.vector_norm(w, dim=0).square()).sqrt()
         w[:, after <= 1e3 * eps * before] = 0  # a residual inside span[X, P] is rounding noise: drop it
-        w = sync_block(svqb_(w, drop), problem)
+        w = sync_block(svqb_(w, drop, reduce), problem)
         if stop(w.shape[1] == 0, problem):  # residuals lie in span[X, P] to working precision: stagnation
             break
         hw = counter(w)
         s = [x, w] if p is None else [x, w, p]
         hs = [hx, hw] if hp is None else [hx, hw, hp]
-        theta, c, gram = _rayleigh_ritz(s, hs, drop)
+        theta, c, gram = _rayleigh_ritz(s, hs, drop, reduce)
         theta, c, rest = theta[:m], c[:, :m], c[:, m:]
         z = _directions(c, picked.to(c.device), rest, gram, m, history, drop)
         q = int(z.shape[1])
@@ -273,7 +278,7 @@ def lobpcg(
         if bar is not None:
             bar.update(1)
 
-    residuals = residual_norms(x[:, :k], hx[:, :k], theta[:k])
+    residuals = residual_norms(x[:, :k], hx[:, :k], theta[:k], reduce)
     # theta[k] estimates lambda_{k+1} once an iteration has put residual directions into its Rayleigh-Ritz problem
     # (or an init column or its own convergence vouches for it). A warm block that converges at iteration 0 holds a
     # random buffer column: its Rayleigh quotient lies far below lambda_{k+1} (measured: a gap of 11.9 reported for

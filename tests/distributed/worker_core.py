@@ -22,6 +22,20 @@ def problem() -> tuple[torch.nn.Module, list[dict]]:
     return model, classification_batches(BATCH_SIZES, (12,), n_out=4)
 
 
+def problem_in(dtype: torch.dtype) -> tuple[torch.nn.Module, list[dict]]:
+    """:func:`problem` in ``dtype`` (model and floating-point batch tensors)."""
+    model, batches = problem()
+    return model.to(dtype), [{k: v.to(dtype) if v.is_floating_point() else v for k, v in b.items()} for b in batches]
+
+
+def start_two() -> tuple[int, int]:
+    """Join the gloo group; ``(world, rank)``, the world asserted to be 2."""
+    dist.init_process_group("gloo")
+    world, rank = dist.get_world_size(), dist.get_rank()
+    assert world == 2, f"expected 2 processes, got {world}"
+    return world, rank
+
+
 def main(out_dir: str) -> None:
     dist.init_process_group("gloo")
     world, rank = dist.get_world_size(), dist.get_rank()

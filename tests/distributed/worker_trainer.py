@@ -28,19 +28,31 @@ RUN = {
 UNUSED_RUN = {**RUN, "max_steps": 4, "ddp_find_unused_parameters": True}
 
 
-def run(output_dir: str, per_device_batch: int, unused: bool = False) -> SubspaceTrainer:
+#: Split solver vectors (the default with 2 processes) against whole ones, and checkpoints of the split run.
+VARIANTS: dict[str, dict] = {
+    "whole": {"subspace_shard_vectors": False},
+    "save": {"save_strategy": "steps", "save_steps": 3},
+    "resume": {"save_strategy": "steps", "save_steps": 3},
+}
+
+
+def run(
+    output_dir: str, per_device_batch: int, unused: bool = False, resume: str | None = None, **overrides: object
+) -> SubspaceTrainer:
     torch.manual_seed(0)
-    settings = UNUSED_RUN if unused else RUN
+    settings = {**(UNUSED_RUN if unused else RUN), **overrides}
     args = SubspaceTrainingArguments(**base_args(output_dir, per_device_train_batch_size=per_device_batch, **settings))
     trainer = SubspaceTrainer(model=DigitsMLP(unused=unused), args=args, train_dataset=digits_dataset(500))
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     return trainer
 
 
 def main(out_dir: str, variant: str = "plain") -> None:
     unused = variant == "unused"
     model_before = None
-    trainer = run(out_dir, 25, unused=unused)
+    resume = str(Path(out_dir, "checkpoint-3")) if variant == "resume" else None
+    trainer = run(out_dir, 25, unused=unused, resume=resume, **VARIANTS.get(variant, {}))
+    assert trainer.hessian_operator.shards_vectors == (variant != "whole")
     world = dist.get_world_size()
     assert world == 2, f"expected 2 processes, got {world}"
     history = trainer.state.log_history
@@ -55,7 +67,7 @@ def main(out_dir: str, variant: str = "plain") -> None:
         torch.manual_seed(0)
         model_before = DigitsMLP(unused=True)
         record["unused_fixed"] = bool(torch.equal(trainer.model.unused.detach().cpu(), model_before.unused.detach()))
-    Path(out_dir, f"rank{dist.get_rank()}.json").write_text(json.dumps(record))
+    Path(out_dir, f"rank{dist.get_rank()}_{variant}.json").write_text(json.dumps(record))
 
 
 if __name__ == "__main__":
