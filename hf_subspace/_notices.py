@@ -55,6 +55,31 @@ class ProgressOperator(LinearOperator):
     def device(self) -> torch.device:  # type: ignore[override]
         return self.operator.device
 
+    # Split solver vectors: the wrapped operator's rows and reduction (whole vectors: the base defaults).
+    @property
+    def local_dim(self) -> int:
+        return int(getattr(self.operator, "local_dim", self.dim))
+
+    @property
+    def row_start(self) -> int:
+        return int(getattr(self.operator, "row_start", 0))
+
+    @property
+    def local_rows(self) -> slice | torch.Tensor:
+        return getattr(self.operator, "local_rows", slice(0, self.dim))
+
+    @property
+    def shards_vectors(self) -> bool:
+        return bool(getattr(self.operator, "shards_vectors", False))
+
+    @property
+    def rows(self) -> Any:
+        return getattr(self.operator, "rows", None)
+
+    def reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        reduce = getattr(self.operator, "reduce_", None)
+        return reduce(tensor) if reduce is not None else tensor
+
     def matmat(self, block: torch.Tensor) -> torch.Tensor:
         out = self.operator.matmat(block)
         if self.bar is not None:
