@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import time
@@ -151,6 +152,26 @@ def _scrub(value: Any, record: Mapping[str, Any]) -> Any:
     return text if isinstance(value, str) else json.loads(text)
 
 
+_NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
+
+
+def dump_summary(summary: Mapping[str, Any]) -> str:
+    """``summary.json`` text: indented, but each list of numbers (a curve's ``[step, value]`` point) on one line and
+    floats to 7 significant digits, so long curves stay readable and small."""
+
+    def rounded(value: Any) -> Any:
+        if isinstance(value, float):
+            return float(f"{value:.7g}")
+        if isinstance(value, dict):
+            return {k: rounded(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [rounded(v) for v in value]
+        return value
+
+    text = json.dumps(rounded(json.loads(json.dumps(summary, default=str))), indent=1)
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
+
+
 def _compact(summary: Mapping[str, Any]) -> dict[str, Any]:
     """A seed's summary with only the curves the claims and the seed figure read (the largest eigenvalue, λ_k and
     λ_{k+1}, the effective learning rates and the χ_k EMA): the other eigenvalue curves stay in seed 0's."""
@@ -186,7 +207,7 @@ def _write_run(run: ReferenceRun, record: Mapping[str, Any], dest: Path) -> dict
     figures = [name for name in FIGURES if (dest / name).is_file()]
     kept = ("result", "seed_results", "data_root")
     slim = _scrub({**summary, "reference_run": {k: v for k, v in record.items() if k not in kept}}, record)
-    (dest / "summary.json").write_text(json.dumps(slim, indent=2, default=str))
+    (dest / "summary.json").write_text(dump_summary(slim))
     for branch, folder in result.branch_dirs.items():
         card = Path(folder) / "README.md"
         text = card.read_text(encoding="utf-8") if card.is_file() else f"# {run.name}-{branch}\n"
