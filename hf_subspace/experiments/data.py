@@ -135,6 +135,35 @@ def _check_validation_size(requested: int | None, available: int, where: str, he
         )
 
 
+def _digits_arrays(validation_file: str | Path | None, num_validation: int | None) -> tuple[Any, Any, Any, Any]:
+    """scikit-learn's 8×8 digits (values 0–16) and, when given, a validation file's arrays."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    val_x = val_y = None
+    if validation_file:
+        val_x, val_y = _image_arrays(check_file(validation_file, "validation file"), num_validation)
+        _check_validation_size(num_validation, len(val_x), str(validation_file))
+    return digits.images.astype(np.float32), digits.target.astype(np.int64), val_x, val_y
+
+
+def _standardize(
+    train_f: np.ndarray, val_f: np.ndarray, standardize: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Both image arrays ``[n, c, h, w]`` standardised with the training subset's statistics (per channel, global, or
+    not at all: mean 0 and std 1 returned); returns ``(train, validation, mean [c], std [c])``."""
+    axes = (0, 2, 3) if standardize == "per_channel" else None
+    channels = train_f.shape[1]
+    mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    if standardize is not None:
+        mean = np.broadcast_to(train_f.mean(axis=axes, dtype=np.float64), (channels,)).astype(np.float32)
+        std = np.broadcast_to(train_f.std(axis=axes, dtype=np.float64), (channels,)).astype(np.float32)
+        std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+        train_f = (train_f - mean[:, None, None]) / std[:, None, None]
+        val_f = (val_f - mean[:, None, None]) / std[:, None, None]
+    return train_f, val_f, mean, std
+
+
 def load_image_classification(
     name_or_path: str | None,
     *,
@@ -179,16 +208,8 @@ def load_image_classification(
         raise ValueError(f"standardize must be 'per_channel', 'global' or None, got {standardize!r}")
     scale = None
     if name_or_path == "digits" and not train_file:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        train_x, train_y = digits.images.astype(np.float32), digits.target.astype(np.int64)
-        where = "scikit-learn's digits"
-        val_x = val_y = None
-        scale = 16.0
-        if validation_file:
-            val_x, val_y = _image_arrays(check_file(validation_file, "validation file"), num_validation)
-            _check_validation_size(num_validation, len(val_x), str(validation_file))
+        train_x, train_y, val_x, val_y = _digits_arrays(validation_file, num_validation)
+        where, scale = "scikit-learn's digits", 16.0
     else:
         train_src, val_src = resolve_sources(name_or_path, train_file, validation_file, split, IMAGE_HUB_NAMES, "image")
         pool_limit = None if (seed is not None or val_src is None) else num_train
@@ -214,15 +235,7 @@ def load_image_classification(
     train_f, val_f = _as_float(train_x, scale), _as_float(val_x, scale)
     if val_f.shape[1:] != train_f.shape[1:] and len(val_f):
         raise DatasetLoadError(f"validation images {val_f.shape[1:]} differ from training images {train_f.shape[1:]}")
-    axes = (0, 2, 3) if standardize == "per_channel" else None
-    channels = train_f.shape[1]
-    mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
-    if standardize is not None:
-        mean = np.broadcast_to(train_f.mean(axis=axes, dtype=np.float64), (channels,)).astype(np.float32)
-        std = np.broadcast_to(train_f.std(axis=axes, dtype=np.float64), (channels,)).astype(np.float32)
-        std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
-        train_f = (train_f - mean[:, None, None]) / std[:, None, None]
-        val_f = (val_f - mean[:, None, None]) / std[:, None, None]
+    train_f, val_f, mean, std = _standardize(train_f, val_f, standardize)
     result = datasets.DatasetDict(
         {"train": _image_dataset(train_f, train_y), "validation": _image_dataset(val_f, np.asarray(val_y))}
     )
