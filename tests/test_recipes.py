@@ -319,4 +319,4 @@ def test_reference_runs_of_the_paper_extras_parse():
         if SHARED_DATA.is_dir():
             assert all((SHARED_DATA / n).is_file() for n in run_.needs)
     ra, ta = parse_recipe_arguments("mlp_mnist", runs["mlp_mnist_eos"].argv(SHARED_DATA, Path("out")))
-    assert (ra.prefix, ra.modes, ta.learning_rate) == ("gd", "gd,dominant-gd,bulk-gd", 0.05)
+    assert (ra.prefix, ra.modes, ta.learning_rate) == ("gd", "gd,dominant-gd,bulk-gd", 0.1)
