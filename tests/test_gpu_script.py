@@ -115,6 +115,10 @@ def test_quick_mode_returns_only_an_archive_and_a_log(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("HF_SUBSPACE_GPU_SCRIPT_ALL"),
+    reason="all seven QUICK runs take ~25 min on 2 CPU cores; set HF_SUBSPACE_GPU_SCRIPT_ALL=1 to run them",
+)
 def test_quick_mode_every_run(tmp_path: Path) -> None:
     proc = _run(tmp_path, _stage(tmp_path / "data"), None, timeout=1800)  # ~25 min of a loaded 2-core machine
     assert proc.returncode == 0, proc.stdout + proc.stderr
