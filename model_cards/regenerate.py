@@ -21,6 +21,7 @@ __all__ = [
     "GD_PREFIX_RUN",
     "REFERENCE_RUNS",
     "UNAVAILABLE",
+    "amplification_baseline",
     "default_data_root",
     "gd_prefix_run",
     "main",
@@ -490,6 +491,13 @@ def gd_prefix_run(name: str) -> str | None:
     return same[0] if same else None
 
 
+def amplification_baseline(name: str) -> str | None:
+    """The plain-SGD run on the same data and model that run ``name``'s amplification claim (Table 1) is compared
+    with: ``mlp_mnist_sgd`` for the other MNIST-1k optimizer runs, else ``None``."""
+    same_setup = {r.name for r in REFERENCE_RUNS if r.options[: len(_OPTIMIZER_BRANCHES)] == _OPTIMIZER_BRANCHES}
+    return "mlp_mnist_sgd" if name in same_setup and name != "mlp_mnist_sgd" else None
+
+
 def default_data_root() -> Path:
     """``$HF_SUBSPACE_DATA``, else ``../shared/data`` beside the repository root."""
     env = os.environ.get("HF_SUBSPACE_DATA")
@@ -531,6 +539,7 @@ def regenerate(
         unavailable=UNAVAILABLE,
         shown_data_root=shown,
         gd_prefix_run=gd_prefix_run,
+        amplification_baseline=amplification_baseline,
     )
 
 

@@ -162,6 +162,9 @@ def test_sgd_prefix_points_to_the_gd_prefix_run() -> None:
     assert regen.gd_prefix_run("toy_quadratic") == regen.GD_PREFIX_RUN
     assert regen.gd_prefix_run("mlp_digits") == regen.gd_prefix_run("mlp_mnist_sgd") == "mlp_digits_gd_prefix"
     assert regen.gd_prefix_run("transformer_sst2") is None
+    # amplification is judged against the SGD run of the same data and model, named by the repository's list
+    assert regen.amplification_baseline("mlp_mnist_momentum") == "mlp_mnist_sgd"
+    assert regen.amplification_baseline("mlp_mnist_sgd") is regen.amplification_baseline("mlp_digits") is None
     run = next(r for r in regen.REFERENCE_RUNS if r.name == regen.GD_PREFIX_RUN)
     command = run.command(Path("data"), Path("out"))
     assert command.startswith("hf-subspace run toy_quadratic ") and "--prefix gd --modes sgd,gd" in command

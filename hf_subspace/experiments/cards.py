@@ -294,6 +294,7 @@ def regenerate_cards(
     unavailable: Mapping[str, str] | None = None,
     shown_data_root: str | Path | None = None,
     gd_prefix_run: Callable[[str], str | None] | None = None,
+    amplification_baseline: Callable[[str], str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run reference runs and (re)write their cards, then ``output_root/README.md`` for all of ``reference_runs``.
 
@@ -308,6 +309,7 @@ def regenerate_cards(
         unavailable: ``{run: why}`` listed as not run in the index.
         shown_data_root: the data root as written into the commands of the cards (default ``data_root``).
         gd_prefix_run: the run that answers GD→SGD for a given run (named in the claims' evidence).
+        amplification_baseline: the SGD run a momentum/Adam run's amplification claim is compared with.
 
     Returns:
         One entry per run done (``run``, ``recipe``, ``summary``, ``wall_time_s``, ``command``, ``figures``).
@@ -345,6 +347,6 @@ def regenerate_cards(
         for r in reference_runs
         if r.name not in have
     }
-    index = render_index(entries, {**pending, **(unavailable or {})}, gd_prefix_run)
+    index = render_index(entries, {**pending, **(unavailable or {})}, gd_prefix_run, amplification_baseline)
     (root / "README.md").write_text(index, encoding="utf-8")
     return entries
