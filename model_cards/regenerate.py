@@ -457,14 +457,15 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
 )
 
 _WITHDRAWN_CPU = (
-    "not yet run under the paper's protocol (certified basis at every step, χ_k EMA switch, GD branch): at ~25 "
-    "Hessian-vector products per projected step it takes about an hour on the shared 2-core CPU; the earlier card "
-    "(basis refreshed every 50 steps, fixed switch, one seed) was withdrawn; `model_cards/gpu_paper_runs.sh` runs "
-    "the CNN and the ViT on a GPU"
+    "not yet run under the paper's protocol (certified basis at every step, χ_k EMA switch, GD branch): the CIFAR-10 "
+    "CNN under it took 2.5 h on one core of the shared CPU (~80 Hessian-vector products per Dom-SGD step); the command "
+    "is resumable (checkpoints every 50 steps, `--resume_experiment`); the earlier card (basis refreshed every 50 "
+    "steps, fixed switch) was withdrawn"
 )
 _WITHDRAWN_SEEDS = (
-    "not yet run under the current protocol with its 3 seeds (10–35 min per seed on the shared CPU); the earlier "
-    "single-seed card (basis refreshed every 50 steps, fixed switch) was withdrawn"
+    "not yet run under the current protocol with its 3 seeds: a seed takes 20–50 min on one core of the shared CPU, "
+    "most of it in the Dom branch, whose certified basis is refreshed at nearly every step; the earlier single-seed "
+    "card (basis refreshed every 50 steps, fixed switch) was withdrawn"
 )
 UNAVAILABLE: dict[str, str] = {
     "cnn_cifar10": _WITHDRAWN_CPU,
