@@ -12,7 +12,11 @@ __all__ = ["batched_or_refuse"]
 
 
 def batched_or_refuse(
-    outputs: Sequence[torch.Tensor], params: Sequence[torch.Tensor], vectors: Sequence[torch.Tensor], owner: Any
+    outputs: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    vectors: Sequence[torch.Tensor],
+    owner: Any,
+    retain_graph: bool = False,
 ) -> tuple[torch.Tensor | None, ...]:
     r"""All columns of :math:`\partial(\text{outputs})/\partial\theta \cdot V` in one vectorised backward.
 
@@ -25,9 +29,13 @@ def batched_or_refuse(
         ValueError: when the model cannot be differentiated under ``vmap``.
     """
     if getattr(owner, "_batched_probed", False):
-        return torch.autograd.grad(outputs, params, grad_outputs=vectors, is_grads_batched=True, allow_unused=True)
+        return torch.autograd.grad(
+            outputs, params, grad_outputs=vectors, retain_graph=retain_graph, is_grads_batched=True, allow_unused=True
+        )
     try:
-        result = torch.autograd.grad(outputs, params, grad_outputs=vectors, is_grads_batched=True, allow_unused=True)
+        result = torch.autograd.grad(
+            outputs, params, grad_outputs=vectors, retain_graph=retain_graph, is_grads_batched=True, allow_unused=True
+        )
     except RuntimeError as err:
         reason = str(err).strip().splitlines()[0][:200]
         raise ValueError(
