@@ -13,7 +13,9 @@ into batches or shards. :math:`\\theta \\in \\mathbb{R}^d` are the selected trai
 ``model.named_parameters()`` order. Products are computed by double back-propagation (Pearlmutter's trick):
 :math:`Hv = \\nabla_\\theta \\langle \\nabla_\\theta L, v \\rangle`. For a block :math:`V \\in \\mathbb{R}^{d \\times m}` each
 batch's forward pass and gradient graph are built once and reused by all :math:`m` columns (a loop over the columns,
-or one vectorised backward with ``block_product="batched"``), so a block costs one pass over the data. Under
+or one vectorised backward with ``block_product="batched"``), so a block costs one pass over the data. Inside
+:meth:`HessianOperator.reusing_graphs` (which the solvers open) the graphs that fit ``graph_cache_bytes`` are also
+kept across products at unchanged parameters, so later products skip the forward pass and first backward. Under
 ``torch.distributed`` every rank holds its own shard of batches; the per-rank sums :math:`\\sum_b n_b H_b V` and
 :math:`\\sum_b n_b` are added with one all-reduce, so every rank gets the global product.
 """
@@ -23,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -32,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed as dist
-from ._batched_product import batched_or_refuse
+from ._batched_product import batched_or_refuse, choose_block_method, column_loop
 from ._finite_difference import difference_products_, difference_steps
 from ._fsdp import fsdp_pass, local_rows
 from ._graph_cache import BatchGraph, GraphCache
@@ -391,28 +392,6 @@ class HessianOperator(LinearOperator):
         loss, _ = evaluate_loss(self.loss_fn, self.model, batch, items, self.device)
         return torch.autograd.grad(loss.to(self.dtype), self.params, allow_unused=True)
 
-    def _column_loop(
-        self,
-        outputs: list[torch.Tensor],
-        vectors: list[torch.Tensor],
-        products: list[torch.Tensor],
-        n: int,
-        m: int,
-        keep: bool = False,
-    ) -> None:
-        """One backward per column through the retained graph (kept after the last column with ``keep``)."""
-        for j in range(m):
-            hv = torch.autograd.grad(
-                outputs,
-                self.params,
-                grad_outputs=[v[j] for v in vectors],
-                retain_graph=keep or j < m - 1,
-                allow_unused=True,
-            )
-            for out, h in zip(products, hv):
-                if h is not None:
-                    out[j].add_(h, alpha=n)
-
     def _block_products(
         self,
         outputs: list[torch.Tensor],
@@ -427,7 +406,7 @@ class HessianOperator(LinearOperator):
         method = self._block_method
         if method is None:  # "auto": the loop on CPU; on CUDA time both once on this batch and keep the faster
             if self.device.type == "cuda" and m >= 2:
-                self._block_method = self._choose_block_method(outputs, vectors, products, n, m, keep)
+                self._block_method = choose_block_method(outputs, self.params, vectors, products, n, keep)
                 return
             method = "loop"
         if method == "batched":
@@ -436,44 +415,7 @@ class HessianOperator(LinearOperator):
                 if h is not None:
                     out.add_(h, alpha=n)
             return
-        self._column_loop(outputs, vectors, products, n, m, keep)
-
-    def _choose_block_method(
-        self,
-        outputs: list[torch.Tensor],
-        vectors: list[torch.Tensor],
-        products: list[torch.Tensor],
-        n: int,
-        m: int,
-        keep: bool,
-    ) -> str:
-        def timed(fn: Any) -> float:
-            torch.cuda.synchronize(self.device)
-            start = time.perf_counter()
-            fn()
-            torch.cuda.synchronize(self.device)
-            return time.perf_counter() - start
-
-        loop_s = timed(
-            lambda: self._column_loop(outputs, vectors, products, n, m, keep=True)
-        )  # the products this batch keeps
-        try:
-            batched_s = timed(
-                lambda: torch.autograd.grad(
-                    outputs,
-                    self.params,
-                    grad_outputs=vectors,
-                    retain_graph=keep,
-                    is_grads_batched=True,
-                    allow_unused=True,
-                )
-            )
-        except RuntimeError as err:  # an op without a batching rule: keep the loop
-            logger.info("HessianOperator: vectorised block product unavailable (%s); using the column loop", err)
-            return "loop"
-        method = "batched" if batched_s < loop_s else "loop"
-        logger.info("HessianOperator: block of %d: loop %.4fs, batched %.4fs -> %s", m, loop_s, batched_s, method)
-        return method
+        column_loop(outputs, self.params, vectors, products, n, keep)
 
     def _reduce(self, sums: _Sums, what: str, local_out: torch.Tensor | None = None) -> None:
         """Sum over the ranks, divide by the item count, and refuse non-finite results (the one check per pass).
