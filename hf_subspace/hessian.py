@@ -129,7 +129,9 @@ class HessianOperator(LinearOperator):
             :func:`~hf_subspace.hessian_trace` and :func:`~hf_subspace.spectral_density` open one): the batches whose
             graphs fit are then not recomputed by later products at the same parameters. ``None`` (default): a
             quarter of the memory free on the device when the first graph is kept; ``0``: never keep graphs. Kept
-            graphs are dropped when any parameter, buffer or batch tensor changes (see :meth:`reusing_graphs`).
+            graphs are dropped when any parameter, buffer or batch tensor changes (see :meth:`reusing_graphs`). With
+            ``eval_mode=False`` a kept graph also keeps its batch's dropout mask: the products of one scope then share
+            one draw instead of drawing one per product.
             Whole vectors with double-backward products only: with ``shard_vectors``, an FSDP2 model or finite
             differences it must be ``None`` or ``0`` (nothing is kept).
 
