@@ -24,7 +24,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["check_not_sharded", "exact_mode", "full_precision_weights", "is_fsdp2", "state_fingerprint", "unwrap_model"]
+__all__ = [
+    "batch_tensors",
+    "check_not_sharded",
+    "exact_mode",
+    "full_precision_weights",
+    "is_fsdp2",
+    "state_fingerprint",
+    "unwrap_model",
+]
 
 
 def is_fsdp2(model: nn.Module) -> bool:
@@ -169,15 +177,16 @@ def exact_mode(model: nn.Module, eval_mode: bool, device: torch.device) -> Itera
             m.training = mode
 
 
-def _tensors(obj: Any) -> Iterable[torch.Tensor]:
+def batch_tensors(obj: Any) -> Iterable[torch.Tensor]:
+    """Every tensor of a batch (a tensor, or mappings and sequences of them)."""
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, Mapping):
         for v in obj.values():
-            yield from _tensors(v)
+            yield from batch_tensors(v)
     elif isinstance(obj, (tuple, list)):
         for v in obj:
-            yield from _tensors(v)
+            yield from batch_tensors(v)
 
 
 def state_fingerprint(model: nn.Module, batches: Iterable[Any], eval_mode: bool) -> tuple[Any, ...]:
@@ -188,7 +197,8 @@ def state_fingerprint(model: nn.Module, batches: Iterable[Any], eval_mode: bool)
     BatchNorm statistics, ``p.data = ...`` replacements), plus the module modes when passes keep them.
     """
     key: list[Any] = [
-        (id(t), t.data_ptr(), t._version) for t in chain(model.parameters(), model.buffers(), _tensors(list(batches)))
+        (id(t), t.data_ptr(), t._version)
+        for t in chain(model.parameters(), model.buffers(), batch_tensors(list(batches)))
     ]
     if not eval_mode:
         key.append(tuple(m.training for m in model.modules()))

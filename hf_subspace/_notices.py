@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import distributed
-from .operator import LinearOperator
+from .operator import LinearOperator, reuse_scope
 
 if TYPE_CHECKING:
     from .hessian import HessianOperator
@@ -79,6 +80,9 @@ class ProgressOperator(LinearOperator):
     def reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
         reduce = getattr(self.operator, "reduce_", None)
         return reduce(tensor) if reduce is not None else tensor
+
+    def reusing_graphs(self) -> contextlib.AbstractContextManager[Any]:
+        return reuse_scope(self.operator)
 
     def matmat(self, block: torch.Tensor) -> torch.Tensor:
         out = self.operator.matmat(block)

@@ -13,16 +13,18 @@ into batches or shards. :math:`\\theta \\in \\mathbb{R}^d` are the selected trai
 ``model.named_parameters()`` order. Products are computed by double back-propagation (Pearlmutter's trick):
 :math:`Hv = \\nabla_\\theta \\langle \\nabla_\\theta L, v \\rangle`. For a block :math:`V \\in \\mathbb{R}^{d \\times m}` each
 batch's forward pass and gradient graph are built once and reused by all :math:`m` columns (a loop over the columns,
-or one vectorised backward with ``block_product="batched"``), so a block costs one pass over the data. Under
+or one vectorised backward with ``block_product="batched"``), so a block costs one pass over the data. Inside
+:meth:`HessianOperator.reusing_graphs` (which the solvers open) the graphs that fit ``graph_cache_bytes`` are also
+kept across products at unchanged parameters, so later products skip the forward pass and first backward. Under
 ``torch.distributed`` every rank holds its own shard of batches; the per-rank sums :math:`\\sum_b n_b H_b V` and
 :math:`\\sum_b n_b` are added with one all-reduce, so every rank gets the global product.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -31,9 +33,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed as dist
-from ._batched_product import batched_or_refuse
+from ._batched_product import batched_or_refuse, choose_block_method, column_loop
 from ._finite_difference import difference_products_, difference_steps
 from ._fsdp import fsdp_pass, local_rows
+from ._graph_cache import BatchGraph, GraphCache
 from ._loss_items import (
     LossFn,
     NumItemsFn,
@@ -43,7 +46,14 @@ from ._loss_items import (
     evaluate_loss,
     model_shifts_labels,
 )
-from ._model_state import exact_mode, full_precision_weights, is_fsdp2, state_fingerprint, unwrap_model
+from ._model_state import (
+    batch_tensors,
+    exact_mode,
+    full_precision_weights,
+    is_fsdp2,
+    state_fingerprint,
+    unwrap_model,
+)
 from ._params import select_parameters, split_like
 from ._pass_sums import Sums as _Sums
 from ._pass_sums import finite as _finite
@@ -114,14 +124,27 @@ class HessianOperator(LinearOperator):
             the cost of one forward and gradient per extra pass; ``None`` multiplies the whole block in one pass).
         product: see :data:`Product`. Finite differences cost two gradients per column and batch, keep the same
             contract (counts, loss items, finite checks) and restore the parameters bitwise after every product.
+        graph_cache_bytes: memory budget in bytes for keeping the batches' first-order graphs (forward pass and
+            ``create_graph`` gradient) across products inside a :meth:`reusing_graphs` scope (the eigensolvers,
+            :func:`~hf_subspace.hessian_trace` and :func:`~hf_subspace.spectral_density` open one): the batches whose
+            graphs fit are then not recomputed by later products at the same parameters. ``None`` (default): a
+            quarter of the memory free on the device when the first graph is kept; ``0``: never keep graphs. Kept
+            graphs are dropped when any parameter, buffer or batch tensor changes (see :meth:`reusing_graphs`). With
+            ``eval_mode=False`` a kept graph also keeps its batch's dropout mask: the products of one scope then share
+            one draw instead of drawing one per product.
+            Whole vectors with double-backward products only: with ``shard_vectors``, an FSDP2 model or finite
+            differences it must be ``None`` or ``0`` (nothing is kept).
 
     Attributes:
         num_samples: samples in the Hessian dataset (all ranks). num_items: loss items ``N`` (all ranks).
         num_matvecs: Hessian-vector products computed. num_passes: passes over the data.
+        num_graphs_built: batch forward passes with a ``create_graph`` gradient built for products (kept graphs that
+        are reused do not count).
 
     Raises:
         ValueError: empty Hessian dataset (no samples or no loss items), no trainable parameters, reduced-precision
-            parameters, an unknown ``block_product``.
+            parameters, an unknown ``block_product``, a ``graph_cache_bytes`` that is negative or set where graphs
+            cannot be kept.
         NotImplementedError: sharded-parameter setups (FSDP, DeepSpeed ZeRO, DTensor).
     """
 
@@ -145,6 +168,7 @@ class HessianOperator(LinearOperator):
         shard_vectors: bool = False,
         columns_per_pass: int | None = 4,
         product: Product | None = None,
+        graph_cache_bytes: int | None = None,
     ) -> None:
         self.model = unwrap_model(model)
         self.params: list[torch.Tensor]
@@ -217,7 +241,15 @@ class HessianOperator(LinearOperator):
             )
         self.num_matvecs = 0
         self.num_passes = 0
+        self.num_graphs_built = 0
         self._cache: tuple[Any, float, torch.Tensor | None] | None = None
+        self._graphs = GraphCache(graph_cache_bytes)
+        if graph_cache_bytes and (self.shards_vectors or self.product != "double_backward"):
+            raise ValueError(
+                f"graph_cache_bytes={graph_cache_bytes}: first-order graphs are only kept for whole vectors with "
+                "double-backward products, not with shard_vectors, an FSDP2 model or product='finite_difference'. "
+                "Leave graph_cache_bytes unset (or 0)."
+            )
 
     @property
     def dtype(self) -> torch.dtype:  # type: ignore[override]
@@ -254,13 +286,38 @@ class HessianOperator(LinearOperator):
         return tensor if not self.shards_vectors else dist.all_reduce_sum(tensor)
 
     # -- passes over the data ---------------------------------------------------------------------------------
-    def _iter_batches(self, desc: str) -> Iterator[tuple[int, Any]]:
-        items = zip(self.batch_items, self.batches)
+    def _iter_batches(self, desc: str, reuse: bool = False) -> Iterator[tuple[int, int, Any]]:
+        """``(index, loss items, batch)`` of the batches with items; the batch is on the device, or (with ``reuse``)
+        ``None`` where its kept graph makes it unnecessary."""
+        items = enumerate(zip(self.batch_items, self.batches))
         if self.progress:
             items = tqdm(items, total=len(self.batches), desc=desc, leave=False)
-        for n, batch in items:
+        for index, (n, batch) in items:
             if n > 0:
-                yield n, to_device(batch, self.device)
+                yield index, n, None if reuse and self._graphs.get(index) else to_device(batch, self.device)
+
+    @contextlib.contextmanager
+    def reusing_graphs(self) -> Iterator[None]:
+        """Keep the batches' first-order graphs across the products computed inside (up to ``graph_cache_bytes``).
+
+        Scopes nest; the graphs are freed when the outermost one ends. A product reuses the kept graphs only while
+        :func:`~hf_subspace._model_state.state_fingerprint` is unchanged (identity, storage and in-place version of
+        every parameter, buffer and batch tensor): an optimizer step or ``load_state_dict`` inside the scope is
+        seen; a write that bypasses the version counter (``p.data.add_(...)``) is not, so leave the scope (or do
+        not open one) around such changes. Whole vectors with double-backward products only; elsewhere, and with
+        ``graph_cache_bytes=0``, products are computed as without the scope.
+        """
+        self._graphs.depth += 1
+        try:
+            yield
+        finally:
+            self._graphs.depth -= 1
+            if self._graphs.depth == 0:
+                self._graphs.clear()
+
+    @property
+    def _reuse(self) -> bool:
+        return self._graphs.active and self.rows is None and not self.fsdp and self.product == "double_backward"
 
     def _run(self, sums: _Sums, desc: str, vectors: torch.Tensor | None = None) -> None:
         """One pass: :meth:`_pass`, or for an FSDP2 model :func:`~hf_subspace._fsdp.fsdp_pass`."""
@@ -280,21 +337,27 @@ class HessianOperator(LinearOperator):
         exact = self.product == "double_backward"
         steps = [] if exact or not m else difference_steps(self.params, vectors)  # type: ignore[arg-type]
         saved = [p.detach().clone() for p in self.params] if steps else []
+        reuse = self._reuse and m > 0
+        # What exists anyway (not counted against the graph budget), read before weights are upcast for the pass.
+        exclude = [*self.model.parameters(), *self.model.buffers(), *batch_tensors(self.batches)] if reuse else []
         with (
             exact_mode(self.model, self.eval_mode, self.device),
             full_precision_weights(self.model, self.dtype),
             torch.set_grad_enabled(want_grad),
         ):
-            for items, batch in self._iter_batches(desc):
-                loss, n = evaluate_loss(self.loss_fn, self.model, batch, items, self.device)
+            for index, items, batch in self._iter_batches(desc, reuse):
+                graph = self._graphs.get(index) if reuse else None
+                keep = graph is not None
+                if graph is None:
+                    graph = self._batch_graph(batch, items, want_grad, create_graph=exact and m > 0)
+                    keep = reuse and self._graphs.offer(index, graph, self.device, exclude)
+                n, grads = graph.items, graph.grads
                 if n == 0:
                     continue
-                loss = loss.to(self.dtype)
-                sums.loss += n * loss.detach().to(sums.loss.dtype)
+                sums.loss += n * graph.loss.to(sums.loss.dtype)
                 sums.count += n
-                if not want_grad or not loss.requires_grad:
+                if grads is None:
                     continue
-                grads = torch.autograd.grad(loss, self.params, create_graph=exact and m > 0, allow_unused=True)
                 for out, g in zip(grad_parts, grads):
                     if g is not None:
                         out.add_(g.detach(), alpha=n)
@@ -311,16 +374,27 @@ class HessianOperator(LinearOperator):
                         n,
                     )
                 elif m and active:
-                    self._block_products([grads[i] for i in active], [v_parts[i] for i in active], products, n, m)
-                del grads, loss
+                    outputs: list[torch.Tensor] = [grads[i] for i in active]  # type: ignore[misc]
+                    self._block_products(outputs, [v_parts[i] for i in active], products, n, m, keep)
+                del graph, grads
         self.num_passes += 1
+
+    def _batch_graph(self, batch: Any, items: int, want_grad: bool, create_graph: bool) -> BatchGraph:
+        """One batch's loss, and its gradient when wanted (with its graph for products)."""
+        loss, n = evaluate_loss(self.loss_fn, self.model, batch, items, self.device)
+        loss = loss.to(self.dtype)
+        if n == 0 or not want_grad or not loss.requires_grad:
+            return BatchGraph(n, loss.detach(), None)
+        grads = torch.autograd.grad(loss, self.params, create_graph=create_graph, allow_unused=True)
+        self.num_graphs_built += int(create_graph)
+        return BatchGraph(n, loss.detach(), grads)
 
     def _batch_gradient(self, batch: Any, items: int) -> tuple[torch.Tensor | None, ...]:
         """One batch's gradient at the current parameters (first order only: the finite-difference product)."""
         loss, _ = evaluate_loss(self.loss_fn, self.model, batch, items, self.device)
         return torch.autograd.grad(loss.to(self.dtype), self.params, allow_unused=True)
 
-    def _column_loop(
+    def _block_products(
         self,
         outputs: list[torch.Tensor],
         vectors: list[torch.Tensor],
@@ -329,62 +403,21 @@ class HessianOperator(LinearOperator):
         m: int,
         keep: bool = False,
     ) -> None:
-        """One backward per column through the retained graph (kept after the last column with ``keep``)."""
-        for j in range(m):
-            hv = torch.autograd.grad(
-                outputs,
-                self.params,
-                grad_outputs=[v[j] for v in vectors],
-                retain_graph=keep or j < m - 1,
-                allow_unused=True,
-            )
-            for out, h in zip(products, hv):
-                if h is not None:
-                    out[j].add_(h, alpha=n)
-
-    def _block_products(
-        self, outputs: list[torch.Tensor], vectors: list[torch.Tensor], products: list[torch.Tensor], n: int, m: int
-    ) -> None:
-        """``products[i][j] += n · (∂ outputs / ∂ params[i]) · vectors[:, j]`` for all columns, by the chosen method."""
+        """``products[i][j] += n · (∂ outputs / ∂ params[i]) · vectors[:, j]`` for all columns, by the chosen method
+        (the graph is kept afterwards with ``keep``)."""
         method = self._block_method
         if method is None:  # "auto": the loop on CPU; on CUDA time both once on this batch and keep the faster
             if self.device.type == "cuda" and m >= 2:
-                self._block_method = self._choose_block_method(outputs, vectors, products, n, m)
+                self._block_method = choose_block_method(outputs, self.params, vectors, products, n, keep)
                 return
             method = "loop"
         if method == "batched":
-            hv = batched_or_refuse(outputs, self.params, vectors, self)
+            hv = batched_or_refuse(outputs, self.params, vectors, self, retain_graph=keep)
             for out, h in zip(products, hv):
                 if h is not None:
                     out.add_(h, alpha=n)
             return
-        self._column_loop(outputs, vectors, products, n, m)
-
-    def _choose_block_method(
-        self, outputs: list[torch.Tensor], vectors: list[torch.Tensor], products: list[torch.Tensor], n: int, m: int
-    ) -> str:
-        def timed(fn: Any) -> float:
-            torch.cuda.synchronize(self.device)
-            start = time.perf_counter()
-            fn()
-            torch.cuda.synchronize(self.device)
-            return time.perf_counter() - start
-
-        loop_s = timed(
-            lambda: self._column_loop(outputs, vectors, products, n, m, keep=True)
-        )  # the products this batch keeps
-        try:
-            batched_s = timed(
-                lambda: torch.autograd.grad(
-                    outputs, self.params, grad_outputs=vectors, is_grads_batched=True, allow_unused=True
-                )
-            )
-        except RuntimeError as err:  # an op without a batching rule: keep the loop
-            logger.info("HessianOperator: vectorised block product unavailable (%s); using the column loop", err)
-            return "loop"
-        method = "batched" if batched_s < loop_s else "loop"
-        logger.info("HessianOperator: block of %d: loop %.4fs, batched %.4fs -> %s", m, loop_s, batched_s, method)
-        return method
+        column_loop(outputs, self.params, vectors, products, n, keep)
 
     def _reduce(self, sums: _Sums, what: str, local_out: torch.Tensor | None = None) -> None:
         """Sum over the ranks, divide by the item count, and refuse non-finite results (the one check per pass).
@@ -417,15 +450,19 @@ class HessianOperator(LinearOperator):
                 "diverged, or the Hessian dataset holds NaN/inf. Lower the learning rate or check the data."
             )
 
-    def _remember(self, loss: torch.Tensor, grad: torch.Tensor | None) -> None:
-        key = state_fingerprint(self.model, self.batches, self.eval_mode)
+    def _fingerprint(self) -> Any:
+        return state_fingerprint(self.model, self.batches, self.eval_mode)
+
+    def _remember(self, loss: torch.Tensor, grad: torch.Tensor | None) -> Any:
+        key = self._fingerprint()
         self._cache = (key, float(loss.item()), None if grad is None else grad.clone())
+        return key
 
     def _cached(self, need_grad: bool) -> tuple[float, torch.Tensor | None] | None:
         cache = self._cache
         if cache is None or (need_grad and cache[2] is None):
             return None
-        if cache[0] != state_fingerprint(self.model, self.batches, self.eval_mode):
+        if cache[0] != self._fingerprint():
             return None
         return cache[1], cache[2]
 
@@ -448,6 +485,8 @@ class HessianOperator(LinearOperator):
         if self.rows is None:
             rows = block.T.contiguous()  # [m, d]: row j is vector j (FSDP2: [m, local_dim], the local shards)
             sums = _Sums.new(self.local_dim, m, dtype=self.dtype, device=self.device)
+            if self._reuse:
+                self._graphs.check(self._fingerprint())
             self._run(sums, "Hessian-vector products", rows)
             del rows
             self._reduce(sums, "Hessian-vector product")
@@ -475,7 +514,9 @@ class HessianOperator(LinearOperator):
             self.num_matvecs += m
             return out
         self.num_matvecs += m
-        self._remember(sums.loss, sums.grad)
+        key = self._remember(sums.loss, sums.grad)
+        if self._reuse:
+            self._graphs.seal(key)
         return out
 
     def loss_and_gradient(self) -> tuple[float, torch.Tensor]:

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import torch
 
-__all__ = ["LinearOperator", "MatrixOperator"]
+__all__ = ["LinearOperator", "MatrixOperator", "reuse_scope"]
+
+
+def reuse_scope(operator: Any) -> contextlib.AbstractContextManager[Any]:
+    """``operator.reusing_graphs()`` where the operator has it (a scope in which a
+    :class:`~hf_subspace.HessianOperator` keeps its batches' first-order graphs across products), else a no-op.
+    Solvers open it around all their products."""
+    scope = getattr(operator, "reusing_graphs", None)
+    return scope() if callable(scope) else contextlib.nullcontext()
 
 
 class LinearOperator:
@@ -44,6 +55,10 @@ class LinearOperator:
     def shards_vectors(self) -> bool:
         """Whether blocks are this process's rows of vectors split across processes."""
         return False
+
+    def reusing_graphs(self) -> contextlib.AbstractContextManager[Any]:
+        """A scope in which the operator may keep work its products share (see :func:`reuse_scope`); nothing here."""
+        return contextlib.nullcontext()
 
     def reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor``, a partial result over this process's rows (e.g. ``Aᵀ B`` of local blocks), over the

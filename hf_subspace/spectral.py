@@ -28,6 +28,7 @@ import torch
 from . import distributed
 from .eigensolvers._common import CountingOperator, gram_f64, new_block
 from .eigensolvers.lanczos import _norm, _orthogonalize
+from .operator import reuse_scope
 
 __all__ = ["hessian_trace", "spectral_density"]
 
@@ -90,17 +91,18 @@ def hessian_trace(
     counter = CountingOperator(operator)
     generator = torch.Generator().manual_seed(seed)
     exact_part = 0.0
-    if method == "hutchinson":
-        z = _rademacher(generator, dim, num_matvecs, dtype, device)
-        samples = _quadratic_forms(z, counter(z))
-    else:
-        sketch = min(max(1, num_matvecs // 3), dim)
-        q = counter(_rademacher(generator, dim, sketch, dtype, device))
-        q = torch.linalg.qr(q.to(torch.float64)).Q.to(dtype)
-        exact_part = float(_quadratic_forms(q, counter(q)).sum())
-        z = _rademacher(generator, dim, num_matvecs - 2 * sketch, dtype, device)
-        z = z - q @ (q.T @ z)  # (I - QQ^T) z: Hutchinson on the part of H outside the sketch
-        samples = _quadratic_forms(z, counter(z))
+    with reuse_scope(operator):
+        if method == "hutchinson":
+            z = _rademacher(generator, dim, num_matvecs, dtype, device)
+            samples = _quadratic_forms(z, counter(z))
+        else:
+            sketch = min(max(1, num_matvecs // 3), dim)
+            q = counter(_rademacher(generator, dim, sketch, dtype, device))
+            q = torch.linalg.qr(q.to(torch.float64)).Q.to(dtype)
+            exact_part = float(_quadratic_forms(q, counter(q)).sum())
+            z = _rademacher(generator, dim, num_matvecs - 2 * sketch, dtype, device)
+            z = z - q @ (q.T @ z)  # (I - QQ^T) z: Hutchinson on the part of H outside the sketch
+            samples = _quadratic_forms(z, counter(z))
     estimate, error = _mean_and_error(samples)
     out = torch.tensor([exact_part + estimate, error], dtype=torch.float64)
     if is_distributed:
@@ -173,10 +175,11 @@ def spectral_density(
     generator = torch.Generator().manual_seed(seed)
     nodes = np.full((num_probes, steps), np.nan)
     weights = np.zeros((num_probes, steps))
-    for p in range(num_probes):
-        v = _rademacher(generator, dim, 1, dtype, device)[:, 0] / math.sqrt(dim)
-        theta, tau = _lanczos_quadrature(counter, v, steps, is_distributed)
-        nodes[p, : theta.size], weights[p, : theta.size] = theta, tau
+    with reuse_scope(operator):
+        for p in range(num_probes):
+            v = _rademacher(generator, dim, 1, dtype, device)[:, 0] / math.sqrt(dim)
+            theta, tau = _lanczos_quadrature(counter, v, steps, is_distributed)
+            nodes[p, : theta.size], weights[p, : theta.size] = theta, tau
     packed = torch.as_tensor(np.stack([nodes, weights]))
     if is_distributed:
         distributed.broadcast(packed)

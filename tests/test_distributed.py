@@ -37,6 +37,9 @@ def test_hessian_and_eigensolvers_match_one_process(tmp_path):
     block = torch.randn(op.dim, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     hv = op.matmat(block)
     assert _rel(r0["hv"], hv) <= 1e-10 and torch.equal(r0["hv"], r1["hv"])
+    assert r0["graphs_built"] == r1["graphs_built"] == 4  # this rank's 4 batches, once for both products
+    for kept in (*r0["hv_kept"], *r1["hv_kept"]):
+        assert torch.allclose(kept, r0["hv"], rtol=1e-12, atol=1e-14)
     loss, grad = op.loss_and_gradient()
     assert r0["loss_grad"][0] == pytest.approx(loss, rel=1e-12) and _rel(r0["loss_grad"][1], grad) <= 1e-10
     # Per-rank analysis (distributed=False) really is each rank's own, different Hessian.

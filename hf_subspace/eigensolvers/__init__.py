@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..operator import reuse_scope
 from . import eigsh, lanczos, lobpcg
 from ._result import EigenResult
 
@@ -94,6 +95,7 @@ def top_eigenpairs(
             method_options["max_basis_vectors"] = max_basis_vectors
         elif method == "eigsh":
             method_options.setdefault("ncv", max_basis_vectors)
-    return METHODS[method](
-        operator, k, init=init, tol=tol, max_iters=max_iters, seed=seed, progress=progress, **method_options
-    )
+    with reuse_scope(operator):  # a HessianOperator keeps its batches' graphs across the solve where they fit
+        return METHODS[method](
+            operator, k, init=init, tol=tol, max_iters=max_iters, seed=seed, progress=progress, **method_options
+        )
