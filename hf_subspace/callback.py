@@ -128,7 +128,7 @@ class SubspaceCallback(TrainerCallback):
         built): cover its DTensor parameters instead of the replaced ones; a basis of the old layout is dropped."""
         if not follow_fully_shard(self.operator):
             return
-        self.params = list(self.operator.params)
+        self.params = list(self.operator.params)  # type: ignore[arg-type]
         self._seen_grad = [False] * len(self.params)
         if self.state.basis is not None or self.state.warm_start is not None:
             self.state.drop_basis(keep_warm_start=False)

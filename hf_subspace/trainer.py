@@ -18,6 +18,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 
 from . import distributed
+from ._fsdp import vector_layout
 from ._hessian_set import (
     build_hessian_batches,
     choose_hessian_loss,
@@ -25,7 +26,6 @@ from ._hessian_set import (
     hessian_subset_indices,
     isolated_rng,
 )
-from ._fsdp import vector_layout
 from ._model_state import is_fsdp2
 from ._params import select_parameters
 from ._shards import LocalShards, RowShard
@@ -445,7 +445,11 @@ def load_subspace_state(checkpoint: str, rows: RowShard | LocalShards | None, de
         _assemble(checkpoint, state["settings"]["dim"], saved_world, rows, device, targets)
     if basis is not None:
         basis["rows"] = (
-            None if rows is None else rows.state() if isinstance(rows, LocalShards) else (rows.dim, rows.world, rows.rank)
+            None
+            if rows is None
+            else rows.state()
+            if isinstance(rows, LocalShards)
+            else (rows.dim, rows.world, rows.rank)
         )
     return state
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from transformers import TrainingArguments
 
@@ -177,7 +177,8 @@ class SubspaceTrainingArguments(TrainingArguments):
         # message rather than fail later inside TrainingArguments' own set-up.
         self.validate_subspace_arguments()
         super().__post_init__()
-        if self.fsdp and int((self.fsdp_config or {}).get("version", 2)) != 2:
+        config = self.fsdp_config if isinstance(self.fsdp_config, dict) else {}
+        if self.fsdp and int(config.get("version", 2)) != 2:
             raise ValueError(
                 "SubspaceTrainer supports FSDP2 only (fsdp_config={'version': 2}, the default); FSDP1 wraps the "
                 "parameters in flat shards the Hessian cannot follow. Set version 2, or use DDP."
@@ -283,7 +284,8 @@ def _check_fsdp2(args: SubspaceTrainingArguments, fail: Callable[[str], None]) -
     GPUs only: on CPU it trains with DDP). Products there are finite differences of the engine's full-precision
     gradients, and vectors are each process's parameter shards."""
     config = args.fsdp_config if isinstance(args.fsdp_config, dict) else {}
-    options = args.fsdp.split() if isinstance(args.fsdp, str) else list(args.fsdp) if args.fsdp is not True else []
+    raw: Any = args.fsdp
+    options = raw.split() if isinstance(raw, str) else list(raw) if isinstance(raw, (list, tuple)) else []
     refused = {
         "sam_rho > 0 (SAM)": args.sam_rho > 0,
         "subspace_solver='eigsh' (ARPACK needs whole vectors)": args.subspace_solver == "eigsh",
