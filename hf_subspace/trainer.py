@@ -148,7 +148,10 @@ class SubspaceTrainerMixin(_TrainerBase):
             from .trace_logging import HessianTraceCallback
 
             every, matvecs = self.args.subspace_trace_steps, self.args.subspace_trace_matvecs
-            self.add_callback(HessianTraceCallback(self.hessian_operator, every, matvecs, self.args.seed, self.log))
+            trace_op = self.hessian_operator
+            if trace_op.rows is not None:  # Hutch++ works on whole vectors: the same Hessian, unsplit
+                trace_op = HessianOperator(self.model, batches, loss_fn, params=self.subspace_params)
+            self.add_callback(HessianTraceCallback(trace_op, every, matvecs, self.args.seed, self.log))
 
     @property
     def subspace_shard_vectors(self) -> bool:
