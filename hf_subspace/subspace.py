@@ -182,7 +182,7 @@ class SubspaceBasis:
         if isinstance(x, torch.Tensor):
             assert isinstance(dom, torch.Tensor)
             return x - dom
-        return [t - d for t, d in zip(x, dom)]
+        return [local_part(t) - d for t, d in zip(x, dom)]  # FSDP2 DTensors: their local shards
 
     def project_dominant_(
         self, tensors: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor] | None = None
