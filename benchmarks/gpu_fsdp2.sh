@@ -17,13 +17,7 @@ OUT_DIR="${OUT:-benchmarks/results/cuda}"
 mkdir -p "$OUT_DIR"
 PY="${PYTHON:-python3}"
 export OUT="$OUT_DIR" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-SITE=""
-if compgen -G "benchmarks/.whl/*.whl" > /dev/null && [ "${DEVICE:-cuda}" = "cuda" ]; then
-    SITE=/tmp/hfsub-site
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-        benchmarks/.whl/*.whl || exit 1
-fi
-export PYTHONPATH="${SITE:+$SITE:}$PWD${PYTHONPATH:+:$PYTHONPATH}"
+source benchmarks/gpu_site.sh
 NPROC="${NPROC:-$("$PY" -c 'import torch; print(max(1, torch.cuda.device_count()))')}"
 {
     nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || true
