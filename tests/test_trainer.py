@@ -562,3 +562,32 @@ def test_trace_is_logged_every_n_steps_and_matches_the_dense_hessian(tmp_path, d
     assert abs(entry["hessian_trace"] - exact) <= 4 * entry["hessian_trace_stderr"]
     with pytest.raises(ValueError, match="subspace_trace_matvecs=2 at least 4"):
         SubspaceTrainingArguments(**base_args(str(tmp_path), subspace_trace_steps=1, subspace_trace_matvecs=2))
+
+
+def test_split_basis_files_reassemble_into_any_layout(tmp_path) -> None:
+    """Per-process basis files (a 2-process row split, FSDP2 shards) load whole, into another row split, or into
+    FSDP2 shards of another order: the rows each layout asks for (files written by hand, no processes needed)."""
+    from hf_subspace._shards import LocalShards, RowShard
+    from hf_subspace.trainer import load_subspace_state, save_subspace_state
+
+    dim, gen = 11, torch.Generator().manual_seed(0)
+    full, warm = torch.randn(dim, 3, generator=gen), torch.randn(dim, 4, generator=gen)
+    shards = [torch.tensor([0, 1, 2, 7, 8]), torch.tensor([3, 4, 5, 6, 9, 10])]  # each rank's rows of two tensors
+    layouts = {
+        "rows": [RowShard(dim, 2, r) for r in (0, 1)],
+        "fsdp": [LocalShards(dim, (3, 2), shards[0], 2, 0), LocalShards(dim, (4, 2), shards[1], 2, 1)],
+    }
+    pick = lambda layout: slice(layout.start, layout.stop) if isinstance(layout, RowShard) else layout.index  # noqa: E731
+    targets = [None, RowShard(dim, 3, 1), layouts["fsdp"][1], layouts["rows"][0]]
+    for saved, parts in layouts.items():
+        folder = tmp_path / saved
+        folder.mkdir()
+        for layout in parts:
+            state = {"basis": {"vectors": full[pick(layout)], "eigenvalues": torch.ones(3)}, "settings": {"dim": dim}}
+            state["warm_start"] = warm[pick(layout)]
+            save_subspace_state(str(folder), state, layout, main=layout.rank == 0)
+        for target in targets:
+            loaded = load_subspace_state(str(folder), target, torch.device("cpu"))
+            rows = slice(None) if target is None else pick(target)
+            assert torch.equal(loaded["basis"]["vectors"], full[rows]), (saved, target)
+            assert torch.equal(loaded["warm_start"], warm[rows]), (saved, target)
