@@ -168,7 +168,10 @@ class SubspaceTrainerMixin(_TrainerBase):
             ValueError: parameters were frozen or unfrozen after the trainer was built.
         """
         self._check_covered_parameters()
-        return super().train(*args, **kwargs)
+        try:
+            return super().train(*args, **kwargs)
+        finally:  # FSDP2 replaced the parameters by DTensors inside train(): the callback follows them
+            self.subspace_params = self.subspace_callback.params
 
     def _check_covered_parameters(self) -> None:
         frozen = [n for n, p in zip(self.subspace_param_names, self.subspace_params) if not p.requires_grad]
