@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cuda = torch.cuda.is_available() and os.environ.get("DEVICE", "cuda") == "cuda"
     launched = "LOCAL_RANK" in os.environ
+    if args.part != "products" and not args.no_fsdp and not launched:
+        raise SystemExit("The FSDP2 trainer run needs a launcher (torchrun, as gpu_fsdp2.sh does); or pass --no-fsdp.")
     if launched and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0

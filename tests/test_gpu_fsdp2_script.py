@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_fsdp2.py"
 
@@ -22,6 +24,9 @@ def test_arguments_choose_the_parts_and_the_quick_size_on_cpu(monkeypatch) -> No
     assert (args.part, args.no_fsdp, args.out, args.quick) == ("trainer", True, "x", True)
     assert args.size == gpu_fsdp2.SIZES["quick"]
     assert gpu_fsdp2.parse_args([]).part == "all"
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(SystemExit, match="launcher"):
+        gpu_fsdp2.main(["--part", "trainer"])
 
 
 def test_quick_trainer_part_runs_and_resumes_exactly(tmp_path: Path) -> None:
