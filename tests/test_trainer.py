@@ -552,6 +552,7 @@ def test_trace_is_logged_every_n_steps_and_matches_the_dense_hessian(tmp_path, d
     trainer.train()
     logged = {h["step"]: h for h in trainer.state.log_history if "hessian_trace" in h}
     assert sorted(logged) == [3, 6]
+    assert sorted(losses(trainer.state.log_history)) == list(range(1, 7))  # the Trainer's own logs stay
     # Exact trace of the final Hessian: sum over coordinates of e_i^T H e_i (d is small).
     op = trainer.hessian_operator
     exact = float(
