@@ -52,11 +52,15 @@ def _fresh(longest: int, audit: int) -> tuple[str, ...]:
     )  # fmt: skip
 
 
+_RESUMABLE = ("--save_strategy", "steps", "--save_steps", "50", "--resume_experiment", "true")
+"""For runs longer than a session: checkpoints every 50 steps, and a rerun of the same command reuses the finished
+prefix and branches and resumes an unfinished branch from its latest checkpoint (the results do not change)."""
 _SHORT_PROTOCOL = (
     *_EMA, "--switch_measure_steps", "10", "--subspace_alignment_steps", "25", *_fresh(50, 50),
-    "--subspace_extra_eigenvalues", "3",
+    "--subspace_extra_eigenvalues", "3", *_RESUMABLE,
 )  # fmt: skip
-"""The CIFAR-10 runs' protocol: the EMA switch measured every 10 steps, χ_k every 25, certified bases, λ_k+1..k+3."""
+"""The CIFAR-10 runs' protocol: the EMA switch measured every 10 steps, χ_k every 25, certified bases, λ_k+1..k+3,
+resumable."""
 
 
 def _without(options: Sequence[str], name: str) -> tuple[str, ...]:
@@ -405,6 +409,7 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
             "2",
             "--hessian_num_samples",
             "100",
+            *_RESUMABLE,
             "--logging_steps",
             "25",
             *_TB_OFF,
@@ -465,7 +470,6 @@ UNAVAILABLE: dict[str, str] = {
     "cnn_cifar10": _WITHDRAWN_CPU,
     "transformer_sst2": _WITHDRAWN_CPU,
     "vit_cifar10": _WITHDRAWN_CPU,
-    "mlp_mnist_momentum": _WITHDRAWN_SEEDS,
     "mlp_mnist_adam": _WITHDRAWN_SEEDS,
     "mlp_mnist_adam_lr1e-4": _WITHDRAWN_SEEDS,
     "mlp_mnist_sam": _WITHDRAWN_SEEDS,
