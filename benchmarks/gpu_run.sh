@@ -16,13 +16,7 @@ OUT_DIR="${OUT:-benchmarks/results/cuda}"
 mkdir -p "$OUT_DIR"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-SITE=""
-if compgen -G "benchmarks/.whl/*.whl" > /dev/null && [ "${DEVICE:-cuda}" = "cuda" ]; then
-    SITE=/tmp/hfsub-site
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-        benchmarks/.whl/*.whl || exit 1
-fi
-export PYTHONPATH="${SITE:+$SITE:}$PWD${PYTHONPATH:+:$PYTHONPATH}"
+source benchmarks/gpu_site.sh
 [ -f benchmarks/.data/mnist_train_5k.npz ] && export HF_SUBSPACE_MNIST_NPZ="$PWD/benchmarks/.data/mnist_train_5k.npz"
 [ -f benchmarks/.data/sst2_train_20k.tsv ] && export HF_SUBSPACE_SST2_TSV="$PWD/benchmarks/.data/sst2_train_20k.tsv"
 {

@@ -7,7 +7,9 @@ of θ by ε v, so every forward sees the global θ ± ε v. A backward is a coll
 backwards as the rank with the most Hessian batches, the extra ones on a batch weighted 0.
 
 This rank's rows of a flat vector are every parameter's local shard flattened, in parameter order
-(:func:`local_rows`).
+(:func:`local_rows`; the layout of a basis over them: :func:`vector_layout`). A ``SubspaceTrainer`` builds its
+operator before accelerate's FSDP2 plugin shards the model in place inside ``train()``; :func:`follow_fully_shard`
+then points the operator at the sharded parameters.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import torch
 from . import distributed as dist
 from ._finite_difference import difference_products_, difference_steps
 from ._loss_items import evaluate_loss
-from ._model_state import exact_mode
+from ._model_state import exact_mode, is_fsdp2
 from ._params import split_like
 from ._pass_sums import Sums, to_device
+from ._shards import LocalShards, RowShard
 
-__all__ = ["fsdp_pass", "local_rows"]
+__all__ = ["follow_fully_shard", "fsdp_pass", "local_rows", "vector_layout"]
 
 
 def local_rows(params: Sequence[Any]) -> torch.Tensor:
@@ -41,6 +44,34 @@ def local_rows(params: Sequence[Any]) -> torch.Tensor:
         parts.append(torch.arange(first, first + int(torch.Size(shape).numel())))
         offset += p.numel()
     return torch.cat(parts)
+
+
+def vector_layout(op: Any) -> RowShard | LocalShards | None:
+    """How ``op``'s vectors are held on this process: FSDP2 shards, a row split (``shard_vectors``), or whole."""
+    if getattr(op, "fsdp", False):
+        return LocalShards.of(op.params, op.local_rows)
+    return getattr(op, "rows", None)
+
+
+def follow_fully_shard(op: Any) -> bool:
+    """Point ``op`` (a :class:`~hf_subspace.hessian.HessianOperator` built on an unsharded model) at the DTensor
+    parameters of the same parameter names once its model has been sharded in place by FSDP2; products switch to
+    finite differences, vectors to the local shards. Returns True when it changed something.
+
+    Raises:
+        RuntimeError: a covered parameter is no longer a parameter of the model.
+    """
+    if getattr(op, "fsdp", False) or not is_fsdp2(op.model):
+        return False
+    named = dict(op.model.named_parameters())
+    missing = [n for n in op.param_names if n not in named]
+    if missing:
+        raise RuntimeError(f"After FSDP2 sharding the model has no parameter {missing[0]!r}; build the trainer anew.")
+    op.params = [named[n] for n in op.param_names]
+    op.fsdp, op.rows, op.product = True, None, "finite_difference"
+    op._fsdp_rows = local_rows(op.params)
+    op._cache = None
+    return True
 
 
 def fsdp_pass(op: Any, sums: Sums, vectors: torch.Tensor | None) -> None:

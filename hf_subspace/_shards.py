@@ -17,7 +17,7 @@ import torch
 
 from . import distributed
 
-__all__ = ["RowShard"]
+__all__ = ["LocalShards", "RowShard", "local_part"]
 
 
 @dataclass(frozen=True)
@@ -121,3 +121,72 @@ class RowShard:
         for i, rows, elements in self.pieces(tensors):
             out[rows].copy_(tensors[i].detach().reshape(-1)[elements])
         return out
+
+
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a DTensor (a view: writing to it writes the shard); any other tensor unchanged."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
+@dataclass(frozen=True, eq=False)
+class LocalShards:
+    """This process's rows of flat vectors over FSDP2-sharded (DTensor) parameters: every parameter's local shard,
+    flattened, in parameter order (the rows of a :class:`~hf_subspace.hessian.HessianOperator` of an FSDP2 model).
+
+    Parameter lists (gradients, updates) are given as the DTensors or as their local shards; the rows of
+    parameter ``i`` are ``[o_i, o_i + sizes[i])`` with ``o_i = sizes[0] + … + sizes[i-1]``, so no product or
+    expansion needs another process's rows: only the k coefficients and squared norms are summed.
+
+    Attributes:
+        dim: the full length ``d``. sizes: elements of each parameter's local shard. index: ``[size]`` int64, the
+        global row of each local row. world: number of processes. rank: this process.
+    """
+
+    dim: int
+    sizes: tuple[int, ...]
+    index: torch.Tensor
+    world: int = 1
+    rank: int = 0
+
+    @classmethod
+    def of(cls, params: Sequence[torch.Tensor], index: torch.Tensor) -> LocalShards:
+        """The layout of ``params`` (DTensors) on this process; ``index``: their global rows."""
+        sizes = tuple(local_part(p).numel() for p in params)
+        dim = sum(p.numel() for p in params)
+        return cls(dim, sizes, index, distributed.world_size(), distributed.rank())
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes)
+
+    def reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum per-row partial results over the processes, in place."""
+        return distributed.all_reduce_sum(tensor) if self.world > 1 else tensor
+
+    def pieces(self, tensors: Sequence[torch.Tensor]) -> Iterator[tuple[int, slice, slice]]:
+        """``(i, rows, elements)`` for every tensor: local rows ``rows`` hold all flat elements of ``tensors[i]``'s
+        local shard.
+
+        Raises:
+            ValueError: if the local shards' sizes are not this layout's.
+        """
+        if len(tensors) != len(self.sizes) or any(local_part(t).numel() != n for t, n in zip(tensors, self.sizes)):
+            raise ValueError("the tensors' local shards do not match the basis' rows (a different model or sharding)")
+        offset = 0
+        for i, n in enumerate(self.sizes):
+            yield i, slice(offset, offset + n), slice(0, n)
+            offset += n
+
+    def local_rows(self, tensors: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+        """This process's rows of the flat concatenation of ``tensors`` (a new ``[size]`` tensor)."""
+        parts = [local_part(t).detach().reshape(-1) for t in tensors]
+        return torch.cat(parts).to(dtype or parts[0].dtype)
+
+    def state(self) -> dict[str, object]:
+        """What :meth:`from_state` needs (saved with a checkpoint's basis)."""
+        return {"dim": self.dim, "sizes": self.sizes, "index": self.index, "world": self.world, "rank": self.rank}
+
+    @classmethod
+    def from_state(cls, state: dict[str, object]) -> LocalShards:
+        return cls(**state)  # type: ignore[arg-type]

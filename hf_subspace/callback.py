@@ -21,6 +21,11 @@ Per optimizer step t, in the Trainer's own order:
 ``on_step_end``
     8. at the last step, a final measurement; at the Trainer's logging steps, the per-step metrics' window means.
 
+Over an FSDP2 model (``fully_shard``, e.g. accelerate's FSDP2 plugin, which shards the model in place inside
+``train()``: :meth:`~SubspaceCallback.follow_sharding` runs at train begin), the covered parameters and their
+gradients are DTensors: the basis holds every parameter's local shard (the operator's rows), each process projects
+its own gradient and update shards with the ``k`` coefficients summed over the processes, and norms are summed too.
+
 The callback owns its logging: every record goes through the ``log`` function it was given (``trainer.log``), at most
 one value per metric and step. A new ``train()`` without a checkpoint restarts the schedule with the step counter;
 metrics of an abandoned (interrupted) run are never logged.
@@ -41,7 +46,9 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from . import distributed
+from ._fsdp import follow_fully_shard, vector_layout
 from ._notices import CostNotes, ProgressOperator, alignment_interval
+from ._shards import local_part
 from ._step_checks import copy_into, finite_values, step_context
 from .eigensolvers import top_eigenpairs
 from .hessian import HessianOperator
@@ -115,6 +122,21 @@ class SubspaceCallback(TrainerCallback):
         self._notes = CostNotes()
         self._log_step: int | None = None
         self._log_tags: set[str] = set()
+
+    def follow_sharding(self) -> None:
+        """After FSDP2 sharded the model in place (accelerate does so inside ``train()``, after this callback was
+        built): cover its DTensor parameters instead of the replaced ones; a basis of the old layout is dropped."""
+        if not follow_fully_shard(self.operator):
+            return
+        self.params = list(self.operator.params)  # type: ignore[arg-type]
+        self._seen_grad = [False] * len(self.params)
+        if self.state.basis is not None or self.state.warm_start is not None:
+            self.state.drop_basis(keep_warm_start=False)
+        logger.info("SubspaceTrainer: the model is FSDP2-sharded; the basis holds each process's parameter shards")
+
+    def _norm_reduce(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Sums squared norms over the processes when the parameters are FSDP2 shards (None: whole on every rank)."""
+        return self.operator.reduce_ if getattr(self.operator, "fsdp", False) else None
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         """Load a checkpoint's state; where its settings differ from this run's, say so and adapt
@@ -193,7 +215,7 @@ class SubspaceCallback(TrainerCallback):
                 progress=args.subspace_progress,
             )
         self._notes.after_solve(time.perf_counter() - start, result.num_matvecs, self.operator)
-        basis = SubspaceBasis(result.eigenvectors[:, :k], result.eigenvalues[:k], rows=self.operator.rows)
+        basis = SubspaceBasis(result.eigenvectors[:, :k], result.eigenvalues[:k], rows=vector_layout(self.operator))
         out: dict[str, float | None] = {}
         old = st.basis if st.basis is not None and st.basis.dim == basis.dim else None
         if old is not None:
@@ -286,6 +308,7 @@ class SubspaceCallback(TrainerCallback):
 
     # -- Trainer hooks ---------------------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        self.follow_sharding()
         st, targs = self.state, self.args
         if not self._loaded and (st.last_refresh_step is not None or st.switch_step is not None):
             st.restart()  # train() again without a checkpoint: the step counter restarts, so does the schedule
@@ -322,7 +345,7 @@ class SubspaceCallback(TrainerCallback):
             sc.window["chi_k_minibatch_grad"].append(fraction_in_span(coeffs, norm))
         if sc.projecting and self.args.subspace_target == "gradient":
             self._project_gradients(st.basis)
-        sc.theta = copy_into(sc.theta, self.params)
+        sc.theta = copy_into(sc.theta, [local_part(p) for p in self.params])
         sc.theta_valid = True
 
     def _final_gradients(
@@ -334,7 +357,7 @@ class SubspaceCallback(TrainerCallback):
             sam.restore()  # the optimizer steps from θ with the gradient taken at θ + ε
         grads = sc.raw_grads if sc.raw_grads is not None else [p.grad for p in self.params]
         sc.raw_grads = None
-        norm = vectors_norm([g for g in grads if g is not None])
+        norm = vectors_norm([g for g in grads if g is not None], reduce=self._norm_reduce())
         if not math.isfinite(norm) and not fp16:  # fp16's loss scaler skips overflowing steps by itself
             self._log_pending(control, step)
             raise FloatingPointError(
@@ -396,7 +419,7 @@ class SubspaceCallback(TrainerCallback):
         mode = self.args.subspace_mode
         with torch.no_grad():
             # Δ = θ_new − θ_t in a buffer reused every step (this is the hot path between refreshes).
-            delta = sc.delta = copy_into(sc.delta, params)
+            delta = sc.delta = copy_into(sc.delta, [local_part(p) for p in params])
             torch._foreach_sub_(delta, old)
             if sc.projecting and self.args.subspace_target == "update":
                 fixed = [not seen for seen in self._seen_grad]
@@ -408,7 +431,8 @@ class SubspaceCallback(TrainerCallback):
             else:
                 coeffs = basis.coefficients(delta)
                 finite_values(coeffs, state.global_step)
-                sc.window["chi_k_update"].append(fraction_in_span(coeffs, vectors_norm(delta)))
+                norm = vectors_norm(delta, reduce=self._norm_reduce())
+                sc.window["chi_k_update"].append(fraction_in_span(coeffs, norm))
             if sc.full_grad is not None:
                 eta_dom, eta_bulk = effective_learning_rates(basis, delta, sc.full_grad)
                 self._record({"effective_lr_dominant": eta_dom, "effective_lr_bulk": eta_bulk})

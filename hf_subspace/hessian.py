@@ -202,6 +202,11 @@ class HessianOperator(LinearOperator):
                 "its sharded parameters): leave product unset or pass product='finite_difference'."
             )
         self.product: Product = product or ("finite_difference" if self.fsdp else "double_backward")
+        if self.product == "finite_difference" and block_product == "batched":
+            raise ValueError(
+                "block_product='batched' vectorises double-backward products; finite-difference products (FSDP2 "
+                "models, product='finite_difference') take one column at a time: leave block_product unset."
+            )
         self.block_product: BlockProduct = block_product
         self._block_method: str | None = None if block_product == "auto" else block_product
         self.dim = sum(p.numel() for p in self.params)

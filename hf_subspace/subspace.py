@@ -17,6 +17,11 @@ Split across processes (``rows``, a :class:`~hf_subspace._shards.RowShard`: the 
 vectors are then this process's rows ``[local_dim]``, parameter lists stay whole (every process holds the full
 parameters under DDP). The ``k`` coefficients ``Vᵀx`` are summed over the processes (one all-reduce of ``k`` numbers),
 and an expansion ``Vc`` into parameter tensors gathers the one ``[d]`` vector it needs.
+
+Over FSDP2-sharded parameters (``rows``, a :class:`~hf_subspace._shards.LocalShards`: the basis of a
+``HessianOperator`` of a ``fully_shard`` model), a process's rows are every parameter's local shard in parameter
+order; parameter lists are DTensors or their local shards, and projections act on the local shards only (the ``k``
+coefficients and squared norms are summed over the processes, nothing is gathered).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any, Literal
 
 import torch
 
-from ._shards import RowShard
+from ._shards import LocalShards, RowShard, local_part
 
 __all__ = [
     "SubspaceBasis",
@@ -39,6 +44,7 @@ __all__ = [
 ]
 
 Vectors = torch.Tensor | Sequence[torch.Tensor]
+Layout = RowShard | LocalShards
 
 
 class SubspaceBasis:
@@ -52,7 +58,7 @@ class SubspaceBasis:
     """
 
     def __init__(
-        self, vectors: torch.Tensor, eigenvalues: torch.Tensor | None = None, *, rows: RowShard | None = None
+        self, vectors: torch.Tensor, eigenvalues: torch.Tensor | None = None, *, rows: Layout | None = None
     ) -> None:
         if vectors.dim() != 2:
             raise ValueError(f"SubspaceBasis needs a [d, k] tensor, got shape {tuple(vectors.shape)}")
@@ -68,7 +74,7 @@ class SubspaceBasis:
             raise ValueError(f"got {self.eigenvalues.numel()} eigenvalues for {self.k} vectors")
 
     @classmethod
-    def from_result(cls, result: Any, rows: RowShard | None = None) -> SubspaceBasis:
+    def from_result(cls, result: Any, rows: Layout | None = None) -> SubspaceBasis:
         """Build from an :class:`~hf_subspace.eigensolvers.EigenResult` (``rows``: of a split-vector operator)."""
         return cls(result.eigenvectors, result.eigenvalues, rows=rows)
 
@@ -140,8 +146,13 @@ class SubspaceBasis:
     def expand_parts(self, coefficients: torch.Tensor, like: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
         """``V c`` tensor by tensor, each shaped like ``like[i]`` (in the basis' dtype), computed as it is consumed.
 
-        A split basis gathers the ``[d]`` vector ``Vc`` once (one all-gather) and yields views of it.
+        A basis split by rows gathers the ``[d]`` vector ``Vc`` once (one all-gather) and yields views of it; one over
+        FSDP2 shards yields each tensor's local shard of ``Vc``.
         """
+        if isinstance(self.rows, LocalShards):
+            for i, rows, _ in self.rows.pieces(like):
+                yield (self.vectors[rows] @ coefficients).view(local_part(like[i]).shape)
+            return
         if self.rows is not None:
             full = self.rows.gather(self.vectors @ coefficients)
             offset = 0
@@ -171,7 +182,7 @@ class SubspaceBasis:
         if isinstance(x, torch.Tensor):
             assert isinstance(dom, torch.Tensor)
             return x - dom
-        return [t - d for t, d in zip(x, dom)]
+        return [local_part(t) - d for t, d in zip(x, dom)]  # FSDP2 DTensors: their local shards
 
     def project_dominant_(
         self, tensors: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor] | None = None
@@ -198,6 +209,7 @@ class SubspaceBasis:
         for part, t in zip(self.expand_parts(coeffs, sizes), tensors):  # this process's rows when split
             if t is None:
                 continue
+            t = local_part(t)
             part = part.reshape(t.shape).to(t.dtype)
             if dominant:
                 t.copy_(part)
@@ -218,11 +230,12 @@ class SubspaceBasis:
         return min(1.0, self.norm(self.project_bulk(x)) / norm)
 
     def norm(self, x: Vectors) -> float:
-        """‖x‖₂ of a flat vector (its rows summed over the processes when split) or of a parameter list."""
+        """‖x‖₂ of a flat vector (its rows summed over the processes when split) or of a parameter list (its local
+        shards summed over the processes for a basis over FSDP2 shards)."""
         if isinstance(x, torch.Tensor) and self.rows is not None:
             square = torch.linalg.vector_norm(x, dtype=_norm_dtype(x)).to(torch.float64).square().reshape(1)
             return float(self.reduce_(square).sqrt().item())
-        return vectors_norm(x)
+        return vectors_norm(x, reduce=self.reduce_ if isinstance(self.rows, LocalShards) else None)
 
     # -- comparing bases --------------------------------------------------------------------------------------
     def overlap(self, other: SubspaceBasis) -> float:
@@ -238,9 +251,12 @@ class SubspaceBasis:
 
     # -- checkpointing ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """``vectors`` (this process's rows when split, then with ``rows`` = ``(d, world size, rank)``), ``eigenvalues``."""
+        """``vectors`` (this process's rows when split, then with ``rows`` = ``(d, world size, rank)``, or the
+        :meth:`~hf_subspace._shards.LocalShards.state` of FSDP2 shards), ``eigenvalues``."""
         state: dict[str, Any] = {"vectors": self.vectors, "eigenvalues": self.eigenvalues}
-        if self.rows is not None:
+        if isinstance(self.rows, LocalShards):
+            state["rows"] = self.rows.state()
+        elif self.rows is not None:
             state["rows"] = (self.rows.dim, self.rows.world, self.rows.rank)
         return state
 
@@ -250,7 +266,8 @@ class SubspaceBasis:
         vectors = state["vectors"]
         assert vectors is not None
         rows = state.get("rows")
-        return cls(vectors, state.get("eigenvalues"), rows=None if rows is None else RowShard(*rows))
+        layout = LocalShards.from_state(rows) if isinstance(rows, dict) else None if rows is None else RowShard(*rows)
+        return cls(vectors, state.get("eigenvalues"), rows=layout)
 
     def _check_flat(self, x: torch.Tensor) -> None:
         if x.dim() != 1 or x.shape[0] != self.local_dim:
@@ -284,7 +301,8 @@ def projected_update_(
 
     Args:
         params: the parameters, holding :math:`\theta_{new}` on entry and :math:`\theta_{t+1}` on exit (the order
-            and sizes of the basis' rows).
+            and sizes of the basis' rows; FSDP2 DTensors are updated in their local shards, and ``theta_old`` and
+            ``delta`` are then local shards).
         theta_old: :math:`\theta_t`, one tensor per parameter.
         delta: :math:`\Delta`, one tensor per parameter on entry; the applied update
             :math:`\theta_{t+1} - \theta_t` on exit (:math:`Vc`, or :math:`\Delta - Vc`).
@@ -308,6 +326,7 @@ def projected_update_(
         for part, p, old, d, keep in zip(basis.expand_parts(coeffs, params), params, theta_old, delta, skip):
             if keep:
                 continue
+            p = local_part(p)
             dom = part.to(p.dtype)
             if mode == "dominant":
                 p.copy_(old).add_(dom)  # θ_t + PΔ
@@ -330,7 +349,7 @@ def sparse_coefficients(
     for i, block, elements in basis.pieces(params):
         t = tensors[i]
         if t is not None:
-            coeffs.add_(block.T @ t.reshape(-1)[elements].to(block.dtype))
+            coeffs.add_(block.T @ local_part(t).reshape(-1)[elements].to(block.dtype))
     return basis.reduce_(coeffs)
 
 
@@ -339,16 +358,21 @@ def fraction_in_span(coefficients: torch.Tensor, norm: float) -> float:
     return 0.0 if norm == 0.0 else min(1.0, float(torch.linalg.vector_norm(coefficients).item()) / norm)
 
 
-def vectors_norm(x: Vectors) -> float:
-    """‖x‖₂ of a flat tensor or of a list of tensors taken as one vector."""
+def vectors_norm(x: Vectors, reduce: Callable[[torch.Tensor], Any] | None = None) -> float:
+    """‖x‖₂ of a flat tensor or of a list of tensors taken as one vector.
+
+    A list of FSDP2 DTensors counts their local shards; ``reduce`` then sums the squared norm over the processes
+    (every process must call it).
+    """
     if isinstance(x, torch.Tensor):
         return float(torch.linalg.vector_norm(x, dtype=_norm_dtype(x)).item())
-    if len(x) == 0:
-        return 0.0
     # Per-tensor norms in the tensors' own precision (no float64 copy of the model: this runs every step), combined
     # in float64. Half-precision tensors are reduced in float32, where their squares cannot overflow.
-    norms = [torch.linalg.vector_norm(t, dtype=_norm_dtype(t)).to(torch.float64) for t in x]
-    return float(torch.linalg.vector_norm(torch.stack(norms)).item())
+    norms = [torch.linalg.vector_norm(t, dtype=_norm_dtype(t)).to(torch.float64) for t in map(local_part, x)]
+    if reduce is None:
+        return float(torch.linalg.vector_norm(torch.stack(norms)).item()) if norms else 0.0
+    square = torch.stack(norms).square().sum().reshape(1) if norms else torch.zeros(1, dtype=torch.float64)
+    return float(reduce(square).sqrt().item())
 
 
 def _norm_dtype(t: torch.Tensor) -> torch.dtype | None:

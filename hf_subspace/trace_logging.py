@@ -37,4 +37,6 @@ class HessianTraceCallback(TrainerCallback):
         if step % self.every:
             return
         estimate, error = hessian_trace(self.operator, self.num_matvecs, seed=self.seed + step)
+        should_log = control.should_log  # Trainer.log clears it: the Trainer's own loss log at this step stays due
         self.log({"hessian_trace": estimate, "hessian_trace_stderr": error})
+        control.should_log = should_log

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 
 from . import distributed
+from ._fsdp import vector_layout
 from ._hessian_set import (
     build_hessian_batches,
     choose_hessian_loss,
@@ -25,8 +26,9 @@ from ._hessian_set import (
     hessian_subset_indices,
     isolated_rng,
 )
+from ._model_state import is_fsdp2
 from ._params import select_parameters
-from ._shards import RowShard
+from ._shards import LocalShards, RowShard
 from .callback import SubspaceCallback, SubspaceState, tensorboard_writers
 from .hessian import HessianOperator, LossFn, unwrap_model
 from .metrics import AlignmentEMA
@@ -41,6 +43,7 @@ __all__ = [
     "SubspaceTrainerMixin",
     "hessian_subset_indices",
     "load_subspace_state",
+    "save_subspace_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -145,7 +148,10 @@ class SubspaceTrainerMixin(_TrainerBase):
             from .trace_logging import HessianTraceCallback
 
             every, matvecs = self.args.subspace_trace_steps, self.args.subspace_trace_matvecs
-            self.add_callback(HessianTraceCallback(self.hessian_operator, every, matvecs, self.args.seed, self.log))
+            trace_op = self.hessian_operator
+            if trace_op.rows is not None:  # Hutch++ works on whole vectors: the same Hessian, unsplit
+                trace_op = HessianOperator(self.model, batches, loss_fn, params=self.subspace_params)
+            self.add_callback(HessianTraceCallback(trace_op, every, matvecs, self.args.seed, self.log))
 
     @property
     def subspace_shard_vectors(self) -> bool:
@@ -162,7 +168,10 @@ class SubspaceTrainerMixin(_TrainerBase):
             ValueError: parameters were frozen or unfrozen after the trainer was built.
         """
         self._check_covered_parameters()
-        return super().train(*args, **kwargs)
+        try:
+            return super().train(*args, **kwargs)
+        finally:  # FSDP2 replaced the parameters by DTensors inside train(): the callback follows them
+            self.subspace_params = self.subspace_callback.params
 
     def _check_covered_parameters(self) -> None:
         frozen = [n for n, p in zip(self.subspace_param_names, self.subspace_params) if not p.requires_grad]
@@ -253,34 +262,23 @@ class SubspaceTrainerMixin(_TrainerBase):
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """The Trainer's checkpoint plus ``subspace_state.pt``; with split vectors every process also writes its rows
-        of the basis and of the warm start (``subspace_rows-<rank>-of-<world>.pt``), which a resume in any number
-        of processes reassembles (see :func:`load_subspace_state`)."""
+        """The Trainer's checkpoint plus ``subspace_state.pt`` (see :func:`save_subspace_state`)."""
         super()._save_checkpoint(model, trial)
         folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-        state = self.subspace_state.state_dict()
-        rows = self.hessian_operator.rows
-        if rows is not None and rows.world > 1:
-            part = {"start": rows.start, "stop": rows.stop, "dim": rows.dim, "warm_start": state["warm_start"]}
-            part["vectors"] = None if state["basis"] is None else state["basis"]["vectors"]
-            os.makedirs(folder, exist_ok=True)
-            torch.save(part, os.path.join(folder, ROWS_FILE.format(rank=rows.rank, world=rows.world)))
-            if state["basis"] is not None:
-                state["basis"] = {**state["basis"], "vectors": None, "rows": None}
-            state["warm_start"], state["row_files"] = None, rows.world
-        if self.args.should_save and os.path.isdir(folder):
-            torch.save(state, os.path.join(folder, SUBSPACE_STATE_NAME))
+        layout = vector_layout(self.hessian_operator)
+        save_subspace_state(folder, self.subspace_state.state_dict(), layout, self.args.should_save)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         target = model if model is not None else self.model
         # A transformers model is loaded through from_pretrained (key mapping included) instead of the Trainer's plain
         # load, which warns about every renamed key of e.g. ViT before the weights are loaded correctly anyway.
-        if target is None or not _load_converted_weights(target, resume_from_checkpoint):
+        if target is None or is_fsdp2(target) or not _load_converted_weights(target, resume_from_checkpoint):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = os.path.join(resume_from_checkpoint, SUBSPACE_STATE_NAME)
         if os.path.isfile(path):
-            device = self.subspace_params[0].device
-            state = load_subspace_state(resume_from_checkpoint, self.hessian_operator.rows, device)
+            self.subspace_callback.follow_sharding()  # FSDP2 loads after sharding the model: the basis' layout
+            device = self.subspace_callback.params[0].device
+            state = load_subspace_state(resume_from_checkpoint, vector_layout(self.hessian_operator), device)
             self.subspace_callback.load_state_dict(state)
         else:
             logger.warning(
@@ -406,37 +404,103 @@ class SubspaceTrainer(SubspaceTrainerMixin, Trainer):
     """
 
 
-def load_subspace_state(checkpoint: str, rows: RowShard | None, device: torch.device) -> dict[str, Any]:
-    """A checkpoint's subspace state with the basis and warm start laid out for this run: whole (``rows`` None) or
-    this process's rows of a split run, whatever the number of processes that saved it.
+def save_subspace_state(
+    folder: str, state: dict[str, Any], layout: RowShard | LocalShards | None, main: bool = True
+) -> None:
+    """Write a :meth:`SubspaceState.state_dict` into a checkpoint ``folder``: ``subspace_state.pt`` (by the main
+    process, ``main``); with split vectors (rows across several processes, or FSDP2 shards) every process also writes
+    its rows of the basis and of the warm start (``subspace_rows-<rank>-of-<world>.pt``, with the global rows it
+    holds), which a resume with any number of processes and any layout reassembles (:func:`load_subspace_state`).
+    Every process must call it."""
+    split = isinstance(layout, LocalShards) or (layout is not None and layout.world > 1)
+    if split:
+        assert layout is not None
+        part: dict[str, Any] = {"dim": layout.dim, "warm_start": state["warm_start"]}
+        if isinstance(layout, LocalShards):
+            part["index"] = layout.index
+        else:
+            part["start"], part["stop"] = layout.start, layout.stop
+        part["vectors"] = None if state["basis"] is None else state["basis"]["vectors"]
+        os.makedirs(folder, exist_ok=True)
+        torch.save(part, os.path.join(folder, ROWS_FILE.format(rank=layout.rank, world=layout.world)))
+        state = dict(state)
+        if state["basis"] is not None:
+            state["basis"] = {**state["basis"], "vectors": None, "rows": None}
+        state["warm_start"], state["row_files"] = None, layout.world
+    if main and os.path.isdir(folder):
+        torch.save(state, os.path.join(folder, SUBSPACE_STATE_NAME))
 
-    A split-vector checkpoint keeps each saving process's rows in its own file (``ROWS_FILE``); only the files that
-    overlap this process's rows are read.
+
+def load_subspace_state(checkpoint: str, rows: RowShard | LocalShards | None, device: torch.device) -> dict[str, Any]:
+    """A checkpoint's subspace state with the basis and warm start laid out for this run: whole (``rows`` None),
+    this process's rows of a split run, or its FSDP2 shards, whatever the number of processes and layout that saved it.
+
+    A split checkpoint keeps each saving process's rows in its own file (``ROWS_FILE``). Between row splits only the
+    files that overlap this process's rows are read; a resume into the same FSDP2 sharding reads its own file; any
+    other change of layout with FSDP2 on either side assembles the full vectors once.
     """
     state = torch.load(os.path.join(checkpoint, SUBSPACE_STATE_NAME), map_location=device, weights_only=False)
     saved_world = state.pop("row_files", None)
     basis = state["basis"]
+    targets = [(key, t) for key, t in (("vectors", basis), ("warm_start", state)) if t is not None]
     if saved_world is None:  # saved whole: keep this process's rows
-        if rows is not None:
-            if basis is not None:
-                basis["vectors"] = basis["vectors"][rows.start : rows.stop]
-            if state["warm_start"] is not None:
-                state["warm_start"] = state["warm_start"][rows.start : rows.stop]
+        for key, target in targets:
+            if target[key] is not None:
+                target[key] = target[key] if rows is None else target[key][_rows_of(rows)]
     else:
-        dim = state["settings"]["dim"]
-        start, stop = (0, dim) if rows is None else (rows.start, rows.stop)
-        saved = RowShard(dim, saved_world)
-        parts = []
-        for rank in range(saved_world):
-            lo, hi = saved.bounds(rank)
-            if max(lo, start) < min(hi, stop) or rank == 0:  # rank 0 too: a process without rows still gets k
-                file = os.path.join(checkpoint, ROWS_FILE.format(rank=rank, world=saved_world))
-                parts.append(torch.load(file, map_location=device, weights_only=False))
-        for key, target in (("vectors", basis), ("warm_start", state)):
-            if target is None or parts[0][key] is None:
-                continue
-            pieces = [p[key][max(0, start - p["start"]) : max(0, min(stop, p["stop"]) - p["start"])] for p in parts]
-            target[key] = torch.cat(pieces).contiguous()
+        _assemble(checkpoint, state["settings"]["dim"], saved_world, rows, device, targets)
     if basis is not None:
-        basis["rows"] = None if rows is None else (rows.dim, rows.world, rows.rank)
+        basis["rows"] = (
+            None
+            if rows is None
+            else rows.state()
+            if isinstance(rows, LocalShards)
+            else (rows.dim, rows.world, rows.rank)
+        )
     return state
+
+
+def _rows_of(rows: RowShard | LocalShards) -> slice | torch.Tensor:
+    return rows.index if isinstance(rows, LocalShards) else slice(rows.start, rows.stop)
+
+
+def _assemble(
+    checkpoint: str,
+    dim: int,
+    saved_world: int,
+    rows: RowShard | LocalShards | None,
+    device: torch.device,
+    targets: list[tuple[str, dict[str, Any]]],
+) -> None:
+    """This run's rows of the split checkpoint's vectors, from the saving processes' row files (see above)."""
+    file = lambda rank: os.path.join(checkpoint, ROWS_FILE.format(rank=rank, world=saved_world))  # noqa: E731
+    load = lambda rank: torch.load(file(rank), map_location=device, weights_only=False)  # noqa: E731
+    first = load(0)
+    if isinstance(rows, LocalShards) and saved_world == rows.world and "index" in first:
+        own = first if rows.rank == 0 else load(rows.rank)
+        if torch.equal(own["index"].cpu(), rows.index.cpu()):  # the same sharding: this process's own file
+            for key, target in targets:
+                target[key] = None if own[key] is None else own[key].contiguous()
+            return
+    if "index" in first or isinstance(rows, LocalShards):  # a change of layout with FSDP2 shards: via full vectors
+        parts = [first] + [load(rank) for rank in range(1, saved_world)]
+        for key, target in targets:
+            if first[key] is None:
+                continue
+            full = torch.empty(dim, *first[key].shape[1:], dtype=first[key].dtype, device=device)
+            for part in parts:
+                full[part["index"] if "index" in part else slice(part["start"], part["stop"])] = part[key]
+            target[key] = full if rows is None else full[_rows_of(rows)].contiguous()
+        return
+    start, stop = (0, dim) if rows is None else (rows.start, rows.stop)
+    saved = RowShard(dim, saved_world)
+    parts = []
+    for rank in range(saved_world):
+        lo, hi = saved.bounds(rank)
+        if max(lo, start) < min(hi, stop) or rank == 0:  # rank 0 too: a process without rows still gets k
+            parts.append(first if rank == 0 else load(rank))
+    for key, target in targets:
+        if parts[0][key] is None:
+            continue
+        pieces = [p[key][max(0, start - p["start"]) : max(0, min(stop, p["stop"]) - p["start"])] for p in parts]
+        target[key] = torch.cat(pieces).contiguous()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from transformers import TrainingArguments
 
@@ -176,6 +177,12 @@ class SubspaceTrainingArguments(TrainingArguments):
         # message rather than fail later inside TrainingArguments' own set-up.
         self.validate_subspace_arguments()
         super().__post_init__()
+        config = self.fsdp_config if isinstance(self.fsdp_config, dict) else {}
+        if self.fsdp and int(config.get("version", 2)) != 2:
+            raise ValueError(
+                "SubspaceTrainer supports FSDP2 only (fsdp_config={'version': 2}, the default); FSDP1 wraps the "
+                "parameters in flat shards the Hessian cannot follow. Set version 2, or use DDP."
+            )
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and self.world_size != launched:
             raise ValueError(
@@ -255,10 +262,7 @@ class SubspaceTrainingArguments(TrainingArguments):
                 "--multi_gpu or torchrun)."
             )
         if self.fsdp:
-            fail(
-                "SubspaceTrainer does not support FSDP (each rank holds a shard of the parameters). Remove --fsdp and "
-                "use DDP (accelerate launch --multi_gpu or torchrun)."
-            )
+            _check_fsdp2(self, fail)
         optim = str(getattr(self.optim, "value", self.optim))
         if any(tag in optim for tag in _LAYERWISE_OPTIMIZERS):
             fail(
@@ -273,3 +277,27 @@ class SubspaceTrainingArguments(TrainingArguments):
             return self.subspace_alignment_steps
         steps = self.logging_steps
         return int(steps) if steps >= 1 else 1
+
+
+def _check_fsdp2(args: SubspaceTrainingArguments, fail: Callable[[str], None]) -> None:
+    """Refuse what the subspace schedule cannot do on an FSDP2-sharded model (``fsdp`` set; accelerate applies it on
+    GPUs only: on CPU it trains with DDP). Products there are finite differences of the engine's full-precision
+    gradients, and vectors are each process's parameter shards."""
+    config = args.fsdp_config if isinstance(args.fsdp_config, dict) else {}
+    raw: Any = args.fsdp
+    options = raw.split() if isinstance(raw, str) else list(raw) if isinstance(raw, (list, tuple)) else []
+    refused = {
+        "sam_rho > 0 (SAM)": args.sam_rho > 0,
+        "subspace_solver='eigsh' (ARPACK needs whole vectors)": args.subspace_solver == "eigsh",
+        "subspace_shard_vectors=False (vectors are the parameter shards)": args.subspace_shard_vectors is False,
+        "subspace_trace_steps > 0 (the trace estimate needs whole vectors)": args.subspace_trace_steps > 0,
+        "bf16 / fp16 (finite-difference products need full-precision gradients)": bool(args.bf16 or args.fp16),
+        "CPU offload (fsdp 'offload' / cpu_offload)": "offload" in options
+        or str(config.get("cpu_offload", config.get("fsdp_cpu_offload", False))).lower() == "true",
+    }
+    bad = [name for name, hit in refused.items() if hit]
+    if bad:
+        fail(
+            f"SubspaceTrainer with FSDP2 (fsdp={args.fsdp!r}) does not support {'; '.join(bad)}. Remove those "
+            "settings, or train with DDP (accelerate launch --multi_gpu or torchrun) without fsdp."
+        )

@@ -55,3 +55,9 @@ def test_finite_difference_refuses_non_finite_and_unknown_product() -> None:
     block = torch.full((op.dim, 1), float("nan"), dtype=torch.float64)
     with pytest.raises(FloatingPointError):
         op.matmat(block)
+
+
+def test_batched_block_products_are_refused_with_finite_differences() -> None:
+    model, batches = _problem(torch.float64)
+    with pytest.raises(ValueError, match="block_product='batched'"):
+        HessianOperator(model, batches, product="finite_difference", block_product="batched")

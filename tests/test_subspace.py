@@ -181,3 +181,38 @@ def test_eigenvalue_tags_sort_and_extra_chart_only_when_computed() -> None:
     charts = {name for group in custom_scalar_layout(extra_eigenvalues=True).values() for name in group}
     assert "eigenvalues k+1..2k" in charts
     assert "effective_lr_bulk" in METRIC_DESCRIPTIONS and "negative" in METRIC_DESCRIPTIONS
+
+
+def test_a_basis_over_parameter_shards_in_one_process_acts_like_the_whole_basis() -> None:
+    """``LocalShards`` (the FSDP2 layout) with one process: every operation equals the whole basis' (the 2-process
+    case, with DTensors, is tests/test_fsdp_trainer.py)."""
+    from hf_subspace._shards import LocalShards
+
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(3, 4, generator=gen, dtype=torch.float64), torch.randn(5, generator=gen, dtype=torch.float64)]
+    dim = sum(p.numel() for p in params)
+    vectors = torch.linalg.qr(torch.randn(dim, 3, generator=gen, dtype=torch.float64))[0]
+    layout = LocalShards(dim, (12, 5), torch.arange(dim))
+    whole, local = SubspaceBasis(vectors), SubspaceBasis(vectors, rows=layout)
+    x = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
+    assert torch.equal(local.coefficients(x), whole.coefficients(x))
+    assert local.dominant_fraction(x) == pytest.approx(whole.dominant_fraction(x), rel=1e-14)
+    assert local.bulk_fraction(x) == pytest.approx(whole.bulk_fraction(x), rel=1e-14)
+    for a, b in zip(local.project_bulk(x), whole.project_bulk(x)):  # type: ignore[arg-type]
+        assert torch.allclose(a, b, rtol=0, atol=1e-14)
+    for mode in ("dominant", "bulk"):
+        runs = []
+        for basis in (whole, local):
+            moved = [p + 0.1 * t for p, t in zip(params, x)]
+            delta = [m - p for m, p in zip(moved, params)]
+            coeffs = projected_update_(moved, params, delta, basis, mode)  # type: ignore[arg-type]
+            runs.append((moved, delta, coeffs))
+        for got, want in zip(runs[1][0] + runs[1][1], runs[0][0] + runs[0][1]):
+            assert torch.allclose(got, want, rtol=0, atol=1e-14), mode
+    grad = torch.randn(dim, generator=gen, dtype=torch.float64)
+    assert effective_learning_rates(local, x, grad) == pytest.approx(effective_learning_rates(whole, x, grad))
+    assert vectors_norm(x, reduce=lambda t: t) == pytest.approx(vectors_norm(x), rel=1e-15)
+    restored = SubspaceBasis.from_state_dict(local.state_dict())
+    assert isinstance(restored.rows, LocalShards) and restored.rows.sizes == (12, 5)
+    with pytest.raises(ValueError, match="local shards"):
+        local.coefficients([params[0]])

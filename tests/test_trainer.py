@@ -270,7 +270,13 @@ def test_model_card_records_subspace_settings(tmp_path, dataset):
         ({"hessian_num_samples": 0}, "hessian_num_samples"),
         ({"subspace_parameter_filter": "("}, "subspace_parameter_filter"),
         ({"deepspeed": "ds_config.json"}, "DeepSpeed"),
-        ({"fsdp": "full_shard"}, "FSDP"),
+        ({"fsdp": "full_shard", "fsdp_config": {"version": 1}}, "FSDP2 only"),
+        ({"fsdp": True, "sam_rho": 0.05}, "SAM"),
+        ({"fsdp": True, "subspace_solver": "eigsh"}, "eigsh"),
+        ({"fsdp": True, "subspace_shard_vectors": False}, "subspace_shard_vectors"),
+        ({"fsdp": True, "subspace_trace_steps": 2}, "subspace_trace_steps"),
+        ({"fsdp": True, "bf16": True}, "full-precision"),
+        ({"fsdp": True, "fsdp_config": {"cpu_offload": True}}, "offload"),
         ({"optim": "galore_adamw_layerwise"}, "layer"),
         ({"sam_rho": 0.05, "gradient_accumulation_steps": 2}, "sam_rho"),
     ],
@@ -546,6 +552,7 @@ def test_trace_is_logged_every_n_steps_and_matches_the_dense_hessian(tmp_path, d
     trainer.train()
     logged = {h["step"]: h for h in trainer.state.log_history if "hessian_trace" in h}
     assert sorted(logged) == [3, 6]
+    assert sorted(losses(trainer.state.log_history)) == list(range(1, 7))  # the Trainer's own logs stay
     # Exact trace of the final Hessian: sum over coordinates of e_i^T H e_i (d is small).
     op = trainer.hessian_operator
     exact = float(
@@ -556,3 +563,32 @@ def test_trace_is_logged_every_n_steps_and_matches_the_dense_hessian(tmp_path, d
     assert abs(entry["hessian_trace"] - exact) <= 4 * entry["hessian_trace_stderr"]
     with pytest.raises(ValueError, match="subspace_trace_matvecs=2 at least 4"):
         SubspaceTrainingArguments(**base_args(str(tmp_path), subspace_trace_steps=1, subspace_trace_matvecs=2))
+
+
+def test_split_basis_files_reassemble_into_any_layout(tmp_path) -> None:
+    """Per-process basis files (a 2-process row split, FSDP2 shards) load whole, into another row split, or into
+    FSDP2 shards of another order: the rows each layout asks for (files written by hand, no processes needed)."""
+    from hf_subspace._shards import LocalShards, RowShard
+    from hf_subspace.trainer import load_subspace_state, save_subspace_state
+
+    dim, gen = 11, torch.Generator().manual_seed(0)
+    full, warm = torch.randn(dim, 3, generator=gen), torch.randn(dim, 4, generator=gen)
+    shards = [torch.tensor([0, 1, 2, 7, 8]), torch.tensor([3, 4, 5, 6, 9, 10])]  # each rank's rows of two tensors
+    layouts = {
+        "rows": [RowShard(dim, 2, r) for r in (0, 1)],
+        "fsdp": [LocalShards(dim, (3, 2), shards[0], 2, 0), LocalShards(dim, (4, 2), shards[1], 2, 1)],
+    }
+    pick = lambda layout: slice(layout.start, layout.stop) if isinstance(layout, RowShard) else layout.index  # noqa: E731
+    targets = [None, RowShard(dim, 3, 1), layouts["fsdp"][1], layouts["rows"][0]]
+    for saved, parts in layouts.items():
+        folder = tmp_path / saved
+        folder.mkdir()
+        for layout in parts:
+            state = {"basis": {"vectors": full[pick(layout)], "eigenvalues": torch.ones(3)}, "settings": {"dim": dim}}
+            state["warm_start"] = warm[pick(layout)]
+            save_subspace_state(str(folder), state, layout, main=layout.rank == 0)
+        for target in targets:
+            loaded = load_subspace_state(str(folder), target, torch.device("cpu"))
+            rows = slice(None) if target is None else pick(target)
+            assert torch.equal(loaded["basis"]["vectors"], full[rows]), (saved, target)
+            assert torch.equal(loaded["warm_start"], warm[rows]), (saved, target)

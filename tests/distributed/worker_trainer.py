@@ -31,7 +31,7 @@ UNUSED_RUN = {**RUN, "max_steps": 4, "ddp_find_unused_parameters": True}
 #: Split solver vectors (the default with 2 processes) against whole ones, and checkpoints of the split run.
 VARIANTS: dict[str, dict] = {
     "whole": {"subspace_shard_vectors": False},
-    "save": {"save_strategy": "steps", "save_steps": 3},
+    "save": {"save_strategy": "steps", "save_steps": 3, "subspace_trace_steps": 3},  # the trace needs whole vectors
     "resume": {"save_strategy": "steps", "save_steps": 3},
 }
 
@@ -62,6 +62,7 @@ def main(out_dir: str, variant: str = "plain") -> None:
         "full_loss": {h["step"]: h["subspace/full_train_loss"] for h in history if "subspace/full_train_loss" in h},
         "minibatch_chi": [h["subspace/chi_k_minibatch_grad"] for h in history if "subspace/chi_k_minibatch_grad" in h],
         "eigenvalues": trainer.subspace_state.basis.eigenvalues.tolist(),
+        "trace_steps": [h["step"] for h in history if "hessian_trace" in h],
     }
     if unused:
         torch.manual_seed(0)
