@@ -108,6 +108,11 @@ def _optimizer_run(name: str, what: str, options: tuple[str, ...], extra: tuple[
     )
 
 
+_RESUMED = (
+    "Resumable (checkpoints every 50 steps, `--resume_experiment`): a seed stopped at the end of a session continues "
+    "with the same command, reusing its finished prefix and branches (checkpointing does not change the numbers)."
+)
+
 PAPER_EXTRA_RUNS: tuple[ReferenceRun, ...] = (
     ReferenceRun(
         "mlp_mnist_eos",
@@ -159,18 +164,22 @@ PAPER_EXTRA_RUNS: tuple[ReferenceRun, ...] = (
     _optimizer_run(
         "mlp_mnist_adam",
         "Adam (adamw_torch, weight decay 0), lr 0.001",
-        ("--optim", "adamw_torch", "--learning_rate", "0.001"),
+        ("--optim", "adamw_torch", "--learning_rate", "0.001", *_RESUMABLE),
+        (_RESUMED,),
     ),
     _optimizer_run(
         "mlp_mnist_adam_lr1e-4",
         "Adam (adamw_torch, weight decay 0), lr 0.0001",
-        ("--optim", "adamw_torch", "--learning_rate", "0.0001"),
+        ("--optim", "adamw_torch", "--learning_rate", "0.0001", *_RESUMABLE),
         (
+            _RESUMED,
             "Adam at lr 1e-4 besides the `mlp_mnist_adam` card's 1e-3: at 1e-3 Adam has nearly fit the 1,000 images "
             "by the switch (loss 0.0012), at 1e-4 the switch comes at a loss like SGD's.",
         ),
     ),
-    _optimizer_run("mlp_mnist_sam", "SAM (ρ = 0.05) around SGD, lr 0.01", ("--sam_rho", "0.05")),
+    _optimizer_run(
+        "mlp_mnist_sam", "SAM (ρ = 0.05) around SGD, lr 0.01", ("--sam_rho", "0.05", *_RESUMABLE), (_RESUMED,)
+    ),
     ReferenceRun(
         "vit_cifar10",
         "vit_cifar10",
