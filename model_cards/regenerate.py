@@ -477,7 +477,6 @@ _WITHDRAWN_SEEDS = (
     "card (basis refreshed every 50 steps, fixed switch) was withdrawn"
 )
 UNAVAILABLE: dict[str, str] = {
-    "cnn_cifar10": _WITHDRAWN_CPU,
     "transformer_sst2": _WITHDRAWN_CPU,
     "vit_cifar10": _WITHDRAWN_CPU,
     "mlp_mnist_adam": _WITHDRAWN_SEEDS,
