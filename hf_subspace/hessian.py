@@ -291,15 +291,17 @@ class HessianOperator(LinearOperator):
         return tensor if not self.shards_vectors else dist.all_reduce_sum(tensor)
 
     # -- passes over the data ---------------------------------------------------------------------------------
-    def _iter_batches(self, desc: str, reuse: bool = False) -> Iterator[tuple[int, int, Any]]:
-        """``(index, loss items, batch)`` of the batches with items; the batch is on the device, or (with ``reuse``)
-        ``None`` where its kept graph makes it unnecessary."""
+    def _iter_batches(self, desc: str, reuse: bool = False) -> Iterator[tuple[int, int, Any, BatchGraph | None]]:
+        """``(index, loss items, batch, kept graph)`` of the batches with items: with ``reuse``, the batch's kept
+        graph and ``None`` for the batch where there is one; otherwise ``None`` for the graph and the batch on the
+        device."""
         items = enumerate(zip(self.batch_items, self.batches))
         if self.progress:
             items = tqdm(items, total=len(self.batches), desc=desc, leave=False)
         for index, (n, batch) in items:
             if n > 0:
-                yield index, n, None if reuse and self._graphs.get(index) else to_device(batch, self.device)
+                kept = self._graphs.get(index) if reuse else None
+                yield index, n, None if kept is not None else to_device(batch, self.device), kept
 
     @contextlib.contextmanager
     def reusing_graphs(self) -> Iterator[None]:
@@ -350,8 +352,7 @@ class HessianOperator(LinearOperator):
             full_precision_weights(self.model, self.dtype),
             torch.set_grad_enabled(want_grad),
         ):
-            for index, items, batch in self._iter_batches(desc, reuse):
-                graph = self._graphs.get(index) if reuse else None
+            for index, items, batch, graph in self._iter_batches(desc, reuse):
                 keep = graph is not None
                 if graph is None:
                     graph = self._batch_graph(batch, items, want_grad, create_graph=exact and m > 0)

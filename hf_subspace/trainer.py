@@ -115,6 +115,12 @@ class SubspaceTrainerMixin(_TrainerBase):
                 "1 for subspace_basis_tol) must be smaller than the number of covered parameters "
                 f"d={dim}; lower subspace_k or widen subspace_parameter_filter."
             )
+        if self.args.subspace_graph_cache_bytes and self.subspace_shard_vectors:
+            raise ValueError(
+                f"subspace_graph_cache_bytes={self.args.subspace_graph_cache_bytes}: graphs are kept for whole vectors "
+                f"only, but with {distributed.world_size()} processes the solver's vectors are split (the default). "
+                "Set subspace_shard_vectors=False, or leave subspace_graph_cache_bytes unset."
+            )
         batches = self._hessian_batches()
         metrics = copy.deepcopy(getattr(self, "_metrics", None))  # TRL trainers record metrics in compute_loss
         loss_fn: LossFn = self._hessian_loss
@@ -131,6 +137,7 @@ class SubspaceTrainerMixin(_TrainerBase):
             params=self.subspace_params,
             progress=self.args.subspace_progress,
             shard_vectors=self.subspace_shard_vectors,
+            graph_cache_bytes=self.args.subspace_graph_cache_bytes,
         )
         self.subspace_state = SubspaceState(AlignmentEMA(decay=self.args.subspace_ema_decay), schedule)
         self.subspace_callback = SubspaceCallback(
@@ -150,7 +157,13 @@ class SubspaceTrainerMixin(_TrainerBase):
             every, matvecs = self.args.subspace_trace_steps, self.args.subspace_trace_matvecs
             trace_op = self.hessian_operator
             if trace_op.rows is not None:  # Hutch++ works on whole vectors: the same Hessian, unsplit
-                trace_op = HessianOperator(self.model, batches, loss_fn, params=self.subspace_params)
+                trace_op = HessianOperator(
+                    self.model,
+                    batches,
+                    loss_fn,
+                    params=self.subspace_params,
+                    graph_cache_bytes=self.args.subspace_graph_cache_bytes,
+                )
             self.add_callback(HessianTraceCallback(trace_op, every, matvecs, self.args.seed, self.log))
 
     @property

@@ -153,6 +153,16 @@ class SubspaceTrainingArguments(TrainingArguments):
     subspace_progress: bool = field(
         default=False, metadata={"help": "Show tqdm progress bars for Hessian passes and eigensolves."}
     )
+    subspace_graph_cache_bytes: int | None = field(
+        default=None,
+        metadata={
+            "help": "Memory budget in bytes for keeping the Hessian batches' first-order graphs between the "
+            "Hessian-vector products of one refresh, audit or trace estimate (later products then skip the forward "
+            "pass and first backward; results are unchanged). Default None: a quarter of the free memory; 0 turns "
+            "it off (a model near the memory limit). Whole vectors only: a positive value is refused with split "
+            "vectors (subspace_shard_vectors) and FSDP2."
+        },
+    )
     subspace_trace_steps: int = field(
         default=0,
         metadata={
@@ -231,6 +241,17 @@ class SubspaceTrainingArguments(TrainingArguments):
                 f"subspace_trace_steps={self.subspace_trace_steps} must be >= 0 (0 = off) and "
                 f"subspace_trace_matvecs={self.subspace_trace_matvecs} at least 4 (Hutch++)."
             )
+        if self.subspace_graph_cache_bytes is not None and self.subspace_graph_cache_bytes < 0:
+            fail(
+                f"subspace_graph_cache_bytes={self.subspace_graph_cache_bytes} must be >= 0 (0 turns graph reuse off), "
+                "or None for the default budget."
+            )
+        if self.subspace_graph_cache_bytes and self.subspace_shard_vectors:
+            fail(
+                f"subspace_graph_cache_bytes={self.subspace_graph_cache_bytes} cannot be used with "
+                "subspace_shard_vectors=True (graphs are kept for whole vectors only); set subspace_shard_vectors=False "
+                "or leave subspace_graph_cache_bytes unset."
+            )
         if self.subspace_extra_eigenvalues < 0:
             fail(f"subspace_extra_eigenvalues={self.subspace_extra_eigenvalues} must be >= 0.")
         if self.subspace_alignment_steps is not None and self.subspace_alignment_steps < 0:
@@ -291,6 +312,9 @@ def _check_fsdp2(args: SubspaceTrainingArguments, fail: Callable[[str], None]) -
         "subspace_solver='eigsh' (ARPACK needs whole vectors)": args.subspace_solver == "eigsh",
         "subspace_shard_vectors=False (vectors are the parameter shards)": args.subspace_shard_vectors is False,
         "subspace_trace_steps > 0 (the trace estimate needs whole vectors)": args.subspace_trace_steps > 0,
+        "subspace_graph_cache_bytes > 0 (graphs are kept for whole vectors only)": bool(
+            args.subspace_graph_cache_bytes
+        ),
         "bf16 / fp16 (finite-difference products need full-precision gradients)": bool(args.bf16 or args.fp16),
         "CPU offload (fsdp 'offload' / cpu_offload)": "offload" in options
         or str(config.get("cpu_offload", config.get("fsdp_cpu_offload", False))).lower() == "true",
