@@ -104,6 +104,8 @@ def test_trainer_split_vectors_give_the_losses_of_whole_vectors(trainer_runs):
             assert split[0][key][step] == pytest.approx(value, rel=1e-6), (key, step)
     assert split[0]["eigenvalues"] == pytest.approx(whole[0]["eigenvalues"], rel=1e-5)
     assert split[0]["trace_steps"] == [3, 6]  # the trace estimate runs on a whole-vector view of the split Hessian
+    built, rebuilt = split[0]["trace_graphs"]  # subspace_graph_cache_bytes=0 reached that view: nothing kept
+    assert built == rebuilt > 0
 
 
 def test_split_checkpoint_resumes_exactly_in_two_processes(trainer_runs):

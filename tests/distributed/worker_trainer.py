@@ -31,7 +31,8 @@ UNUSED_RUN = {**RUN, "max_steps": 4, "ddp_find_unused_parameters": True}
 #: Split solver vectors (the default with 2 processes) against whole ones, and checkpoints of the split run.
 VARIANTS: dict[str, dict] = {
     "whole": {"subspace_shard_vectors": False},
-    "save": {"save_strategy": "steps", "save_steps": 3, "subspace_trace_steps": 3},  # the trace needs whole vectors
+    # The trace needs whole vectors (a second operator); subspace_graph_cache_bytes=0 must reach it too.
+    "save": {"save_strategy": "steps", "save_steps": 3, "subspace_trace_steps": 3, "subspace_graph_cache_bytes": 0},
     "resume": {"save_strategy": "steps", "save_steps": 3},
 }
 
@@ -64,6 +65,10 @@ def main(out_dir: str, variant: str = "plain") -> None:
         "eigenvalues": trainer.subspace_state.basis.eigenvalues.tolist(),
         "trace_steps": [h["step"] for h in history if "hessian_trace" in h],
     }
+    trace = [c.operator for c in trainer.callback_handler.callbacks if type(c).__name__ == "HessianTraceCallback"]
+    if trace:  # graphs built per product pass and per batch (equal when nothing was kept)
+        built = trace[0].num_graphs_built
+        record["trace_graphs"] = [built, trace[0].num_passes * sum(n > 0 for n in trace[0].batch_items)]
     if unused:
         torch.manual_seed(0)
         model_before = DigitsMLP(unused=True)
