@@ -117,6 +117,7 @@ def _optimizer_run(
         seeds=SEEDS,
     )
 
+
 PAPER_EXTRA_RUNS: tuple[ReferenceRun, ...] = (
     ReferenceRun(
         "mlp_mnist_eos",
