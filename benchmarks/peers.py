@@ -3,7 +3,9 @@
 Every tool gets the same model (eval mode, float32), the same Hessian set (``--samples`` images as one batch of
 ``--batch-size``; one batch is PyHessian's single-batch mode, which builds the first-order graph once and keeps it)
 and the same loss (the models' MSE, ½‖logits − onehot‖² averaged over the batch). Setups: the paper's MLP on 1,000
-MNIST images and its CNN on 1,000 CIFAR-10 images (stand-ins when the data are not staged).
+MNIST images, its CNN on 1,000 CIFAR-10 images (stand-ins when the data are not staged) and its SST-2 transformer
+(a small BERT-style encoder; ``--bert-samples`` sentences of 32 tokens after 100 SGD steps, as in
+``solver_robustness.py``), whose token ids and attention mask travel to the peers as one ``[n, 2, 32]`` tensor.
 
 * **top-k eigenpairs** (``--k``): hf-subspace ``top_eigenpairs(op, k)`` (its default: checked Lanczos);
   PyHessian ``hessian(model, criterion, data=(x, y)).eigenvalues(top_n=k)`` (deflated power iteration, its defaults
@@ -41,6 +43,7 @@ import numpy as np
 import torch
 from graph_reuse import build
 from refresh_cost import LogitsOnly, PaperMSE, curvlinops_eigsh
+from solver_robustness import build as robustness_build
 from solver_robustness import wrong
 
 from hf_subspace import HessianOperator, hessian_trace, spectral_density
@@ -59,6 +62,29 @@ def load_peers() -> dict[str, Any]:
             print(f"note: {name} not importable ({err}): its rows are skipped")
             out[name] = None
     return out
+
+
+class TextLogitsOnly(torch.nn.Module):
+    """``model(x) -> logits`` for a text model, ``x`` = token ids and attention mask stacked as ``[n, 2, length]``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=x[:, 0], attention_mask=x[:, 1]).logits
+
+
+def logits_only(model: torch.nn.Module) -> torch.nn.Module:
+    """The ``model(inputs) -> logits`` module the peers call: :class:`TextLogitsOnly` for a text model."""
+    return TextLogitsOnly(model) if hasattr(model.config, "vocab_size") else LogitsOnly(model)
+
+
+def peer_data(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Hessian batch as the peers' ``(inputs, labels)``."""
+    if "input_ids" in batch:
+        return torch.stack([batch["input_ids"], batch["attention_mask"]], dim=1), batch["labels"]
+    return batch["pixel_values"], batch["labels"]
 
 
 class Counter:
@@ -86,7 +112,7 @@ def pyhessian_run(peers: dict[str, Any], model: torch.nn.Module, data: tuple, ta
     module.hessian_vector_product = counter
     torch.manual_seed(args.seed)  # PyHessian draws from the global generator
     try:
-        h = module.hessian(LogitsOnly(model), PaperMSE(), data=data, cuda=False)
+        h = module.hessian(logits_only(model), PaperMSE(), data=data, cuda=False)
         if task == "topk":
             values, vectors = h.eigenvalues(maxIter=100, tol=1e-3, top_n=args.k)
             flat = torch.stack([torch.cat([t.detach().reshape(-1) for t in v]) for v in vectors], dim=1)
@@ -105,7 +131,7 @@ def pyhessian_run(peers: dict[str, Any], model: torch.nn.Module, data: tuple, ta
 
 def eigenthings_run(peers: dict[str, Any], model: torch.nn.Module, data: tuple, task: str, args: argparse.Namespace):
     he = peers["hessian_eigenthings"]
-    op = he.HessianOperator(LogitsOnly(model), [data], he.supervised_loss(PaperMSE()))
+    op = he.HessianOperator(logits_only(model), [data], he.supervised_loss(PaperMSE()))
     counter = Counter(op.matvec)
     op.matvec = counter
     if task.startswith("topk"):
@@ -126,9 +152,9 @@ def curvlinops_run(peers: dict[str, Any], model: torch.nn.Module, data: tuple, t
     n = len(data[1])
     if task == "topk":
         v0 = np.random.default_rng(args.seed).standard_normal(bu.num_params(model)).astype(np.float32)
-        solve = curvlinops_eigsh(cl, model, [data], n, args.k, 1e-3, v0)
+        solve = curvlinops_eigsh(cl, model, [data], n, args.k, 1e-3, v0, wrap=logits_only)
         return {"values": solve.eigenvalues, "vectors": solve.vectors}, solve.hvps
-    wrapper = LogitsOnly(model)
+    wrapper = logits_only(model)
     params = [p for p in wrapper.parameters() if p.requires_grad]
     op = cl.HessianLinearOperator(wrapper, PaperMSE(), params, [data], check_deterministic=False, num_data=n)
     counter = Counter(op._matmat, lambda m: int(m[0].shape[-1]))
@@ -180,8 +206,13 @@ def topk_quality(op: HessianOperator, out: dict[str, Any], ref: Any, k: int) -> 
 
 
 def run_setup(name: str, args: argparse.Namespace, peers: dict[str, Any]) -> dict[str, Any]:
-    model, batches = build(name, args.samples, args.batch_size, args.seed, args.quick)
-    data = (batches[0]["pixel_values"], batches[0]["labels"])
+    if name == "bert":
+        model, batches = robustness_build("bert", args.quick, args.bert_samples, args.seed)
+        model.eval()
+        batches = bu.make_batches({k: v for k, v in batches[0].items() if k != "labels"}, batches[0]["labels"], 10**9)
+    else:
+        model, batches = build(name, args.samples, args.batch_size, args.seed, args.quick)
+    data = peer_data(batches[0])
     op = HessianOperator(model, batches)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -254,8 +285,9 @@ def print_tables(results: dict[str, Any], args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bu.add_common_args(p, "peers.json")
-    p.add_argument("--setups", nargs="+", default=["mnist", "cifar"], choices=["mnist", "cifar"])
+    p.add_argument("--setups", nargs="+", default=["mnist", "cifar", "bert"], choices=["mnist", "cifar", "bert"])
     p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--bert-samples", type=int, default=128, help="SST-2 sentences of the bert setup (one batch)")
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--trace-matvecs", type=int, default=99)

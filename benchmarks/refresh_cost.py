@@ -195,9 +195,11 @@ def curvlinops_eigsh(
     k: int,
     tol: float,
     v0: np.ndarray,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
 ) -> Solve:
-    """curvlinops ``HessianLinearOperator`` as a scipy operator, top-k by ``eigsh(which="LA")``."""
-    wrapper = LogitsOnly(model)
+    """curvlinops ``HessianLinearOperator`` as a scipy operator, top-k by ``eigsh(which="LA")``; ``wrap`` makes the
+    ``model(inputs) -> logits`` module curvlinops calls (default :class:`LogitsOnly`)."""
+    wrapper = (wrap or LogitsOnly)(model)
     params = [p for p in wrapper.parameters() if p.requires_grad]
     lin = curvlinops.HessianLinearOperator(
         wrapper, PaperMSE(), params, data, check_deterministic=False, num_data=num_data

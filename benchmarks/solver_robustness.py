@@ -6,7 +6,9 @@ for the top ``k`` from ``--starts`` random starts by
 
 * ``baseline``: ``lanczos`` as of ``--baseline-rev`` (residuals relative to ``max|λ|``, no final check), loaded from git;
 * ``lanczos``: today's ``top_eigenpairs(op, k)`` (per-pair tolerance and the deflated final check);
-* ``lanczos-no-check``: the same with ``verify_steps=0`` (the per-pair tolerance alone).
+* ``lanczos-no-check``: the same with ``verify_steps=0`` (the per-pair tolerance alone);
+* ``restart``: ``lanczos`` as of ``--restart-rev`` (the checked solve that started again after a find, before missed
+  pairs were locked in), when given.
 
 A solve is *wrong* when a reference eigenvector :math:`v_i`, ``i <= k``, with :math:`\\lambda_i - \\lambda_{k+1} >
 1 \\% \\lambda_i` keeps less than half its norm in the returned span (a missed eigenvalue, not a split tie). The
@@ -37,12 +39,11 @@ from hf_subspace.eigensolvers import top_eigenpairs
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_baseline(rev: str) -> Any:
+def load_baseline(rev: str, name: str = "hf_subspace.eigensolvers._baseline_lanczos") -> Any:
     """The ``lanczos`` function of ``hf_subspace/eigensolvers/lanczos.py`` at git revision ``rev``."""
     source = subprocess.run(
         ["git", "show", f"{rev}:hf_subspace/eigensolvers/lanczos.py"], cwd=ROOT, check=True, capture_output=True
     ).stdout
-    name = "hf_subspace.eigensolvers._baseline_lanczos"
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "baseline_lanczos.py"
         path.write_bytes(source)
@@ -89,7 +90,7 @@ def wrong(vectors: torch.Tensor, ref_values: torch.Tensor, ref_vectors: torch.Te
     return bool(((mass < 0.5) & separated).any())
 
 
-def run_setup(name: str, args: argparse.Namespace, baseline: Any) -> dict[str, Any]:
+def run_setup(name: str, args: argparse.Namespace, baseline: Any, restart: Any) -> dict[str, Any]:
     model, batches = build(name, args.quick, args.hessian_samples[name], args.seed)
     model.eval()
     op = HessianOperator(model, batches)
@@ -100,6 +101,8 @@ def run_setup(name: str, args: argparse.Namespace, baseline: Any) -> dict[str, A
         "lanczos": lambda s: top_eigenpairs(op, k, seed=s),
         "lanczos-no-check": lambda s: top_eigenpairs(op, k, seed=s, verify_steps=0),
     }
+    if restart is not None:
+        solvers["restart"] = lambda s: restart(op, k, seed=s)
     rows: dict[str, Any] = {}
     for solver, fn in solvers.items():
         hvps, bad, silent = [], 0, 0
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--starts", type=int, default=10, help="random starts per setup and solver")
     p.add_argument("--baseline-rev", default="f8cedb6", help="git revision of the baseline lanczos")
+    p.add_argument("--restart-rev", default=None, help="git revision of a checked lanczos to compare (e.g. 4d8d769)")
     args = p.parse_args(argv)
     bu.setup_process(args.threads)
     args.hessian_samples = {"mnist": 1000, "cifar": 250, "bert": 128}
@@ -136,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.hessian_samples, args.starts = {"mnist": 100, "cifar": 16, "bert": 16}, 2
     env = bu.environment_info(torch.device("cpu"))
     baseline = load_baseline(args.baseline_rev)
-    results = {name: run_setup(name, args, baseline) for name in args.setups}
+    restart = load_baseline(args.restart_rev, "hf_subspace.eigensolvers._restart_lanczos") if args.restart_rev else None
+    results = {name: run_setup(name, args, baseline, restart) for name in args.setups}
     header = [
         "setup",
         "solver",

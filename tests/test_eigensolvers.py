@@ -507,3 +507,28 @@ def test_lanczos_check_finds_what_the_start_vector_cannot_see() -> None:
     checked = top_eigenpairs(matrix, k, init=start[:, None], method="lanczos")
     assert checked.converged and float((checked.eigenvectors[:k] ** 2).sum(dim=1).min()) > 0.99
     torch.testing.assert_close(checked.eigenvalues, lam[:k])
+
+
+@pytest.mark.parametrize("basis", [None, 7])
+def test_lanczos_locks_in_what_the_check_finds(basis: int | None) -> None:
+    # The sweep from a start without e_3 converges to (100, 60, 20, 15, 12) and misses 40. The check finds it; its
+    # run continues until 40 converges and locks it in (a few products) instead of a whole new sweep, which the
+    # HVP bound below excludes. With 7 basis vectors the check has 2 free columns, too few to converge 40: the
+    # solve must then start again and still be right.
+    top, k = [100.0, 60.0, 40.0, 20.0, 15.0, 12.0, 11.0], 5
+    lam = _cluster_over_bulk(top, d=500)
+    start = torch.ones(500, dtype=torch.float64)
+    start[2] = 0.0
+    matrix = MatrixOperator(torch.diag(lam))
+    alone = top_eigenpairs(matrix, k, init=start[:, None], method="lanczos", verify_steps=0, max_basis_vectors=basis)
+    assert alone.converged and float(alone.eigenvalues[2]) == pytest.approx(20.0)
+    checked = top_eigenpairs(matrix, k, init=start[:, None], method="lanczos", max_basis_vectors=basis)
+    assert checked.converged
+    torch.testing.assert_close(checked.eigenvalues, lam[:k], rtol=1e-6, atol=0)
+    assert float((checked.eigenvectors[:k] ** 2).sum(dim=1).min()) > 1 - 1e-6
+    assert (checked.residuals <= 1e-6 * checked.eigenvalues.abs()).all()
+    # The gap's lambda_6 side is a Ritz value or Rayleigh quotient, a lower bound: the gap can only be too large.
+    assert checked.eigengap is not None and checked.eigengap >= 3.0 * (1 - 1e-6)
+    if basis is None:
+        assert checked.eigengap == pytest.approx(3.0, rel=1e-3)  # lambda_5 - lambda_6: the dropped 12 counts
+        assert checked.num_matvecs <= alone.num_matvecs + 2 * 5 + 3

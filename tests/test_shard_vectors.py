@@ -57,6 +57,17 @@ def test_split_eigenpairs_equal_whole(ranks, dtype, method):
     assert _same_up_to_sign(split_vectors, vectors) <= 10 * TOL[dtype]
 
 
+def test_split_lock_in_equals_whole(ranks):
+    # The final check finds an eigenvalue the sweep missed and locks it in; every decision of it must agree across
+    # the two processes (a disagreement hangs or splits the result) and equal the whole-vector solve.
+    whole, split = ranks[0]["lock_in"]
+    assert torch.equal(split[0], ranks[1]["lock_in"][1][0]) and split[2] == ranks[1]["lock_in"][1][2] == whole[2]
+    torch.testing.assert_close(split[0], torch.tensor([100.0, 60.0, 40.0, 20.0, 15.0], dtype=torch.float64))
+    torch.testing.assert_close(whole[0], split[0], rtol=1e-12, atol=0)
+    split_vectors = torch.cat([x["lock_in"][1][1] for x in ranks])
+    assert _same_up_to_sign(split_vectors, whole[1]) <= 1e-8
+
+
 @pytest.mark.parametrize("dtype", list(TOL))
 def test_split_basis_chi_and_projected_updates_equal_whole(ranks, dtype):
     r = [x[dtype] for x in ranks]

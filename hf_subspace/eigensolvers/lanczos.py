@@ -31,10 +31,13 @@ eigenvalue whose direction has not yet emerged from the Krylov space (a single s
 along it, or none along the second copy of a repeated eigenvalue), so before ``converged=True`` is reported a short
 Lanczos run of the *deflated* operator :math:`(I - YY^\top) H (I - YY^\top)` from a fresh random vector (``Y`` the
 ``k`` Ritz vectors) looks for what was missed. Its largest Ritz value :math:`\mu` is the largest Rayleigh quotient
-found orthogonal to ``Y``: if :math:`\mu` exceeds :math:`\theta_k` by more than the tolerance, Lanczos starts again
-from :math:`Y\mathbf{1} + u` (``u`` the check's Ritz vector, so the Krylov space holds the found pairs and the new
-direction from its first steps) and is checked again; otherwise :math:`\theta_k - \max(\theta_{k+1}, \mu)` is the
-reported gap, which goes to 0 at a degenerate boundary (the check's vector sees the other copies).
+found orthogonal to ``Y``: if :math:`\mu` exceeds :math:`\theta_k` by more than the tolerance, the same deflated
+run continues in the free basis columns until its Ritz pairs above :math:`\theta_k` meet their tolerances; they are
+*locked in*: merged with ``Y``, the top ``k`` of both are kept, and a fresh check follows. Only when the free columns
+do not suffice (or a locked pair's coupling :math:`Y^\top H y` exceeds its tolerance) does Lanczos start again, from
+:math:`Y\mathbf{1} + u` (``u`` the check's Ritz vector). When a check finds nothing,
+:math:`\theta_k - \max(\theta_{k+1}, \mu)` is the reported gap, which goes to 0 at a degenerate boundary (the
+check's vector sees the other copies).
 The check lives in the free columns of the basis: it adds no memory.
 """
 
@@ -133,6 +136,7 @@ class _Run:
     bar: Any
     steps: int = 0  # operator columns: Lanczos steps and check steps
     restarts: int = 0
+    locks: int = 0  # checks that found missed pairs and locked them in
 
 
 @dataclass
@@ -215,46 +219,97 @@ def _sweep(run: _Run, k: int, steps_cap: int) -> _Sweep:
     return _Sweep(theta, np.abs(b * s[-1, :kk]), converged or n == dim, float(theta[k]) if n > k else None)
 
 
-def _deflated_check(run: _Run, k: int, threshold: float, steps: int) -> tuple[float, bool]:
-    r"""Look for an eigenvalue above ``threshold`` orthogonal to the Ritz vectors ``Y = run.basis[:, :k]``.
+@dataclass
+class _Check:
+    """The outcome of one deflated check (see :func:`_deflated_check`)."""
 
-    Runs up to ``steps`` Lanczos steps of :math:`(I - YY^\top) H (I - YY^\top)` from a fresh random vector, in the
-    basis columns ``k .. k + steps - 1`` (every new vector is orthogonalised against ``Y`` and the check's own
-    vectors together), and stops as soon as its largest Ritz value :math:`\mu` exceeds ``threshold``. On return the
-    check's top Ritz vector :math:`u` (orthogonal to ``Y``) is in ``run.basis[:, k]``.
+    mu: float  # largest Rayleigh quotient found orthogonal to Y
 
-    Returns:
-        ``(mu, found)``: the largest Rayleigh quotient found orthogonal to ``Y`` (a lower bound of the largest
-        eigenvalue of the deflated operator), and whether it exceeds ``threshold``.
+    @property
+    def check_value(self) -> float | None:
+        """``mu`` when nothing was found (an estimate of the next eigenvalue below ``Y``'s), else ``None``."""
+        return None if self.found else self.mu
+
+    found: bool  # mu above the threshold: Y misses an eigenvalue
+    values: np.ndarray  # the check's converged Ritz values above the threshold ([m]; empty unless extended)
+    residuals: np.ndarray  # their residual norms for the full operator ([m])
+    next_value: float | None  # the check's next Ritz value below those, if any
+
+
+def _deflated_check(run: _Run, k: int, threshold: float, steps: int, scale: float) -> _Check:
+    r"""Look for eigenvalues above ``threshold`` orthogonal to the Ritz vectors ``Y = run.basis[:, :k]``.
+
+    Runs Lanczos on :math:`(I - YY^\top) H (I - YY^\top)` from a fresh random vector in the free basis columns
+    ``k, k + 1, ...`` (every new vector is orthogonalised against ``Y`` and the check's own vectors together). The
+    check proper is at most ``steps`` steps and ends as soon as its largest Ritz value :math:`\mu` exceeds
+    ``threshold``. When it does, the same run goes on in the remaining free columns until every Ritz pair above
+    ``threshold`` meets its tolerance (:func:`pair_tolerances` with the floor taken from ``scale``, the largest
+    :math:`|\theta|`): these are the eigenpairs the sweep missed, found without starting again (a *locked* ``Y``).
+    Their residual for :math:`H` itself adds the coupling :math:`Y^\top H y`, known exactly from the
+    orthogonalisation coefficients.
+
+    On return the check's Ritz vectors are in ``run.basis[:, k : k + m]`` (``m = len(values)``; when the extension
+    ran out of columns, ``values`` is empty and the top Ritz vector ``u`` is in ``run.basis[:, k]``).
     """
     problem, basis = run.problem, run.basis
     eps = torch.finfo(problem.dtype).eps
+    cap = run.ncv - k
     q = random_block(run.generator, problem.dim, 1, problem.dtype, problem.device, problem.rows)[:, 0]
     _orthogonalize(q, basis[:, :k], problem.reduce)
     basis[:, k].copy_(q).div_(_norm(q, problem.reduce))
     del q
-    t = np.zeros((steps, steps))
-    mu, found, j = -np.inf, False, 0
-    s = np.ones((1, 1))
-    for j in range(steps):
+    t = np.zeros((cap, cap))
+    coupling = np.zeros((k, cap))  # Y^T H v_j of the check's vectors v_j
+    theta, s = np.zeros(1), np.ones((1, 1))
+    found, settled, b, j = False, False, 0.0, 0
+    for j in range(cap):
         w = run.counter(basis[:, k + j : k + j + 1])[:, 0]
         run.steps += 1
         if run.bar is not None:
             run.bar.update(1)
         coef = _orthogonalize(w, basis[:, : k + j + 1], problem.reduce)
+        coupling[:, j] = coef[:k]
         t[j, j] = float(coef[k + j])
         b = _norm(w, problem.reduce)
         theta, s = _ritz(t[: j + 1, : j + 1])
-        mu = float(theta[0])
-        found = mu > threshold
-        breakdown = b <= 10 * eps * max(abs(mu), 1e-300) * np.sqrt(j + 1)
-        if stop(found or breakdown or j + 1 == steps, problem):
+        found = found or bool(theta[0] > threshold)
+        breakdown = b <= 10 * eps * max(abs(float(theta[0])), 1e-300) * np.sqrt(j + 1)
+        if found:
+            m = int((theta > threshold).sum())
+            bound = problem.tol * np.maximum(np.abs(theta[:m]), PAIR_FLOOR * scale)
+            settled = bool((np.abs(b * s[-1, :m]) <= bound).all()) or breakdown
+            done = settled or j + 1 == cap
+        else:
+            done = breakdown or j + 1 == steps
+        if stop(done, problem):
             break
         t[j, j + 1] = t[j + 1, j] = b
         basis[:, k + j + 1].copy_(w).div_(b)
         del w
-    combine_columns_([basis[:, k : k + j + 1]], torch.as_tensor(s[:, :1]), [basis[:, k : k + 1]], [1])
-    return mu, stop(found, problem)
+    found, settled = stop(found, problem), stop(found and settled, problem)
+    mu = float(theta[0])
+    if not settled:
+        combine_columns_([basis[:, k : k + j + 1]], torch.as_tensor(s[:, :1]), [basis[:, k : k + 1]], [1])
+        return _Check(mu, found, np.zeros(0), np.zeros(0), None)
+    m = int((theta > threshold).sum())
+    own = np.abs(b * s[-1, :m])
+    across = np.linalg.norm(coupling[:, : j + 1] @ s[:, :m], axis=0)
+    combine_columns_([basis[:, k : k + j + 1]], torch.as_tensor(s[:, :m]), [basis[:, k : k + m]], [m])
+    next_value = float(theta[m]) if theta.size > m else None
+    return _Check(mu, True, theta[:m].copy(), np.hypot(own, across), next_value)
+
+
+def _lock_in(run: _Run, k: int, values: np.ndarray, residuals: np.ndarray, check: _Check) -> np.ndarray:
+    """Merge the check's new pairs (columns ``k ..``) with ``Y`` (columns ``:k``): the top ``k`` of both, sorted,
+    go to columns ``:k``; returns all merged values, descending (the ones past ``k`` were dropped from ``Y``)."""
+    merged = np.concatenate([values, check.values])
+    order = np.argsort(-merged, kind="stable")
+    n = merged.size
+    permutation = np.zeros((n, n))
+    permutation[order, np.arange(n)] = 1.0
+    combine_columns_([run.basis[:, :n]], torch.as_tensor(permutation), [run.basis[:, :n]], [n])
+    residuals[:] = np.concatenate([residuals, check.residuals])[order][:k]
+    return merged[order]
 
 
 def lanczos(
@@ -281,8 +336,10 @@ def lanczos(
     unless the check's random start is nearly orthogonal to it and the Chebyshev growth of ``verify_steps`` steps
     does not make up for it, i.e. with high probability when :math:`\lambda` stands apart from the rest of the
     deflated spectrum by a fraction of its width; an eigenvalue tied with :math:`\theta_k` shows as a gap of about 0
-    (and the degenerate-boundary warning). When the check finds one, Lanczos starts again from the found vectors plus
-    the new direction and is checked again (within ``max_iters``). See the module docstring.
+    (and the degenerate-boundary warning). When the check finds one, its run continues until the missed pairs
+    converge, they are locked in with the others and a new check follows (or, when the free basis columns do not
+    suffice, Lanczos starts again from the found vectors plus the new direction), within ``max_iters``. See the
+    module docstring.
 
     Args:
         operator: symmetric operator (``dim``, ``dtype``, ``device``, ``matmat``; ``is_distributed`` optional).
@@ -360,27 +417,46 @@ def lanczos(
         sweep = _sweep(run, k, steps_cap - lanczos_steps)
         lanczos_steps += run.steps - before
         next_value, converged = sweep.next_value, sweep.converged
+        values, residuals = sweep.theta[: min(k, sweep.theta.size)].copy(), sweep.residuals.copy()
         checkable = min(verify_steps, ncv - k, dim - k)
         if not converged or checkable <= 0 or sweep.theta.size >= dim:
             break
-        threshold = float(sweep.theta[k - 1] + pair_tolerances(sweep.theta, k, problem.tol)[k - 1])
-        mu, found = _deflated_check(run, k, threshold, checkable)
-        next_value = mu if next_value is None else max(next_value, mu)
+        found = False
+        for _ in range(k + 1):  # each lock-in raises theta_k past its tolerance: a few rounds at most
+            tolerance = pair_tolerances(values, k, problem.tol)[k - 1]
+            before = run.steps
+            check = _deflated_check(run, k, float(values[k - 1] + tolerance), checkable, float(np.abs(values).max()))
+            lanczos_steps += max(0, run.steps - before - checkable)  # steps past the check proper: Lanczos steps
+            found = check.found
+            candidates = [v for v in (next_value, check.check_value, check.next_value) if v is not None]
+            if not found or check.values.size == 0:
+                next_value = max(candidates) if candidates else None
+                break
+            # The sweep missed eigenpairs and the check found them: lock them in with Y and check again.
+            merged = _lock_in(run, k, values, residuals, check)
+            values = merged[:k].copy()
+            pool = [*candidates, *merged[k:].tolist()]
+            next_value = max(pool) if pool else None
+            run.locks += 1
+            coupled = bool((residuals > pair_tolerances(values, k, problem.tol)).any())
+            if stop(coupled or lanczos_steps >= steps_cap, problem):
+                break  # a locked pair's coupling to Y is above its tolerance, or no steps are left: not verified
         if not found:
             break
-        # An eigenvalue was missed: start again from the found vectors plus the new direction (all unit vectors).
+        # An eigenvalue was missed and could not be locked in: start again from the found vectors plus the new
+        # direction (all unit vectors), so the Krylov space holds them from its first steps.
         converged = False
         if lanczos_steps >= steps_cap:
             break
         q = run.basis[:, : k + 1].sum(dim=1)
         run.restarts += 1
 
-    kk = min(k, int(sweep.theta.size))
+    kk = min(k, int(values.size))
     return finalize(
         problem,
-        torch.as_tensor(sweep.theta[:kk].copy(), dtype=torch.float64),
+        torch.as_tensor(values[:kk].copy(), dtype=torch.float64),
         run.basis[:, :kk],
-        torch.as_tensor(sweep.residuals, dtype=torch.float64),
+        torch.as_tensor(residuals[:kk], dtype=torch.float64),
         counter=run.counter,
         converged=converged,
         iterations=run.steps,

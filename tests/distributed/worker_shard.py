@@ -13,6 +13,7 @@ from worker_core import problem_in, start_two
 
 from hf_subspace import HessianOperator, SubspaceBasis, top_eigenpairs
 from hf_subspace.metrics import effective_learning_rates
+from hf_subspace.operator import MatrixOperator
 from hf_subspace.subspace import projected_update_, sparse_coefficients
 
 
@@ -47,6 +48,44 @@ def _basis_results(whole: SubspaceBasis, split: SubspaceBasis, op: HessianOperat
             res[f"update_{mode}"] = (new, d)
         out[name] = res
     return out
+
+
+class _SplitDiagonal:
+    """``diag(lam)`` on vectors split in two row halves across the processes (an eigenproblem with a known answer)."""
+
+    is_distributed = True
+    shards_vectors = True
+
+    def __init__(self, lam: torch.Tensor, rank: int) -> None:
+        self.dim, self.dtype, self.device = lam.numel(), lam.dtype, lam.device
+        half = (self.dim + 1) // 2
+        self.row_start = rank * half
+        self.local_dim = min(half, self.dim - self.row_start)
+        self.local_rows = slice(self.row_start, self.row_start + self.local_dim)
+        self.lam = lam[self.local_rows]
+
+    def matmat(self, block: torch.Tensor) -> torch.Tensor:
+        return self.lam[:, None] * block
+
+    def reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(tensor)
+        return tensor
+
+
+def _lock_in_results(rank: int) -> tuple:
+    """The check's lock-in (a start without e_3 misses 40): whole vectors in one process vs split ones."""
+    top = torch.tensor([100.0, 60.0, 40.0, 20.0, 15.0, 12.0, 11.0], dtype=torch.float64)
+    lam = torch.cat([top, 3.0 * torch.rand(493, generator=torch.Generator().manual_seed(0), dtype=torch.float64)])
+    start = torch.ones(500, dtype=torch.float64)
+    start[2] = 0.0
+    split = _SplitDiagonal(lam, rank)
+    whole = top_eigenpairs(MatrixOperator(torch.diag(lam)), 5, init=start[:, None], method="lanczos")
+    part = top_eigenpairs(split, 5, init=start[split.local_rows, None], method="lanczos")
+    return (whole.eigenvalues, whole.eigenvectors, whole.num_matvecs), (
+        part.eigenvalues,
+        part.eigenvectors,
+        part.num_matvecs,
+    )
 
 
 def main(out_dir: str) -> None:
@@ -85,6 +124,7 @@ def main(out_dir: str) -> None:
             SubspaceBasis(vectors[rows], rows=split.rows).distance(SubspaceBasis(other.vectors[rows], rows=split.rows)),
         )
         results[str(dtype)] = r
+    results["lock_in"] = _lock_in_results(rank)
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
