@@ -103,6 +103,7 @@ def run_setup(name: str, args: argparse.Namespace, baseline: Any, restart: Any) 
     }
     if restart is not None:
         solvers["restart"] = lambda s: restart(op, k, seed=s)
+    solvers = {name: fn for name, fn in solvers.items() if name == "baseline" or name in args.solvers}
     rows: dict[str, Any] = {}
     for solver, fn in solvers.items():
         hvps, bad, silent = [], 0, 0
@@ -115,7 +116,13 @@ def run_setup(name: str, args: argparse.Namespace, baseline: Any, restart: Any) 
             bad += is_wrong
             silent += is_wrong and result.converged
         mean = sum(hvps) / len(hvps)
-        rows[solver] = {"hvps": bu.summarize(hvps), "mean": mean, "wrong": bad, "wrong_converged": silent}
+        rows[solver] = {
+            "hvps": bu.summarize(hvps),
+            "per_start": hvps,
+            "mean": mean,
+            "wrong": bad,
+            "wrong_converged": silent,
+        }
     for row in rows.values():
         row["ratio"] = row["mean"] / rows["baseline"]["mean"]
     top = ", ".join(f"{v:.4g}" for v in ref.eigenvalues.tolist())
@@ -132,6 +139,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--starts", type=int, default=10, help="random starts per setup and solver")
     p.add_argument("--baseline-rev", default="f8cedb6", help="git revision of the baseline lanczos")
+    p.add_argument(
+        "--solvers",
+        nargs="+",
+        default=["lanczos", "lanczos-no-check", "restart"],
+        choices=["lanczos", "lanczos-no-check", "restart"],
+        help="solvers besides the baseline",
+    )
     p.add_argument("--restart-rev", default=None, help="git revision of a checked lanczos to compare (e.g. 4d8d769)")
     args = p.parse_args(argv)
     bu.setup_process(args.threads)
