@@ -483,10 +483,10 @@ UNAVAILABLE: dict[str, str] = {
     "transformer_sst2": _WITHDRAWN_CPU,
     "vit_cifar10": _WITHDRAWN_CPU,
     "mlp_mnist_adam": (
-        "not yet run under the current protocol with its 3 seeds: a seed takes ~85 min on one core of the shared "
-        "CPU (Dom-Adam and Bulk-Adam refresh the certified basis at nearly every step); seed 0 is finished, seeds 1 "
-        "and 2 resume with the card's command; seed 0 alone (no verdict) has Dom-Adam's loss rising and Bulk-Adam "
-        "diverging (docs/reproduction.md)"
+        "not yet run under the current protocol with its 3 seeds: a seed takes 85–95 min on one core of the shared "
+        "CPU (Dom-Adam and Bulk-Adam refresh the certified basis at nearly every step); seeds 0 and 1 are finished, "
+        "seed 2 resumes with the card's command; seeds 0 and 1 (no verdict yet) have Dom-Adam's loss rising and "
+        "Bulk-Adam diverging (docs/reproduction.md)"
     ),
     "mlp_mnist_adam_lr1e-4": _WITHDRAWN_SEEDS,
     "mlp_mnist_sam": _WITHDRAWN_SEEDS,
