@@ -115,10 +115,13 @@ DEFAULT_VERIFY_STEPS = 5
 """Steps of the final deflated check (operator columns); ``verify_steps=0`` switches the check off."""
 
 
-def pair_tolerances(theta: np.ndarray, k: int, tol: float) -> np.ndarray:
-    """Residual bound of each of the top ``k`` Ritz pairs (float64 ``[k]``), see :data:`PAIR_FLOOR`."""
+def pair_tolerances(theta: np.ndarray, k: int, tol: float, scale: float | None = None) -> np.ndarray:
+    """Residual bound of each of the top ``k`` Ritz pairs (float64 ``[k]``), see :data:`PAIR_FLOOR`; the floor is taken
+    from ``scale`` when given (the largest |θ| of the whole solve), else from these ``k``."""
     magnitude = np.abs(theta[:k])
-    floor = PAIR_FLOOR * float(magnitude.max()) if magnitude.size else 0.0
+    if scale is None:
+        scale = float(magnitude.max()) if magnitude.size else 0.0
+    floor = PAIR_FLOOR * scale
     return tol * np.maximum(np.maximum(magnitude, floor), 1e-300)
 
 
@@ -136,7 +139,6 @@ class _Run:
     bar: Any
     steps: int = 0  # operator columns: Lanczos steps and check steps
     restarts: int = 0
-    locks: int = 0  # checks that found missed pairs and locked them in
 
 
 @dataclass
@@ -276,7 +278,7 @@ def _deflated_check(run: _Run, k: int, threshold: float, steps: int, scale: floa
         breakdown = b <= 10 * eps * max(abs(float(theta[0])), 1e-300) * np.sqrt(j + 1)
         if found:
             m = int((theta > threshold).sum())
-            bound = problem.tol * np.maximum(np.abs(theta[:m]), PAIR_FLOOR * scale)
+            bound = pair_tolerances(theta, m, problem.tol, scale)
             settled = bool((np.abs(b * s[-1, :m]) <= bound).all()) or breakdown
             done = settled or j + 1 == cap
         else:
@@ -437,7 +439,6 @@ def lanczos(
             values = merged[:k].copy()
             pool = [*candidates, *merged[k:].tolist()]
             next_value = max(pool) if pool else None
-            run.locks += 1
             coupled = bool((residuals > pair_tolerances(values, k, problem.tol)).any())
             if stop(coupled or lanczos_steps >= steps_cap, problem):
                 break  # a locked pair's coupling to Y is above its tolerance, or no steps are left: not verified
