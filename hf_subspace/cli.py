@@ -208,6 +208,13 @@ def _add_spectrum_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--density_probes", type=int, default=10, help="random probes of the density")
     parser.add_argument("--density_steps", type=int, default=80, help="Lanczos steps per density probe")
     parser.add_argument("--log_density", action="store_true", help="draw the density on a log scale")
+    parser.add_argument(
+        "--graph_cache_bytes",
+        type=int,
+        default=None,
+        help="memory budget (bytes) for keeping the batches' forward graphs between Hessian-vector products; 0 "
+        "rebuilds them for every product (least memory), default: a quarter of the free memory",
+    )
 
 
 def _run_spectrum(ns: argparse.Namespace) -> int:

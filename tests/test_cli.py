@@ -86,6 +86,19 @@ def test_run_then_spectrum(tmp_path, capsys):
     assert record["recipe"] == "toy_quadratic" and record["eigenvalues"][0] == pytest.approx(1000.0, rel=1e-4)
     assert (tmp_path / "spec" / "spectrum.png").is_file()
     assert "trace" not in record and "density" not in record
+    # --graph_cache_bytes 0 rebuilds each batch's graph for every product; the default keeps it for the whole solve
+    spec0 = tmp_path / "spec0"
+    assert (
+        cli.main(["spectrum", str(out / "sgd"), "--k", "1", "--graph_cache_bytes", "0", "--output_dir", str(spec0)])
+        == 0
+    )
+    no_reuse = json.loads((spec0 / "spectrum.json").read_text())
+    assert no_reuse["graph_cache_bytes"] == 0 and record["graph_cache_bytes"] is None
+    assert no_reuse["eigenvalues"] == pytest.approx(record["eigenvalues"], rel=1e-6)
+    assert no_reuse["hessian_vector_products"] == record["hessian_vector_products"]
+    assert no_reuse["graphs_built"] > record["graphs_built"] >= 1
+    assert cli.main(["spectrum", str(out / "sgd"), "--graph_cache_bytes", "-1", "--output_dir", str(spec0 / "x")]) == 2
+    assert "--graph_cache_bytes=-1 must be >= 0" in capsys.readouterr().err and not (spec0 / "x").exists()
     spec2 = tmp_path / "spec2"
     args = [
         "spectrum",

@@ -105,6 +105,14 @@ def run_spectrum(ns: Any) -> int:
     """
     quiet_libraries()
     model_dir = Path(ns.model_dir)
+    budget = getattr(ns, "graph_cache_bytes", None)
+    if budget is not None and budget < 0:
+        print(
+            f"error: --graph_cache_bytes={budget} must be >= 0 (0 rebuilds the graphs for every product; leave it "
+            "unset for the default budget)",
+            file=sys.stderr,
+        )
+        return 2
     if not (model_dir / "config.json").is_file():
         print(f"error: {model_dir} holds no saved model (config.json missing)", file=sys.stderr)
         return 2
@@ -156,7 +164,7 @@ def run_spectrum(ns: Any) -> int:
     model = load_saved_model(model_dir).to(ta.device)
     # The Hessian of the loss the run trained (a recipe's compute_loss_func, e.g. finetune --loss_type mse), or --loss.
     loss_fn, loss_name = _hessian_loss(getattr(ns, "loss", None), prepared, model)
-    operator = HessianOperator(model, batches, loss_fn)
+    operator = HessianOperator(model, batches, loss_fn, graph_cache_bytes=budget)
     num = ns.num_eigenvalues or min(2 * ns.k, operator.dim - 1)
     started = time.perf_counter()
     with operator.reusing_graphs():  # the top-k, trace and density share the kept batch graphs
@@ -173,10 +181,12 @@ def run_spectrum(ns: Any) -> int:
             "converged": bool(result.converged),
             "hessian_vector_products": int(result.num_matvecs),
             "seconds": time.perf_counter() - started,
+            "graph_cache_bytes": budget,
         }
         out.mkdir(parents=True, exist_ok=True)
         title = f"Hessian spectrum of {model_dir} ({n} samples)"
         record.update(spectral_record(operator, ns, out, values, title))  # --trace / --density, if asked
+        record["graphs_built"] = operator.num_graphs_built
     (out / "spectrum.json").write_text(json.dumps(record, indent=2))
     figure = plot_spectrum(values, out / "spectrum.png", k=ns.k, title=title)
     print(f"top {num} Hessian eigenvalues ({n} samples, {result.num_matvecs} Hessian-vector products):")
