@@ -118,7 +118,8 @@ class SubspaceTrainerMixin(_TrainerBase):
         if self.args.subspace_graph_cache_bytes and self.subspace_shard_vectors:
             raise ValueError(
                 f"subspace_graph_cache_bytes={self.args.subspace_graph_cache_bytes}: graphs are kept for whole vectors "
-                f"only, but with {distributed.world_size()} processes the solver's vectors are split (the default). "
+                f"only, but with {distributed.world_size()} processes the solver's vectors are split "
+                "(subspace_shard_vectors, the default with several processes). "
                 "Set subspace_shard_vectors=False, or leave subspace_graph_cache_bytes unset."
             )
         batches = self._hessian_batches()

@@ -159,8 +159,8 @@ class SubspaceTrainingArguments(TrainingArguments):
             "help": "Memory budget in bytes for keeping the Hessian batches' first-order graphs between the "
             "Hessian-vector products of one refresh, audit or trace estimate (later products then skip the forward "
             "pass and first backward; results are unchanged). Default None: a quarter of the free memory; 0 turns "
-            "it off (a model near the memory limit). Whole vectors only: a positive value is refused with split "
-            "vectors (subspace_shard_vectors) and FSDP2."
+            "it off (a model near the memory limit). Whole vectors only: a positive value is refused where the "
+            "vectors are split (subspace_shard_vectors with several processes) and with FSDP2."
         },
     )
     subspace_trace_steps: int = field(
@@ -245,12 +245,6 @@ class SubspaceTrainingArguments(TrainingArguments):
             fail(
                 f"subspace_graph_cache_bytes={self.subspace_graph_cache_bytes} must be >= 0 (0 turns graph reuse off), "
                 "or None for the default budget."
-            )
-        if self.subspace_graph_cache_bytes and self.subspace_shard_vectors:
-            fail(
-                f"subspace_graph_cache_bytes={self.subspace_graph_cache_bytes} cannot be used with "
-                "subspace_shard_vectors=True (graphs are kept for whole vectors only); set subspace_shard_vectors=False "
-                "or leave subspace_graph_cache_bytes unset."
             )
         if self.subspace_extra_eigenvalues < 0:
             fail(f"subspace_extra_eigenvalues={self.subspace_extra_eigenvalues} must be >= 0.")

@@ -66,10 +66,6 @@ def test_budget_reaches_the_refreshes_and_training_is_unchanged(tmp_path, datase
     ("overrides", "match"),
     [
         ({"subspace_graph_cache_bytes": -1}, r"subspace_graph_cache_bytes=-1 must be >= 0"),
-        (
-            {"subspace_graph_cache_bytes": 1000, "subspace_shard_vectors": True},
-            r"subspace_graph_cache_bytes=1000 cannot be used with subspace_shard_vectors=True",
-        ),
         ({"subspace_graph_cache_bytes": 1000, "fsdp": True}, r"FSDP2 .*subspace_graph_cache_bytes > 0"),
     ],
 )
@@ -84,8 +80,18 @@ def test_off_and_default_are_accepted_with_split_vectors_and_fsdp(tmp_path) -> N
             SubspaceTrainingArguments(**base_args(str(tmp_path), subspace_graph_cache_bytes=budget, **overrides))
 
 
-def test_budget_with_the_default_split_vectors_of_several_processes_is_refused(tmp_path, dataset, monkeypatch) -> None:
-    # Two processes split the solver's vectors by default; the trainer refuses the budget before building anything.
+@pytest.mark.parametrize("shard", [None, True])
+def test_budget_with_the_default_split_vectors_of_several_processes_is_refused(
+    tmp_path, dataset, monkeypatch, shard
+) -> None:
+    # Two processes split the solver's vectors (by default, or asked); the trainer refuses the budget before
+    # building anything.
     monkeypatch.setattr(hf_subspace.distributed, "world_size", lambda: 2)
     with pytest.raises(ValueError, match=r"subspace_graph_cache_bytes=1000: .* with 2 processes .* split"):
-        _trainer(tmp_path, dataset, subspace_graph_cache_bytes=1000)
+        _trainer(tmp_path, dataset, subspace_graph_cache_bytes=1000, subspace_shard_vectors=shard)
+
+
+def test_budget_with_split_vectors_asked_in_one_process_keeps_graphs(tmp_path, dataset) -> None:
+    # One process has nothing to split: subspace_shard_vectors=True leaves whole vectors, so the budget applies.
+    trainer = _trainer(tmp_path, dataset, subspace_graph_cache_bytes=10**9, subspace_shard_vectors=True)
+    assert not trainer.subspace_shard_vectors and trainer.hessian_operator._graphs.budget == 10**9
