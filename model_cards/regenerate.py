@@ -326,14 +326,14 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
             "--logging_steps",
             "100",
             "--modes",
-            "sgd,dominant,bulk",
+            "sgd,gd,dominant,bulk",
             "--seed",
             "0",
             *_TB_OFF,
         ),
         (*_QUICK, "--num_train", "200", "--num_validation", "100", "--basis_audit_steps", "3"),
         "the paper's Figure 1(a): MLP 784-200-200-10 (tanh, MSE ½Σ) on MNIST-5k in [0, 1], SGD lr 0.01, batch 50, "
-        "k = 10, 20,000 steps, EMA-triggered switch; SGD, Dom-SGD and Bulk-SGD; 10,000 test images",
+        "k = 10, 20,000 steps, EMA-triggered switch; SGD, GD, Dom-SGD and Bulk-SGD; 10,000 test images",
         (
             "The paper's data, model, loss, optimizer, batch, k and length (first 5,000 MNIST training images scaled "
             "to [0, 1] = Hessian set, full gradient and loss; 20,000 steps).",
@@ -343,10 +343,9 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
             "The basis is certified within 0.05 of the exact top-k eigenspace at every step (`--subspace_basis_tol "
             "0.05`; paper: a fresh eigsh at every step); exact checks every 1,000 projected steps are on the card.",
             "One seed (the run takes hours on 2 CPU cores); the shorter runs carry the seed spread.",
-            "No GD branch: one was started and stopped at step 4,016 of 20,000 (a full-batch step over the 5,000 images "
-            "took ~1 s on the shared CPU, 4.5 h for the branch); SGD→GD on MNIST is answered by `mlp_mnist_sgd` "
-            "(MNIST-1k). The command resumes the run (`--resume_experiment`); with `--modes sgd,dominant,bulk,gd` it "
-            "would continue the GD branch from its checkpoint.",
+            "The GD branch (full-batch GD from the switch) ran steps 3,000–4,000 with the library at 2809db6 and was "
+            "resumed from its step-4,000 checkpoint at 00e8d95 (its update does not depend on the solver changes "
+            "between them).",
             "Run in the background with the command below (its output folder elsewhere) and adopted into this card "
             "with `hf-subspace cards --adopt`.",
         ),

@@ -206,7 +206,7 @@ def plot_sharpness(summary: Mapping[str, Any], path: str | Path) -> Path:
                                                 for r in runs.values()])  # fmt: skip
     ax.set_ylim(0.0, 1.12 * top if top > 0 else None)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="best")  # λ₁ may rise to 2/η (edge of stability) or stay far below it
     ax.set_title(f"{summary.get('name') or summary.get('recipe', '')}: sharpness λ₁ against 2/η (edge of stability)")
     return _save(fig, path)
 
