@@ -170,6 +170,15 @@ PAPER_EXTRA_RUNS: tuple[ReferenceRun, ...] = (
         "mlp_mnist_adam",
         "Adam (adamw_torch, weight decay 0), lr 0.001",
         ("--optim", "adamw_torch", "--learning_rate", "0.001"),
+        (
+            'Dom-/Bulk-Adam project Adam\'s whole step (`subspace_target="update"`, the default): the moments see the '
+            'full gradient. Projecting the gradient before Adam (`subspace_target="gradient"`) and a smaller lr '
+            "(card `mlp_mnist_adam_lr1e-4`) are the two variants that could show whether Bulk-Adam's divergence "
+            "here depends on either.",
+            "Seed 2's Dom-Adam branch was resumed from its step-1,650 checkpoint by a version that did not yet keep a "
+            "branch's exact basis checks and seconds across a resume (`branch_progress.json` now does): its checks "
+            "cover steps 1,700–1,900 only and its wall time the last 350 steps.",
+        ),
         resumable=True,
     ),
     _optimizer_run(
@@ -345,7 +354,7 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
             "One seed (the run takes hours on 2 CPU cores); the shorter runs carry the seed spread.",
             "The GD branch (full-batch GD from the switch) ran steps 3,000–4,000 with the library at 2809db6 and was "
             "resumed from its step-4,000 checkpoint at 00e8d95 (its update does not depend on the solver changes "
-            "between them).",
+            "between them); its wall time counts steps 4,000–20,000 only.",
             "Run in the background with the command below (its output folder elsewhere) and adopted into this card "
             "with `hf-subspace cards --adopt`.",
         ),
@@ -390,7 +399,7 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
             "it; paper: the whole set). The basis is certified within 0.05 of that Hessian's top-10 eigenspace at "
             "every step (along Dom-SGD the CNN's eigenspace moves 0.07–0.14 per step, so this refreshes at nearly "
             "every step); exact checks every 50 projected steps are on the card. λ₁₁…λ₁₃ for the spectrum gap.",
-            "One seed (each projected branch costs ~25 Hessian-vector products per step on the CPU).",
+            "One seed (Dom-SGD cost ~69 Hessian-vector products per step on the CPU, Bulk-SGD ~40).",
         ),
         needs=("cifar10/train.npz", "cifar10/test.npz"),
     ),
@@ -469,7 +478,7 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
 
 _WITHDRAWN_CPU = (
     "not yet run under the paper's protocol (certified basis at every step, χ_k EMA switch, GD branch): the CIFAR-10 "
-    "CNN under it took 2.5 h on one core of the shared CPU (~80 Hessian-vector products per Dom-SGD step); the command "
+    "CNN under it took 2.5 h on one core of the shared CPU (~69 Hessian-vector products per Dom-SGD step); the command "
     "is resumable (checkpoints every 50 steps, `--resume_experiment`); the earlier card (basis refreshed every 50 "
     "steps, fixed switch) was withdrawn"
 )
@@ -481,12 +490,6 @@ _WITHDRAWN_SEEDS = (
 UNAVAILABLE: dict[str, str] = {
     "transformer_sst2": _WITHDRAWN_CPU,
     "vit_cifar10": _WITHDRAWN_CPU,
-    "mlp_mnist_adam": (
-        "not yet run under the current protocol with its 3 seeds: a seed takes 85–95 min on one core of the shared "
-        "CPU (Dom-Adam and Bulk-Adam refresh the certified basis at nearly every step); seeds 0 and 1 are finished, "
-        "seed 2 resumes with the card's command; seeds 0 and 1 (no verdict yet) have Dom-Adam's loss rising and "
-        "Bulk-Adam diverging (docs/reproduction.md)"
-    ),
     "mlp_mnist_adam_lr1e-4": _WITHDRAWN_SEEDS,
     "mlp_mnist_sam": _WITHDRAWN_SEEDS,
 }

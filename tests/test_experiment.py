@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,13 @@ import torch
 from transformers import TrainerCallback
 
 from hf_subspace.experiments.arguments import ExperimentPlan, PreparedRecipe
-from hf_subspace.experiments.branches import branch_name, default_alignment_steps, format_results_table, optimizer_label
+from hf_subspace.experiments.branches import (
+    BranchProgress,
+    branch_name,
+    default_alignment_steps,
+    format_results_table,
+    optimizer_label,
+)
 from hf_subspace.experiments.claims import evaluate_claims
 from hf_subspace.experiments.experiment import hessian_subset, run_experiment
 from hf_subspace.experiments.settings import ExperimentError, parse_modes
@@ -402,3 +409,39 @@ def test_overwrite_keeps_branches_left_out_and_names_the_spectrum_files_it_remov
     assert list(json.loads((out / "summary.json").read_text())["runs"]) == ["sgd"]
     warnings = " ".join(r.getMessage() for r in caplog.records)
     assert "sgd/spectrum.json" in warnings and "kept the earlier experiment's branch folder(s) bulk" in warnings
+
+
+def test_resumed_branch_records_the_whole_branch(tmp_path):
+    """--resume_experiment after a stop: the branch resumes from its latest checkpoint, and its record has the basis
+    audits and seconds of the steps before that checkpoint too (they live in ``branch_progress.json``)."""
+
+    def run(out: Path):
+        return run_experiment(
+            PreparedRecipe(ToyQuadraticModel(ToyQuadraticConfig()), toy_quadratic_dataset(50)),
+            toy_args(out, max_steps=120, save_strategy="steps", save_steps=20, report_to="none"),
+            ExperimentPlan(
+                switch_step=40, modes=["dominant"], recipe="toy_quadratic", basis_audit_steps=10,
+                resume_experiment=True,
+            ),
+        )  # fmt: skip
+
+    whole = run(tmp_path / "whole").summary["runs"]["dominant"]
+    out = tmp_path / "stopped"
+    run(out)
+    branch = out / "dominant"
+    # As if stopped after the checkpoint at step 80: no later checkpoint, no record of the finished branch.
+    for checkpoint in branch.glob("checkpoint-*"):
+        if int(checkpoint.name.split("-")[1]) > 80:
+            shutil.rmtree(checkpoint)
+    (branch / "branch_record.json").unlink()
+    saved = json.loads((branch / "checkpoint-80" / BranchProgress.FILE).read_text())
+    before = [p for p in whole["basis_error_audit"]["points"] if p[0] < 80]  # audited before the step after 80
+    assert saved["audit"] == before and len(before) >= 3 and saved["seconds"] > 0
+    saved["seconds"] = 1e4  # a long first session, so the resumed record must include it
+    (branch / "checkpoint-80" / BranchProgress.FILE).write_text(json.dumps(saved))
+
+    resumed = run(out).summary["runs"]["dominant"]
+    assert resumed["basis_error_audit"]["points"] == whole["basis_error_audit"]["points"]
+    assert resumed["basis_error_audit"]["n"] == whole["basis_error_audit"]["n"] > len(before)
+    assert resumed["final_loss"] == whole["final_loss"]
+    assert 1e4 < resumed["wall_time_s"] < 1e4 + 600

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .. import distributed
 from ..metrics import METRIC_PREFIX
@@ -29,6 +31,7 @@ from .settings import BRANCHES, OUTPUT_NAMES, PREFIX_DIR, ExperimentError
 
 __all__ = [
     "BasisAudit",
+    "BranchProgress",
     "CompactProgress",
     "StopAtStep",
     "StopWhenAligned",
@@ -294,6 +297,40 @@ class BasisAudit(TrainerCallback):
             return
         result = top_eigenpairs(self.trainer.hessian_operator, sub.basis.k, method="eigsh", tol=1e-6, seed=step)
         self.records.append([step, projector_distance(sub.basis.vectors, result.eigenvectors)])
+
+
+class BranchProgress(TrainerCallback):
+    """What a branch's record needs and the trainer's checkpoint does not hold: the :class:`BasisAudit` records and the
+    seconds the branch has trained. Rank 0 writes them as ``branch_progress.json`` into every checkpoint the branch
+    saves; a branch resumed from such a checkpoint starts from them, so its record covers the whole branch (the steps
+    after the checkpoint are trained, and audited, again).
+
+    Args:
+        audit: the branch's audit, whose :attr:`~BasisAudit.records` are restored and saved.
+        checkpoint: the branch checkpoint the branch resumes from (``None``: it starts at the switch).
+        started: ``time.perf_counter()`` when this session of the branch started.
+    """
+
+    FILE = "branch_progress.json"
+
+    def __init__(self, audit: BasisAudit, checkpoint: str | None, started: float) -> None:
+        self.audit, self.started, self.seconds_before = audit, started, 0.0
+        saved = Path(checkpoint) / self.FILE if checkpoint else None
+        if saved is not None and saved.is_file():
+            progress = json.loads(saved.read_text())
+            self.seconds_before = float(progress["seconds"])
+            audit.records[:0] = progress["audit"]
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of training of the whole branch: those before the resumed checkpoint and this session's."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            progress = {"seconds": self.seconds, "audit": self.audit.records}
+            (folder / self.FILE).write_text(json.dumps(progress, default=float))
 
 
 def audit_summary(records: Sequence[Sequence[float]]) -> dict[str, Any] | None:

@@ -226,7 +226,8 @@ def _write_run(run: ReferenceRun, record: Mapping[str, Any], dest: Path) -> dict
 
 
 def _load_adopted(run: ReferenceRun, out: Path) -> tuple[Any, float]:
-    """One finished experiment folder as an :class:`ExperimentResult` (figure redrawn) and its wall time."""
+    """One finished experiment folder as an :class:`ExperimentResult` (figures redrawn) and its wall time."""
+    from .diagnostics import extra_figures
     from .experiment import ExperimentResult
     from .plotting import plot_summary
 
@@ -238,6 +239,7 @@ def _load_adopted(run: ReferenceRun, out: Path) -> tuple[Any, float]:
     for mode, branch in summary["runs"].items():
         branch.setdefault("mode", mode)
     plot_summary(summary, out / "figure.png")
+    extra_figures(summary, out)  # sharpness.png, spectrum.png where supported, in the current style too
     wall = float(summary.get("prefix_wall_time_s") or 0.0) + sum(
         float(b.get("wall_time_s") or 0.0) for b in summary["runs"].values()
     )

@@ -62,6 +62,7 @@ from ..training_args import SubspaceTrainingArguments
 from .arguments import ExperimentPlan, PreparedRecipe
 from .branches import (
     BasisAudit,
+    BranchProgress,
     StopAtStep,
     StopWhenAligned,
     TrajectoryRecorder,
@@ -462,8 +463,10 @@ def _run_branch(run: _Run, prefix: _Prefix, mode: str, label: str) -> tuple[dict
     trainer.add_callback(audit)  # after the subspace callback: it sees the basis each step projects onto
     resumable = plan.resume_experiment and (run.out / label).is_dir()
     latest = get_last_checkpoint(str(run.out / label)) if resumable else None
+    progress = BranchProgress(audit, latest, start)  # the audits and seconds before `latest`, kept in checkpoints
+    trainer.add_callback(progress)
     trainer.train(resume_from_checkpoint=latest or str(prefix.checkpoint))
-    record = _run_record(prefix.history, trainer.state.log_history, switch_step, spec, time.perf_counter() - start)
+    record = _run_record(prefix.history, trainer.state.log_history, switch_step, spec, progress.seconds)
     record["hvps_branch"] = trainer.subspace_state.hvps_total - prefix.hvps  # the prefix's are checkpointed too
     record["basis_error_audit"] = audit_summary(audit.records)
     record["mode"] = mode
