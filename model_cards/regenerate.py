@@ -395,15 +395,9 @@ _WITHDRAWN_CPU = (
     "is resumable (checkpoints every 50 steps, `--resume_experiment`); the earlier card (basis refreshed every 50 "
     "steps, fixed switch) was withdrawn"
 )
-_WITHDRAWN_SEEDS = (
-    "not yet run under the current protocol with its 3 seeds: a seed takes 20–50 min on one core of the shared CPU, "
-    "most of it in the Dom branch, whose certified basis is refreshed at nearly every step; the earlier single-seed "
-    "card (basis refreshed every 50 steps, fixed switch) was withdrawn"
-)
 UNAVAILABLE: dict[str, str] = {
     "transformer_sst2": _WITHDRAWN_CPU,
     "vit_cifar10": _WITHDRAWN_CPU,
-    "mlp_mnist_sam": _WITHDRAWN_SEEDS,
 }
 """Reference runs without a card yet, and why (listed in the index)."""
 
