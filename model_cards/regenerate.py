@@ -395,8 +395,15 @@ _WITHDRAWN_CPU = (
     "is resumable (checkpoints every 50 steps, `--resume_experiment`); the earlier card (basis refreshed every 50 "
     "steps, fixed switch) was withdrawn"
 )
+_SST2_TOO_SHORT = (
+    "a first attempt (session 9, the command below) was stopped after its prefix (switch at the cap, step 250; "
+    "λ₁ ≈ 86, so η·λ₁ ≈ 0.86, below the edge of stability) and its SGD branch: SGD's own progress over the 450-step "
+    "branch was 0.036, under the claims' minimum of 0.05, so its projected branches (~17 s per step on one core) could "
+    "not have answered; `model_cards/gpu_paper_runs.sh` runs it on a lent GPU with 1,200-step branches and "
+    "the whole 1,000-sentence Hessian set"
+)
 UNAVAILABLE: dict[str, str] = {
-    "transformer_sst2": _WITHDRAWN_CPU,
+    "transformer_sst2": _SST2_TOO_SHORT,
     "vit_cifar10": _WITHDRAWN_CPU,
 }
 """Reference runs without a card yet, and why (listed in the index)."""

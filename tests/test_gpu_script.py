@@ -28,6 +28,7 @@ RUN_NAMES = (
     "mnist5k_eos",
     "cnn_cifar10",
     "vit_cifar10",
+    "transformer_sst2",
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash")
@@ -50,6 +51,11 @@ def _stage(root: Path, n_train: int = 70, n_test: int = 25) -> Path:
     _idx(root / "mnist" / "t10k-labels-idx1-ubyte.gz", labels[:n_test])
     np.savez(root / "cifar10" / "train.npz", x=rng.integers(0, 256, (n_train, 32, 32, 3), np.uint8), y=labels[:n_train])
     np.savez(root / "cifar10" / "test.npz", x=rng.integers(0, 256, (n_test, 32, 32, 3), np.uint8), y=labels[:n_test])
+    (root / "sst2").mkdir()
+    words = ["good", "bad", "film", "plot", "dull", "fine", "great", "slow"]
+    for name, n in (("train.tsv", n_train), ("dev.tsv", n_test)):
+        rows = [" ".join(words[(i + j) % 8] for j in range(3 + i % 4)) + f"\t{i % 2}" for i in range(n)]
+        (root / "sst2" / name).write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
     return root
 
 
@@ -117,7 +123,7 @@ def test_quick_mode_returns_only_an_archive_and_a_log(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(
     not os.environ.get("HF_SUBSPACE_GPU_SCRIPT_ALL"),
-    reason="all seven QUICK runs take ~25 min on 2 CPU cores; set HF_SUBSPACE_GPU_SCRIPT_ALL=1 to run them",
+    reason="all eight QUICK runs take ~25 min on 2 CPU cores; set HF_SUBSPACE_GPU_SCRIPT_ALL=1 to run them",
 )
 def test_quick_mode_every_run(tmp_path: Path) -> None:
     proc = _run(tmp_path, _stage(tmp_path / "data"), None, timeout=1800)  # ~25 min of a loaded 2-core machine
