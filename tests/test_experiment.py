@@ -445,3 +445,24 @@ def test_resumed_branch_records_the_whole_branch(tmp_path):
     assert resumed["basis_error_audit"]["n"] == whole["basis_error_audit"]["n"] > len(before)
     assert resumed["final_loss"] == whole["final_loss"]
     assert 1e4 < resumed["wall_time_s"] < 1e4 + 600
+
+
+def test_resume_refuses_other_training_options_but_not_other_branches(tmp_path):
+    """--resume_experiment continues only what the same options would train: a changed lr (or any option that shapes
+    the trajectory) is refused before anything runs; another set of branches reuses the finished ones."""
+    out = tmp_path / "run"
+
+    def run(modes: list[str], **args):
+        return run_experiment(
+            PreparedRecipe(ToyQuadraticModel(ToyQuadraticConfig()), toy_quadratic_dataset(50)),
+            toy_args(out, max_steps=80, save_strategy="steps", save_steps=20, report_to="none", **args),
+            ExperimentPlan(switch_step=40, modes=modes, recipe="toy_quadratic", resume_experiment=True),
+        )
+
+    first = run(["sgd"]).summary["runs"]["sgd"]
+    before = snapshot(out)
+    with pytest.raises(ExperimentError, match=r"--learning_rate 0.001 -> 0.002.*--output_dir"):
+        run(["sgd", "dominant"], learning_rate=2e-3)
+    assert snapshot(out) == before  # refused before anything was trained or written
+    both = run(["sgd", "dominant"]).summary["runs"]  # only the branches to run differ: the sgd branch is reused
+    assert both["sgd"]["final_loss"] == first["final_loss"] and "dominant" in both

@@ -73,7 +73,8 @@ class ExperimentPlan:
         default=False,
         metadata={
             "help": "Continue an interrupted experiment in --output_dir: reuse its finished prefix and branches, and "
-            "resume an unfinished branch from its latest checkpoint (saved with --save_strategy steps)."
+            "resume an unfinished branch from its latest checkpoint (saved with --save_strategy steps). Only --modes, "
+            "--basis_audit_steps and the output options may differ from the run continued; other changes are refused."
         },
     )
     basis_audit_steps: int = field(

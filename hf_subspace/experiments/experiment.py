@@ -92,6 +92,8 @@ from .settings import (
     BranchSpec,
     ExperimentError,
     check_output_dir,
+    check_resumed_options,
+    resumed_options,
 )
 
 __all__ = [
@@ -394,11 +396,12 @@ def _run_prefix(run: _Run) -> _Prefix:
     record_path = out / PREFIX_DIR / "prefix_record.json"
     if plan.resume_experiment and record_path.is_file():
         saved = json.loads(record_path.read_text())
+        check_resumed_options(saved.get("options"), resumed_options(plan, args))
         logger.info(
             "hf-subspace %s: reusing the finished prefix (switch at step %d)", plan.recipe, saved["switch_step"]
         )
     else:
-        saved = _train_prefix(run, prefix_args, stopper)
+        saved = {**_train_prefix(run, prefix_args, stopper), "options": resumed_options(plan, args)}
         if distributed.is_main_process():
             record_path.write_text(json.dumps(saved, default=float))
     checkpoint = out / PREFIX_DIR / f"checkpoint-{saved['switch_step']}"

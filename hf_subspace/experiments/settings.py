@@ -8,6 +8,7 @@ start's options, and the checks run once per entry point (:func:`parse_modes`, :
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,11 @@ __all__ = [
     "ExperimentError",
     "RecipeSpec",
     "check_output_dir",
+    "check_resumed_options",
     "parse_modes",
     "parse_prefix",
     "recipe_name",
+    "resumed_options",
 ]
 
 
@@ -153,6 +156,49 @@ def check_output_dir(output_dir: str | Path, overwrite_output_dir: bool) -> None
 
 WHOLE_TRAINING_SET = 1_000_000_000
 """The recipes' default ``hessian_num_samples``: larger than any training subset, i.e. the Hessian set is all of it."""
+
+
+_RESUME_FREE = frozenset({
+    "modes", "resume_experiment", "overwrite_output_dir", "basis_audit_steps", "plot", "experiment_name",
+})  # fmt: skip
+"""Experiment options a resumed run may change: which branches run, what is checked and written; nothing trained."""
+_RESUME_TRAINING = (
+    "learning_rate", "optim", "optim_args", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
+    "max_grad_norm", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "max_steps", "seed", "data_seed", "sam_rho", "sam_adaptive",
+)  # fmt: skip
+"""Training arguments a resumed run must keep (with every ``subspace_*`` one but the graph budget)."""
+
+
+def resumed_options(plan: Any, args: Any) -> dict[str, Any]:
+    """The options that decide what an experiment trains, as ``--resume_experiment`` compares them: the plan's (a
+    recipe's arguments) but the branches to run and the checks and outputs, and the training arguments that change
+    the trajectory (optimizer, lr, batch, steps, seed, the ``subspace_*`` settings)."""
+    options = {k: v for k, v in dataclasses.asdict(plan).items() if k not in _RESUME_FREE}
+    names = [*_RESUME_TRAINING, *(f.name for f in dataclasses.fields(args) if f.name.startswith("subspace_"))]
+    options.update({name: getattr(args, name, None) for name in names if name != "subspace_graph_cache_bytes"})
+    return {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in options.items()}
+
+
+def check_resumed_options(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) -> None:
+    """Refuse to continue an experiment whose finished parts were trained with other options.
+
+    Args:
+        saved: :func:`resumed_options` of the run being continued (``None``: recorded before they were kept).
+        current: :func:`resumed_options` of this run.
+
+    Raises:
+        ExperimentError: naming each changed option, with the fix.
+    """
+    if saved is None:
+        return
+    changed = [f"--{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted({*saved, *current})
+               if saved.get(k) != current.get(k)]  # fmt: skip
+    if changed:
+        raise ExperimentError(
+            f"--resume_experiment would continue a run trained with other options ({'; '.join(changed)}). Rerun "
+            "with the options it was started with, or give a fresh --output_dir."
+        )
 
 
 @dataclass(frozen=True)
