@@ -308,6 +308,7 @@ def test_reference_runs_of_the_paper_extras_parse():
         "mlp_mnist_momentum",
         "mlp_mnist_adam",
         "mlp_mnist_adam_lr1e-4",
+        "mlp_mnist_adam_gradient",
         "mlp_mnist_sam",
         "vit_cifar10",
     }
@@ -320,3 +321,5 @@ def test_reference_runs_of_the_paper_extras_parse():
             assert all((SHARED_DATA / n).is_file() for n in run_.needs)
     ra, ta = parse_recipe_arguments("mlp_mnist", runs["mlp_mnist_eos"].argv(SHARED_DATA, Path("out")))
     assert (ra.prefix, ra.modes, ta.learning_rate) == ("gd", "gd,dominant-gd,bulk-gd", 0.1)
+    _, ta = parse_recipe_arguments("mlp_mnist", runs["mlp_mnist_adam_gradient"].argv(SHARED_DATA, Path("out")))
+    assert (ta.optim, ta.subspace_target) == ("adamw_torch", "gradient")
