@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from hf_subspace.experiments.arguments import ExperimentPlan, PreparedRecipe
+from hf_subspace.experiments.arguments import ExperimentPlan, PreparedRecipe, RecipeArguments
 from hf_subspace.experiments.branches import (
     BranchProgress,
     branch_name,
@@ -24,7 +24,12 @@ from hf_subspace.experiments.branches import (
 )
 from hf_subspace.experiments.claims import evaluate_claims
 from hf_subspace.experiments.experiment import hessian_subset, run_experiment
-from hf_subspace.experiments.settings import ExperimentError, parse_modes
+from hf_subspace.experiments.settings import (
+    ExperimentError,
+    check_resumed_options,
+    parse_modes,
+    resumed_options,
+)
 from hf_subspace.models.toy import ToyQuadraticConfig, ToyQuadraticModel, toy_quadratic_dataset
 from hf_subspace.tensor_dataset import TensorDataset, to_tensor_dataset
 from hf_subspace.trainer import SubspaceTrainer
@@ -466,3 +471,27 @@ def test_resume_refuses_other_training_options_but_not_other_branches(tmp_path):
     assert snapshot(out) == before  # refused before anything was trained or written
     both = run(["sgd", "dominant"]).summary["runs"]  # only the branches to run differ: the sgd branch is reused
     assert both["sgd"]["final_loss"] == first["final_loss"] and "dominant" in both
+
+
+def test_resume_compares_data_by_file_and_only_options_both_recorded(tmp_path, monkeypatch):
+    """The same data file named from another folder is not a change, another file is; an option a later version
+    added (absent from the saved record) is not compared, while every option both recorded still is."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.npz").write_bytes(b"x")
+    (data / "other.npz").write_bytes(b"y")
+    args = toy_args(tmp_path / "out")
+
+    def options(train_file: str) -> dict:
+        return resumed_options(RecipeArguments(train_file=train_file), args)
+
+    monkeypatch.chdir(tmp_path)
+    saved = options("data/train.npz")
+    monkeypatch.chdir(data)
+    check_resumed_options(saved, options("train.npz"))  # the same file, named from its own folder
+    with pytest.raises(ExperimentError, match=r"--train_file .*train\.npz' -> .*other\.npz'"):
+        check_resumed_options(saved, options("other.npz"))
+    older = {k: v for k, v in saved.items() if k != "subspace_basis_tol"}  # recorded before the option existed
+    check_resumed_options(older, options("train.npz"))
+    with pytest.raises(ExperimentError, match=r"--seed 0 -> 1\)"):
+        check_resumed_options(older, {**options("train.npz"), "seed": 1})

@@ -168,6 +168,8 @@ _RESUME_TRAINING = (
     "gradient_accumulation_steps", "max_steps", "seed", "data_seed", "sam_rho", "sam_adaptive",
 )  # fmt: skip
 """Training arguments a resumed run must keep (with every ``subspace_*`` one but the graph budget)."""
+_RESUME_PATHS = ("train_file", "validation_file", "model_name_or_path", "tokenizer_name")
+"""Options compared by the file or folder they name (resolved), when it exists locally."""
 
 
 def resumed_options(plan: Any, args: Any) -> dict[str, Any]:
@@ -177,6 +179,9 @@ def resumed_options(plan: Any, args: Any) -> dict[str, Any]:
     options = {k: v for k, v in dataclasses.asdict(plan).items() if k not in _RESUME_FREE}
     names = [*_RESUME_TRAINING, *(f.name for f in dataclasses.fields(args) if f.name.startswith("subspace_"))]
     options.update({name: getattr(args, name, None) for name in names if name != "subspace_graph_cache_bytes"})
+    for name in _RESUME_PATHS:  # the same file named from another folder is the same data
+        if isinstance(options.get(name), str) and Path(options[name]).exists():
+            options[name] = str(Path(options[name]).resolve())
     return {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in options.items()}
 
 
@@ -192,8 +197,9 @@ def check_resumed_options(saved: Mapping[str, Any] | None, current: Mapping[str,
     """
     if saved is None:
         return
-    changed = [f"--{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted({*saved, *current})
-               if saved.get(k) != current.get(k)]  # fmt: skip
+    # Only options both versions record: one added by a later version has no recorded value to compare with.
+    changed = [f"--{k} {saved[k]!r} -> {current[k]!r}" for k in sorted(saved.keys() & current.keys())
+               if saved[k] != current[k]]  # fmt: skip
     if changed:
         raise ExperimentError(
             f"--resume_experiment would continue a run trained with other options ({'; '.join(changed)}). Rerun "
