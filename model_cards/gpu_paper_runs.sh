@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The reference runs a 2-core CPU cannot afford, for ONE call on a lent H200 (issue 20, point 8). Prepared and
-# dry-run on the CPU (QUICK=1, tests/test_gpu_script.py); NOT yet run on a GPU, so the lengths below are estimates.
+# dry-run on the CPU (QUICK=1, tests/test_gpu_script.py). Run on an H200 on 2026-12-04 (docs/reproduction.md): the
+# SGD/GD runs below fit a call; the Dom-/Bulk- branches of vit_cifar10 and transformer_sst2 did not (see Sizing).
 #
 # Runs (all at once, one process each; the conventions of model_cards/regenerate.py: the χ_k EMA switch, bases
 # certified within 0.05 with exact audits, MNIST pixels in [0, 1] without standardisation; one seed, SEEDS="0 1 2"
@@ -19,11 +20,18 @@
 #                     CPU attempt), Hessian set = all 1,000 (paper's), 1,500 steps, cap 300; SGD, GD, Dom-, Bulk-. On
 #                     the CPU (Hessian set 100, 450-step branches) SGD's own progress was 0.036, under the claims'
 #                     0.05, so the branches are three times longer here
+#   vit_cifar10_gd_prefix, transformer_sst2_gd_prefix  full-batch GD prefix (fixed switch at 300), then SGD and GD
+#                     branches of 400 steps: the GD→SGD claim for those models
 # Validation: the first 2,000 official MNIST test images; the 1,000 shipped CIFAR-10 test images.
-# Sizing (estimated, not measured): these models are launch-bound on an H200, ~2-5 ms per Hessian-vector product,
-# ≤ ~25 HVPs per certified step, so ≤ ~0.1 s per step and ≤ ~5 min per run, all runs side by side on the one GPU
-# (16 CPU cores). A run still going after BUDGET_S (default 480 s) is stopped and reported as such in log.txt; the
-# next call then halves that run's steps. Expect ~30 s for the start and the wheel install on top.
+# Sizing, measured on the H200 (2026-12-04, 8 runs side by side, OMP_NUM_THREADS=2 each): the models are
+# launch-bound; a Hessian-vector product over transformer_sst2's 1,000-sentence Hessian set took ~0.2 s (~5 per
+# second; 0.12 s alone), vit_cifar10's ~160-product refreshes ran at ~25 per second, and a certified projected step
+# needs a refresh at nearly every step, so Dom-/Bulk- branches cost ~6–8 s per step: a 1,200-step branch is hours,
+# past one call. Measured wall times of the SGD/GD-only runs (EXTRA="--modes sgd,gd", 3 runs side by side):
+# vit_cifar10 234 s, transformer_sst2 264 s; with 8 side by side: the two _gd_prefix runs 215 s and 306 s. A run
+# still going after BUDGET_S (default 480 s) is stopped and reported as such in log.txt; LADDER runs (default
+# vit_cifar10 and transformer_sst2) are also started with branches shortened by SCALES, so that the longest that fits
+# comes back. Expect ~30 s for the start and the wheel install on top.
 #
 # Prepare here, once (stages the data inside the repository, since only the working tree and `carry` paths reach the
 # device, and downloads the wheels the device image lacks: PyPI cannot be reached from the device):
@@ -31,7 +39,8 @@
 # One device call:
 #   run(command="bash model_cards/gpu_paper_runs.sh", carry=["model_cards/.data", "model_cards/.wheels"],
 #       timeout_s=590)
-# What comes back in $OUT (2 files; the device returns at most 8): gpu_paper_runs.tar.gz (per run: summary.json, the
+# What comes back in $OUT (2 files; the device returns at most 8): gpu_paper_runs.tar.gz (per run: summary.json,
+# machine.json (read by `cards --adopt`), the
 # figures, each branch's model card README.md and hf_subspace_experiment.json, the run's log) and log.txt (the
 # machine, the installed versions, each run's exit status and wall time). Models, checkpoints and TensorBoard stay in
 # the scratch folder (SCRATCH, default a fresh folder under /tmp). A device call sends the checkout its session was
@@ -40,7 +49,9 @@
 #
 # Variables: QUICK=1 (a few steps on tiny sizes; CPU), DATA (default model_cards/.data), WHEELS (default
 # model_cards/.wheels), OUT (default runs/gpu_paper_runs), SCRATCH, BUDGET_S, JOBS (runs at a time; default all),
-# SEEDS, PYTHON (default python3), ONLY (run names to keep, space-separated).
+# SEEDS, PYTHON (default python3), ONLY (run names to keep, space-separated), LADDER (runs also started with
+# shorter branches), SCALES (their branch lengths as fractions), LIST=1 (print the runs, run nothing), EXTRA (options
+# appended to every run, e.g. EXTRA="--modes sgd,gd"; later options win).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -104,7 +115,18 @@ RUNS=(  # NAME|RECIPE|OPTIONS (word-split; no spaces inside an option)
         --switch_rule ema --switch_measure_steps 10 --subspace_alignment_steps 25 --subspace_basis_tol 0.05
         --subspace_refresh_steps 100 --basis_audit_steps 50 --subspace_extra_eigenvalues 2 --hessian_batch_size 250
         --logging_steps 25"
+    "vit_cifar10_gd_prefix|vit_cifar10|${CIFAR[*]} --learning_rate 0.1 --prefix gd --modes sgd,gd --max_steps 700
+        --switch_step 300 --switch_rule fixed --hessian_num_samples 500 --hessian_batch_size 500
+        --per_device_eval_batch_size 500"
+    "transformer_sst2_gd_prefix|transformer_sst2|--train_file $DATA/sst2/train.tsv --validation_file $DATA/sst2/dev.tsv
+        --num_train 1000 --learning_rate 0.01 --prefix gd --modes sgd,gd --max_steps 700 --switch_step 300
+        --subspace_alignment_steps 25 --subspace_basis_tol 0.05 --subspace_refresh_steps 100 --basis_audit_steps 50
+        --hessian_batch_size 250 --logging_steps 25"
 )
+# LADDER: runs also started with shorter branches, side by side, in case the full length does not fit the budget
+# (NAME_b<steps after the switch cap>); the longest that finishes is the one to adopt.
+LADDER="${LADDER-vit_cifar10 transformer_sst2}"
+SCALES="${SCALES:-0.5 0.25}"
 QUICK_OPTS=()
 if [ -n "${QUICK:-}" ]; then  # CPU smoke test: every run, a handful of steps on tiny sizes (later options win)
     QUICK_OPTS=(--max_steps 6 --switch_step 3 --subspace_alignment_steps 3 --subspace_refresh_steps 3
@@ -170,9 +192,19 @@ for run in "${RUNS[@]}"; do
     small=()  # QUICK: the MLPs also shrink (the CPU test's time goes mostly into 200-unit layers)
     [ -n "${QUICK:-}" ] && [[ $run == *"|mlp_mnist|"* ]] && small=(--hidden_sizes 16,16)
     # shellcheck disable=SC2086
-    SPECS+=("$(echo $run ${QUICK_OPTS[*]} ${small[*]})")
+    SPECS+=("$(echo $run ${EXTRA:-} ${QUICK_OPTS[*]} ${small[*]})")
+    if [[ " $LADDER " == *" $name "* ]]; then
+        cap=$(echo $run | sed -E 's/.*--switch_step ([0-9]+).*/\1/')
+        steps=$(echo $run | sed -E 's/.*--max_steps ([0-9]+).*/\1/')
+        for scale in $SCALES; do
+            branch=$(awk -v s="$scale" -v n="$steps" -v c="$cap" 'BEGIN { printf "%d", s * (n - c) }')
+            # shellcheck disable=SC2086
+            SPECS+=("$(echo "${name}_b$branch|"${run#*|} --max_steps $((cap + branch)) ${EXTRA:-} ${QUICK_OPTS[*]} ${small[*]})")
+        done
+    fi
 done
 set +f
+if [ -n "${LIST:-}" ]; then printf '%s\n' "${SPECS[@]}"; exit 0; fi  # LIST=1: the runs and their options, nothing run
 if ! preflight "${SPECS[@]}" 2> >(tee -a "$LOG" >&2); then
     say "gpu_paper_runs.sh: nothing was run"
     exit 2
@@ -211,6 +243,11 @@ one() {  # one NAME SEED RECIPE OPTIONS...
         --report_to none --disable_tqdm true --overwrite_output_dir true \
         --output_dir "$SCRATCH/runs/$name-seed$seed" >"$SCRATCH/logs/$name-seed$seed.log" 2>&1
     rc=$?
+    # the machine, for the cards of an adopted run (hf-subspace cards --adopt reads machine.json beside summary.json)
+    "$PY" -c "import json, sys, torch; from hf_subspace.experiments.cards import machine_info; \
+torch.set_num_threads(int(sys.argv[2])); json.dump(machine_info() | {'platform': machine_info()['platform'] + \
+', torch ' + torch.__version__}, open(sys.argv[1], 'w'))" "$SCRATCH/runs/$name-seed$seed/machine.json" \
+        "$OMP_NUM_THREADS" 2>/dev/null
     local what="ok"
     [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && what="STOPPED at the ${BUDGET_S} s budget (halve its steps)"
     [ "$rc" -ne 0 ] && [ "$what" = "ok" ] && what="FAILED (exit $rc; see its log)"
@@ -233,7 +270,7 @@ say "all runs: $((SECONDS - START)) s, exit status $status"
 
 # 4. only summaries, figures, cards and logs come back (one archive beside log.txt)
 (cd "$SCRATCH" && find runs logs -type f \( -name summary.json -o -name '*.png' -o -name README.md \
-    -o -name hf_subspace_experiment.json -o -name '*.log' \) -not -path '*/checkpoint-*' -print0 |
+    -o -name hf_subspace_experiment.json -o -name machine.json -o -name '*.log' \) -not -path '*/checkpoint-*' -print0 |
     tar --null -czf "$RESULTS/gpu_paper_runs.tar.gz" -T -) || status=1
 ls -la "$RESULTS" | tee -a "$LOG"
 exit "$status"

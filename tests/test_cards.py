@@ -161,7 +161,8 @@ def test_sgd_prefix_points_to_the_gd_prefix_run() -> None:
     # a run points at the GD-prefix run of its own recipe, never at another model's (the toy's)
     assert regen.gd_prefix_run("toy_quadratic") == regen.GD_PREFIX_RUN
     assert regen.gd_prefix_run("mlp_digits") == regen.gd_prefix_run("mlp_mnist_sgd") == "mlp_digits_gd_prefix"
-    assert regen.gd_prefix_run("transformer_sst2") is None
+    assert regen.gd_prefix_run("transformer_sst2") == "transformer_sst2_gd_prefix"
+    assert regen.gd_prefix_run("vit_cifar10") == "vit_cifar10_gd_prefix"
     # amplification is judged against the SGD run of the same data and model, named by the repository's list
     assert regen.amplification_baseline("mlp_mnist_momentum") == "mlp_mnist_sgd"
     assert regen.amplification_baseline("mlp_mnist_sgd") is regen.amplification_baseline("mlp_digits") is None
@@ -218,3 +219,22 @@ def test_adopt_writes_cards_from_a_finished_experiment(quick_cards: tuple[Path, 
     assert "hf-subspace run toy_quadratic" in card and "--output_dir runs/cards/toy_quadratic/seed-0" in card
     assert len(entry["summary"]["seed_summaries"]) == 2
     assert (tmp_path / "cards" / "toy_quadratic" / "figure.png").stat().st_size > 1000
+    assert "no GPU" in card  # without machine.json: this machine (the tests run on a CPU)
+
+
+def test_adopt_names_the_machine_the_run_ran_on(quick_cards: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    """A run made elsewhere (``gpu_paper_runs.sh`` on a lent GPU) leaves ``machine.json`` beside its summary: the
+    cards name that machine, not the one that adopts it."""
+    import json
+    import shutil
+
+    from hf_subspace.experiments.cards import adopt_run
+
+    root, _ = quick_cards
+    toy = next(r for r in regen.REFERENCE_RUNS if r.name == "toy_quadratic")
+    work = shutil.copytree(root.parent / "work" / "toy_quadratic", tmp_path / "experiment")
+    machine = {"cpu": "host X", "cores": 16, "torch_threads": 2, "gpu": "NVIDIA H200", "platform": "Linux, torch Y"}
+    (work / "seed-0" / "machine.json").write_text(json.dumps(machine))
+    adopt_run(toy, work, tmp_path / "cards", Path("../shared/data"), Path("runs/cards"))
+    card = (tmp_path / "cards" / "toy_quadratic" / "sgd" / "README.md").read_text()
+    assert "Machine: host X, 16 cores, 2 torch threads, NVIDIA H200; Linux, torch Y." in card

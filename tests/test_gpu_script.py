@@ -29,6 +29,8 @@ RUN_NAMES = (
     "cnn_cifar10",
     "vit_cifar10",
     "transformer_sst2",
+    "vit_cifar10_gd_prefix",
+    "transformer_sst2_gd_prefix",
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash")
@@ -73,6 +75,7 @@ def _run(tmp_path: Path, data: Path, only: str | None, timeout: int = 300) -> su
         "OMP_NUM_THREADS": "1",
         "JOBS": "1",
         "BUDGET_S": str(3 * timeout),
+        "LADDER": "",  # no shorter-branch copies: one run per name
     }
     if only is not None:
         env["ONLY"] = only
@@ -105,10 +108,28 @@ def _check_results(tmp_path: Path, names: tuple[str, ...]) -> None:
         for name in names:
             summary = json.load(tar.extractfile(f"runs/{name}-seed0/summary.json"))  # type: ignore[arg-type]
             assert summary["basis_tol"] == 0.05  # the reference-run conventions: certified bases, the EMA switch
-            assert summary["switch_rule"]["rule"] == ("fixed" if name == "mnist5k_eos" else "ema")
+            fixed = name == "mnist5k_eos" or name.endswith("_gd_prefix")  # GD prefixes switch at a fixed step
+            assert summary["switch_rule"]["rule"] == ("fixed" if fixed else "ema")
             assert f"runs/{name}-seed0/figure.png" in members and f"logs/{name}-seed0.log" in members
+            machine = json.load(tar.extractfile(f"runs/{name}-seed0/machine.json"))  # type: ignore[arg-type]
+            assert machine["torch_threads"] == 1 and "torch " in machine["platform"]  # what cards --adopt shows
             assert any(m.startswith(f"runs/{name}-seed0/") and m.endswith("/README.md") for m in members)
     assert (tmp_path / "scratch" / "runs" / f"{names[0]}-seed0" / "prefix").is_dir()  # the rest stayed in scratch
+
+
+def test_ladder_adds_shorter_branches_and_extra_options_win(tmp_path: Path) -> None:
+    """LIST=1 prints the runs without running them: the LADDER copies keep the prefix's cap and shorten the
+    branches (NAME_b<steps after the cap>), and EXTRA comes after each run's own options (the later option wins)."""
+    env = {**os.environ, "LIST": "1", "OUT": str(tmp_path / "out"), "ONLY": "vit_cifar10 transformer_sst2_gd_prefix",
+           "SCALES": "0.5", "EXTRA": "--modes sgd,gd"}  # fmt: skip
+    proc = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    specs = {line.split("|")[0]: line.split("|")[2].split() for line in proc.stdout.splitlines()}
+    assert sorted(specs) == ["transformer_sst2_gd_prefix", "vit_cifar10", "vit_cifar10_b300"]
+    for options in specs.values():
+        assert options[-2:] == ["--modes", "sgd,gd"]
+    ladder = specs["vit_cifar10_b300"]
+    assert ladder[len(ladder) - 1 - ladder[::-1].index("--max_steps") + 1] == "600"  # cap 300 + half of 600
+    assert ladder[ladder.index("--switch_step") + 1] == "300"
 
 
 def test_quick_mode_returns_only_an_archive_and_a_log(tmp_path: Path) -> None:

@@ -311,6 +311,7 @@ def test_reference_runs_of_the_paper_extras_parse():
         "mlp_mnist_adam_gradient",
         "mlp_mnist_sam",
         "vit_cifar10",
+        "vit_cifar10_gd_prefix",
     }
     assert set(runs) == expected and set(runs) <= {r.name for r in regen["REFERENCE_RUNS"]}
     for run_ in runs.values():
@@ -323,3 +324,6 @@ def test_reference_runs_of_the_paper_extras_parse():
     assert (ra.prefix, ra.modes, ta.learning_rate) == ("gd", "gd,dominant-gd,bulk-gd", 0.1)
     _, ta = parse_recipe_arguments("mlp_mnist", runs["mlp_mnist_adam_gradient"].argv(SHARED_DATA, Path("out")))
     assert (ta.optim, ta.subspace_target) == ("adamw_torch", "gradient")
+    # the runs made on a lent GPU name their seed: a single-seed run's argv adds none, and Trainer's default is 42
+    for name in ("vit_cifar10", "vit_cifar10_gd_prefix"):
+        assert parse_recipe_arguments("vit_cifar10", runs[name].argv(SHARED_DATA, Path("out")))[1].seed == 0

@@ -260,9 +260,11 @@ def adopt_run(
     """Write ``run``'s cards from an experiment already on disk (``folder``: its ``summary.json`` and branches; for
     a multi-seed run, its ``seed-<s>`` folders).
 
-    For long runs made with ``run``'s own options outside ``hf-subspace cards`` (e.g. in the background): the card
-    shows the same command, the wall time the run recorded and the date of its ``summary.json``. The figure is
-    redrawn with the current plotting code.
+    For long runs made with ``run``'s own options outside ``hf-subspace cards`` (e.g. in the background, or on a
+    lent GPU by ``model_cards/gpu_paper_runs.sh``): the card shows the same command, the wall time the run recorded
+    and the date of its ``summary.json``. The machine is the one described by ``machine.json`` beside the first
+    seed's ``summary.json`` (:func:`machine_info` as written where the run ran), else this one. The figure is redrawn
+    with the current plotting code.
     """
     out, work = Path(folder), Path(work_dir)
     multi = len(run.seeds) > 1
@@ -279,9 +281,18 @@ def adopt_run(
         "data_root": str(Path(data_root).resolve()) if data_root is not None else None,
         "shown_data_root": str(shown_data_root),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(Path(result.summary_path).stat().st_mtime)),
-        "machine": machine_info(),
+        "machine": _recorded_machine(Path(result.summary_path).parent),
     }
     return _write_run(run, record, Path(output_root) / run.name)
+
+
+def _recorded_machine(folder: Path) -> dict[str, Any]:
+    """``folder/machine.json`` (the machine the run ran on), else this machine's :func:`machine_info`."""
+    path = folder / "machine.json"
+    if not path.is_file():
+        return machine_info()
+    recorded = json.loads(path.read_text())
+    return {key: recorded.get(key, "unknown") for key in machine_info()} | recorded
 
 
 def regenerate_cards(
