@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hf_subspace.experiments.cards import ReferenceRun, adopt_run, regenerate_cards
+from hf_subspace.experiments.cards import ReferenceRun, adopt_run, regenerate_cards, rewrite_from_summary
 from hf_subspace.experiments.settings import QUICKSTART_MLP
 
 __all__ = [
@@ -572,8 +572,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="RUN=FOLDER",
         help="write RUN's cards from an experiment already run with RUN's options into FOLDER (repeatable)",
     )
+    parser.add_argument(
+        "--from_summary",
+        action="append",
+        default=None,
+        metavar="RUN",
+        help="rewrite RUN's cards (figures, card text, claims) from the summary.json in its card folder, running "
+        "nothing; 'all' for every card (repeatable)",
+    )
     ns = parser.parse_args(argv)
     known = {r.name: r for r in REFERENCE_RUNS}
+    if ns.from_summary:
+        names = [r.name for r in REFERENCE_RUNS] if "all" in ns.from_summary else ns.from_summary
+        wrong = [n for n in names if n not in known]
+        if wrong:
+            parser.error(f"--from_summary: unknown run(s) {', '.join(wrong)}; choose from all, {', '.join(known)}")
+        for name in names:
+            if "all" in ns.from_summary and not (Path(ns.output_root) / name / "summary.json").is_file():
+                continue  # no card yet (listed in the index with why)
+            rewrite_from_summary(known[name], Path(ns.output_root) / name)
+        regenerate(ns.output_root, None, ns.work_dir, ns.data_root, False, True)
+        return 0
     unknown = [n for n in ns.only or [] if n not in known]
     if unknown:
         parser.error(f"unknown run(s) {', '.join(unknown)}; choose from {', '.join(known)}")

@@ -238,3 +238,31 @@ def test_adopt_names_the_machine_the_run_ran_on(quick_cards: tuple[Path, list[di
     adopt_run(toy, work, tmp_path / "cards", Path("../shared/data"), Path("runs/cards"))
     card = (tmp_path / "cards" / "toy_quadratic" / "sgd" / "README.md").read_text()
     assert "Machine: host X, 16 cores, 2 torch threads, NVIDIA H200; Linux, torch Y." in card
+
+
+def test_from_summary_rewrites_text_and_figures_not_numbers(quick_cards: tuple[Path, list[dict]], tmp_path) -> None:
+    """``cards --from_summary RUN``: a card's text follows the run's current differences, its figures are redrawn,
+    and its numbers, command and machine stay those of the stored summary (nothing is run)."""
+    import dataclasses
+    import json
+    import shutil
+
+    from hf_subspace.experiments.cards import rewrite_from_summary
+
+    root, _ = quick_cards
+    cards = shutil.copytree(root / "toy_quadratic", tmp_path / "toy_quadratic")
+    before = json.loads((cards / "summary.json").read_text())
+    (cards / "figure.png").unlink()
+    toy = next(r for r in regen.REFERENCE_RUNS if r.name == "toy_quadratic")
+    changed = dataclasses.replace(toy, differences=("A difference written after the run.",))
+    rewrite_from_summary(changed, cards)
+    card = (cards / "bulk" / "README.md").read_text()
+    assert "A difference written after the run." in card and toy.differences[0] not in card
+    assert card.count("## Reference run") == 1 and card.count("## Framework versions") == 1
+    assert json.loads((cards / "summary.json").read_text()) == before
+    assert before["reference_run"]["command"] in card
+    assert (cards / "figure.png").stat().st_size > 1000 and (cards / "seeds.png").is_file()
+    rewrite_from_summary(changed, cards)  # idempotent
+    assert (cards / "bulk" / "README.md").read_text() == card
+    with pytest.raises(FileNotFoundError, match="--only toy_quadratic"):
+        rewrite_from_summary(toy, tmp_path / "empty")

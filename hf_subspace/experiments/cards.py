@@ -39,6 +39,7 @@ __all__ = [
     "adopt_run",
     "machine_info",
     "regenerate_cards",
+    "rewrite_from_summary",
 ]
 
 
@@ -284,6 +285,59 @@ def adopt_run(
         "machine": _recorded_machine(Path(result.summary_path).parent),
     }
     return _write_run(run, record, Path(output_root) / run.name)
+
+
+_REFERENCE_SECTION = "## Reference run"
+
+
+def rewrite_from_summary(run: ReferenceRun, card_dir: str | Path) -> dict[str, Any]:
+    """Rewrite ``run``'s cards from the ``summary.json`` stored in its card folder ``card_dir``, running nothing.
+
+    For a card whose text or figures are out of date while its numbers are not (a changed ``differences`` entry, the
+    current plotting style) when rerunning would take hours: the figures are redrawn from the stored curves (those
+    that cannot be, such as the toy's ``trajectory.png``, are kept), each branch card's "Reference run" section is
+    written again from ``run``'s current description and differences, and the command, machine, date and wall time
+    stay those recorded. The numbers of ``summary.json`` are unchanged.
+
+    Raises:
+        FileNotFoundError: ``card_dir`` holds no ``summary.json`` written by ``hf-subspace cards``.
+    """
+    import tempfile
+
+    from .diagnostics import extra_figures
+    from .experiment import ExperimentResult
+    from .plotting import plot_summary
+
+    dest = Path(card_dir)
+    stored_path = dest / "summary.json"
+    stored = json.loads(stored_path.read_text()) if stored_path.is_file() else {}
+    if "reference_run" not in stored:
+        raise FileNotFoundError(
+            f"{stored_path} is not a card folder's summary: run `hf-subspace cards --only {run.name}`"
+        )
+    record: dict[str, Any] = dict(stored.pop("reference_run"))
+    seed_results = stored.pop("seed_summaries", None) or {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name in FIGURES:  # kept unless redrawn below
+            if (dest / name).is_file():
+                shutil.copy2(dest / name, work / name)
+        plot_summary(stored, work / "figure.png")
+        extra_figures(stored, work)
+        branch_dirs = {}
+        for branch in stored["runs"]:
+            card = dest / branch / "README.md"
+            text = card.read_text(encoding="utf-8") if card.is_file() else f"# {run.name}-{branch}\n"
+            start, end = text.find("\n" + _REFERENCE_SECTION), text.find("\n## Framework versions")
+            if start >= 0:  # the previous section goes; _write_run inserts the current one in its place
+                text = text[:start] + (text[end:] if end > start else "\n")
+            (work / branch).mkdir()
+            (work / branch / "README.md").write_text(text, encoding="utf-8")
+            branch_dirs[branch] = work / branch
+        (work / "summary.json").write_text(json.dumps(stored))
+        result = ExperimentResult(work, stored, work / "summary.json", work / "figure.png", branch_dirs)
+        record |= {"result": result, "seed_results": seed_results, "data_root": None}
+        return _write_run(run, record, dest)
 
 
 def _recorded_machine(folder: Path) -> dict[str, Any]:
