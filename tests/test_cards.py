@@ -266,3 +266,16 @@ def test_from_summary_rewrites_text_and_figures_not_numbers(quick_cards: tuple[P
     assert (cards / "bulk" / "README.md").read_text() == card
     with pytest.raises(FileNotFoundError, match="--only toy_quadratic"):
         rewrite_from_summary(toy, tmp_path / "empty")
+
+
+def test_edge_of_stability_separates_the_prefix_from_the_branch() -> None:
+    """A sharp initialisation (η·λ₁ = 4 at step 0) must not make a branch that stays at η·λ₁ = 1.5 look like an
+    edge-of-stability run: the card shows the prefix's and the branch's maxima apart."""
+    from hf_subspace.experiments.card_text import edge_of_stability
+
+    curve = [[0, 40.0], [50, 12.0], [100, 13.0], [150, 15.0], [200, 14.0]]
+    summary = {"switch_step": 100, "learning_rate": 0.1, "runs": {"sgd": {"curves": {"eigenvalue_top_01": curve}}}}
+    assert edge_of_stability(summary, "sgd", "prefix") == pytest.approx(4.0)
+    assert edge_of_stability(summary, "sgd", "branch") == pytest.approx(1.5)
+    assert edge_of_stability(summary, "sgd") == pytest.approx(4.0)
+    assert edge_of_stability({**summary, "runs": {"sgd": {}}}, "sgd", "branch") is None

@@ -503,5 +503,7 @@ def claim_rules_text() -> str:
         f'the prefix\'s measured steps before step {TABLE1_STEPS} of η_bulk/η_dom; "amplifies" when the 95 % '
         "interval of its mean across seeds lies above SGD's. Edge of stability: max λ₁ in the GD prefix ≥ "
         f"{EOS_RATIO} × 2/η. Spectrum gap: mean λ_k/λ_k+1 ≥ {SPECTRUM_GAP_RATIO} with minimum > 1. Seeds that "
-        'disagree give "inconclusive"; so does an unprojected twin that did not train.'
+        'disagree give "inconclusive"; so do an unprojected twin that did not train, an SGD branch that is not '
+        f"aligned itself (SGD→GD: SGD's mean χ_k < {ALIGNED_MIN}) and a GD prefix that leaves χ_k above "
+        f"{UNALIGNED_MAX} (GD→SGD: nothing to restore)."
     )
