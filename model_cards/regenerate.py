@@ -475,13 +475,7 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
     *PAPER_EXTRA_RUNS,
 )
 
-UNAVAILABLE: dict[str, str] = {
-    "mlp_mnist_adam_gradient": (
-        "seeds not all run yet (resumable, ~1 h per seed on one core): a first diagnostic of seed 0 without its Dom "
-        "branch (session 9) had Bulk-Adam reach 0.00192 against Adam's 0.00218 from 0.132 at the switch (1.03 × "
-        "Adam's progress), where projecting Adam's step (`mlp_mnist_adam`) diverges; no verdict before 3 seeds"
-    ),
-}
+UNAVAILABLE: dict[str, str] = {}
 """Reference runs without a card yet, and why (listed in the index)."""
 
 
