@@ -112,7 +112,8 @@ def _subspace_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("start step", start),
         ("switch step", summary.get("switch_step")),
         (
-            "basis refresh",
+            # an unprojected branch keeps a basis only to measure χ_k
+            "basis refresh" if mode != "none" else "basis refresh (only to measure χ_k: no update is projected)",
             f"every {summary.get('refresh_steps')} step(s)"
             if summary.get("basis_tol") is None
             else f"certified: ‖P_used − P_exact‖₂ ≤ {summary.get('basis_tol')}, at most {summary.get('refresh_steps')} "

@@ -55,6 +55,8 @@ def test_branch_card_is_a_hub_model_card(quick_cards: tuple[Path, list[dict]]) -
             assert section in card.text, (branch, section)
         assert "hf-subspace run toy_quadratic" in card.text and "--max_steps 12" in card.text
         assert "Machine:" in card.text and "](../figure.png)" in card.text
+        # an unprojected branch's basis only measures χ_k, and its card says so
+        assert ("only to measure χ_k" in card.text) == (branch in ("sgd", "gd")), branch
     assert (root / "toy_quadratic" / "figure.png").stat().st_size > 1000
     assert (root / "toy_quadratic" / "summary.json").is_file()
     # no weights or TensorBoard events in the cards folder

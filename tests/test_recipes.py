@@ -327,3 +327,13 @@ def test_reference_runs_of_the_paper_extras_parse():
     # the runs made on a lent GPU name their seed: a single-seed run's argv adds none, and Trainer's default is 42
     for name in ("vit_cifar10", "vit_cifar10_gd_prefix"):
         assert parse_recipe_arguments("vit_cifar10", runs[name].argv(SHARED_DATA, Path("out")))[1].seed == 0
+
+
+def test_run_prints_every_figure_it_wrote(tmp_path, capsys):
+    """The toy's trajectory plot is printed beside the summary figure, so the user knows where it went."""
+    tiny = ["--max_steps", "6", "--switch_step", "3", "--subspace_alignment_steps", "3",
+            "--subspace_refresh_steps", "3", "--modes", "sgd,gd", "--output_dir", str(tmp_path / "toy")]  # fmt: skip
+    recipe_args, training_args = parse_recipe_arguments("toy_quadratic", [*tiny, *QUIET])
+    run_recipe("toy_quadratic", recipe_args, training_args, print_table=True)
+    printed = [line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.startswith("figure:")]
+    assert sorted(Path(p).name for p in printed) == ["figure.png", "trajectory.png"]

@@ -340,6 +340,9 @@ def run_recipe(
     if result.summary_path is not None and print_table:
         print(result.table())
         print(f"summary: {result.summary_path}" + (f"\nfigure:  {result.figure_path}" if result.figure_path else ""))
+        for extra in sorted(Path(result.output_dir).glob("*.png")):  # the recipe's own (the toy's trajectory.png)
+            if result.figure_path is None or extra.resolve() != Path(result.figure_path).resolve():
+                print(f"figure:  {extra}")
     return result
 
 
