@@ -130,6 +130,15 @@ def test_claims_follow_the_numbers() -> None:
     assert _answers(flat)["Dom-SGD fails to train"] == "inconclusive"
     del moving["runs"]["gd"]
     assert _answers(moving)["SGD→GD loses the alignment"] == "n/a"
+    # a run without projected branches (the GPU-run SST-2 and ViT cards) says which branch is missing
+    unprojected = copy.deepcopy(summary)
+    del unprojected["runs"]["dominant"], unprojected["runs"]["bulk"]
+    claims = {c.claim: c for c in evaluate_claims("synthetic", unprojected)}
+    assert claims["Dom-SGD fails to train"].answer == "n/a"
+    assert claims["Dom-SGD fails to train"].evidence == (
+        "not run: this run has no dominant branch (its card says why; --modes adds it)"
+    )
+    assert "no bulk branch" in claims["Bulk-SGD is as effective as SGD"].evidence
 
 
 def test_gd_prefix_restoring_alignment_is_detected() -> None:

@@ -189,6 +189,14 @@ def _branch(summary: Summary, mode: str) -> Mapping[str, Any] | None:
     return runs.get(mode)
 
 
+def _missing(summary: Summary, mode: str, full_batch: bool) -> str:
+    """Why a projected claim has no answer: which of the branch and its unprojected twin the run lacks."""
+    lacks = [f"{mode} branch"] if progress(_branch(summary, mode)) is None else []
+    if progress(_unprojected(summary.get("runs") or {}, full_batch)) is None:
+        lacks.append("gd branch (the unprojected twin)" if full_batch else "unprojected branch (the twin)")
+    return f"not run: this run has no {' and no '.join(lacks)} (its card says why; --modes adds it)"
+
+
 def _dom_claim(text: str, name: str, summaries: Sequence[Summary], dom_mode: str, full_batch: bool) -> Claim:
     """Dom-X fails to train, judged against X (the unprojected twin) in every seed."""
     per_seed, ratios, fits = [], [], []
@@ -196,7 +204,7 @@ def _dom_claim(text: str, name: str, summaries: Sequence[Summary], dom_mode: str
         dom, twin = _branch(s, dom_mode), _unprojected(s.get("runs") or {}, full_batch)
         p_dom, p_twin = progress(dom), progress(twin)
         if p_dom is None or p_twin is None:
-            return Claim(text, name, "n/a", f"no {dom_mode} branch or no unprojected twin")
+            return Claim(text, name, "n/a", _missing(s, dom_mode, full_batch))
         if p_twin < MIN_TWIN_PROGRESS:
             per_seed.append("inconclusive")
         else:
@@ -235,7 +243,7 @@ def _bulk_claim(text: str, name: str, summaries: Sequence[Summary], bulk_mode: s
     for s in summaries:
         p_bulk, p_twin = progress(_branch(s, bulk_mode)), progress(_unprojected(s.get("runs") or {}, full_batch))
         if p_bulk is None or p_twin is None:
-            return Claim(text, name, "n/a", f"no {bulk_mode} branch or no unprojected twin")
+            return Claim(text, name, "n/a", _missing(s, bulk_mode, full_batch))
         if p_twin < MIN_TWIN_PROGRESS:
             per_seed.append("inconclusive")
             ratios.append(None)
