@@ -2,19 +2,18 @@
 
 This script knows the repository's layout (the cards folder beside it, the offline data in ``../shared/data``) and
 the list of reference runs; the machinery (running, card sections, the index, the claims) is
-:mod:`hf_subspace.experiments.cards`. Run it from a checkout as ``hf-subspace cards`` (which finds this file in the
+:mod:`hf_subspace.experiments.cards`, the command line :mod:`hf_subspace.experiments.cards_cli`. Run it from a checkout as ``hf-subspace cards`` (which finds this file in the
 current folder, or the one given by ``--repo``) or as ``python model_cards/regenerate.py``.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hf_subspace.experiments.cards import ReferenceRun, adopt_run, regenerate_cards, rewrite_from_summary
+from hf_subspace.experiments.cards import ReferenceRun
+from hf_subspace.experiments.cards_cli import CardsRepository, cards_main
 from hf_subspace.experiments.settings import QUICKSTART_MLP
 
 __all__ = [
@@ -504,10 +503,13 @@ def amplification_baseline(name: str) -> str | None:
     return "mlp_mnist_sgd" if name in same_setup and name != "mlp_mnist_sgd" else None
 
 
+REPOSITORY = CardsRepository(REFERENCE_RUNS, CARDS_DIR, SHARED_DATA, UNAVAILABLE, gd_prefix_run, amplification_baseline)
+"""This repository's runs, cards folder and data, for :func:`~hf_subspace.experiments.cards_cli.cards_main`."""
+
+
 def default_data_root() -> Path:
     """``$HF_SUBSPACE_DATA``, else ``../shared/data`` beside the repository root."""
-    env = os.environ.get("HF_SUBSPACE_DATA")
-    return Path(env) if env else SHARED_DATA
+    return REPOSITORY.data_root()
 
 
 def regenerate(
@@ -518,97 +520,14 @@ def regenerate(
     quick: bool = False,
     index_only: bool = False,
 ) -> list[dict[str, Any]]:
-    """:func:`~hf_subspace.experiments.cards.regenerate_cards` with this repository's runs and data paths.
-
-    Args:
-        output_root: the cards folder (default: this script's folder).
-        runs: the runs to do (default :data:`REFERENCE_RUNS`).
-        work_dir: where the experiments write (models, TensorBoard runs).
-        data_root: the offline data (default :func:`default_data_root`).
-        quick: a handful of steps per run (tests).
-        index_only: only rebuild ``README.md`` from the stored summaries.
-
-    Returns:
-        One entry per run done.
-    """
-    data = Path(data_root) if data_root is not None else default_data_root()
-    # The commands written into the cards show ../shared/data relative to the repository root.
-    shown = Path("../shared/data") if data.resolve() == SHARED_DATA.resolve() else data
-    return regenerate_cards(
-        REFERENCE_RUNS,
-        output_root,
-        data,
-        runs=runs,
-        work_dir=work_dir,
-        quick=quick,
-        index_only=index_only,
-        unavailable=UNAVAILABLE,
-        shown_data_root=shown,
-        gd_prefix_run=gd_prefix_run,
-        amplification_baseline=amplification_baseline,
-    )
+    """Run ``runs`` (default :data:`REFERENCE_RUNS`) into ``output_root`` (``quick``: a handful of steps, for tests;
+    ``index_only``: only rebuild ``README.md``); one entry per run done (:meth:`CardsRepository.regenerate`)."""
+    return REPOSITORY.regenerate(output_root, runs, work_dir, data_root, quick, index_only)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``hf-subspace cards``: regenerate ``model_cards/`` from fresh runs; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="hf-subspace cards", description="Regenerate the reference model cards in model_cards/."
-    )
-    parser.add_argument("--output_root", default=str(CARDS_DIR), help="cards folder (default: this script's folder)")
-    parser.add_argument("--work_dir", default="runs/cards", help="where the experiments write (default: runs/cards)")
-    parser.add_argument("--data_root", default=None, help="offline data (default: $HF_SUBSPACE_DATA or ../shared/data)")
-    parser.add_argument("--only", action="append", default=None, help="run only this reference run (repeatable)")
-    parser.add_argument("--quick", action="store_true", help="a few steps per run (smoke test)")
-    parser.add_argument("--index_only", action="store_true", help="only rebuild README.md from stored summaries")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, cores))")
-    parser.add_argument(
-        "--adopt",
-        action="append",
-        default=None,
-        metavar="RUN=FOLDER",
-        help="write RUN's cards from an experiment already run with RUN's options into FOLDER (repeatable)",
-    )
-    parser.add_argument(
-        "--from_summary",
-        action="append",
-        default=None,
-        metavar="RUN",
-        help="rewrite RUN's cards (figures, card text, claims) from the summary.json in its card folder, running "
-        "nothing; 'all' for every card (repeatable)",
-    )
-    ns = parser.parse_args(argv)
-    known = {r.name: r for r in REFERENCE_RUNS}
-    if ns.from_summary:
-        names = [r.name for r in REFERENCE_RUNS] if "all" in ns.from_summary else ns.from_summary
-        wrong = [n for n in names if n not in known]
-        if wrong:
-            parser.error(f"--from_summary: unknown run(s) {', '.join(wrong)}; choose from all, {', '.join(known)}")
-        for name in names:
-            if "all" in ns.from_summary and not (Path(ns.output_root) / name / "summary.json").is_file():
-                continue  # no card yet (listed in the index with why)
-            rewrite_from_summary(known[name], Path(ns.output_root) / name)
-            print(f"{name}: cards rewritten from {Path(ns.output_root) / name / 'summary.json'}")
-        regenerate(ns.output_root, None, ns.work_dir, ns.data_root, False, True)
-        return 0
-    unknown = [n for n in ns.only or [] if n not in known]
-    if unknown:
-        parser.error(f"unknown run(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    import torch
-
-    torch.set_num_threads(ns.threads or max(1, min(2, os.cpu_count() or 1)))
-    if ns.adopt:
-        data = Path(ns.data_root) if ns.data_root is not None else default_data_root()
-        shown = Path("../shared/data") if data.resolve() == SHARED_DATA.resolve() else data
-        for item in ns.adopt:
-            name, _, folder = item.partition("=")
-            if name not in known or not folder:
-                parser.error(f"--adopt takes RUN=FOLDER with RUN one of {', '.join(known)}; got {item!r}")
-            adopt_run(known[name], folder, ns.output_root, shown, ns.work_dir, data)
-        regenerate(ns.output_root, None, ns.work_dir, ns.data_root, False, True)
-        return 0
-    runs = [known[n] for n in ns.only] if ns.only else None
-    regenerate(ns.output_root, runs, ns.work_dir, ns.data_root, ns.quick, ns.index_only)
-    return 0
+    """``hf-subspace cards``: :func:`~hf_subspace.experiments.cards_cli.cards_main` over this repository."""
+    return cards_main(REPOSITORY, argv)
 
 
 if __name__ == "__main__":
