@@ -245,9 +245,8 @@ one() {  # one NAME SEED RECIPE OPTIONS...
     rc=$?
     # the machine, for the cards of an adopted run (hf-subspace cards --adopt reads machine.json beside summary.json)
     "$PY" -c "import json, sys, torch; from hf_subspace.experiments.cards import machine_info; \
-torch.set_num_threads(int(sys.argv[2])); json.dump(machine_info() | {'platform': machine_info()['platform'] + \
-', torch ' + torch.__version__}, open(sys.argv[1], 'w'))" "$SCRATCH/runs/$name-seed$seed/machine.json" \
-        "$OMP_NUM_THREADS" 2>/dev/null
+torch.set_num_threads(int(sys.argv[2])); m = machine_info(); m['platform'] += ', torch ' + torch.__version__; \
+json.dump(m, open(sys.argv[1], 'w'))" "$SCRATCH/runs/$name-seed$seed/machine.json" "$OMP_NUM_THREADS" 2>/dev/null
     local what="ok"
     [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && what="STOPPED at the ${BUDGET_S} s budget (halve its steps)"
     [ "$rc" -ne 0 ] && [ "$what" = "ok" ] && what="FAILED (exit $rc; see its log)"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from hf_subspace.experiments.cards import ReferenceRun
 from hf_subspace.experiments.cards_cli import CardsRepository, cards_main
@@ -507,22 +506,10 @@ REPOSITORY = CardsRepository(REFERENCE_RUNS, CARDS_DIR, SHARED_DATA, UNAVAILABLE
 """This repository's runs, cards folder and data, for :func:`~hf_subspace.experiments.cards_cli.cards_main`."""
 
 
-def default_data_root() -> Path:
-    """``$HF_SUBSPACE_DATA``, else ``../shared/data`` beside the repository root."""
-    return REPOSITORY.data_root()
-
-
-def regenerate(
-    output_root: str | Path = CARDS_DIR,
-    runs: Sequence[ReferenceRun] | None = None,
-    work_dir: str | Path = "runs/cards",
-    data_root: str | Path | None = None,
-    quick: bool = False,
-    index_only: bool = False,
-) -> list[dict[str, Any]]:
-    """Run ``runs`` (default :data:`REFERENCE_RUNS`) into ``output_root`` (``quick``: a handful of steps, for tests;
-    ``index_only``: only rebuild ``README.md``); one entry per run done (:meth:`CardsRepository.regenerate`)."""
-    return REPOSITORY.regenerate(output_root, runs, work_dir, data_root, quick, index_only)
+default_data_root = REPOSITORY.data_root
+"""``$HF_SUBSPACE_DATA``, else ``../shared/data`` beside the repository root."""
+regenerate = REPOSITORY.regenerate
+"""Run ``runs`` (default :data:`REFERENCE_RUNS`) into the cards folder (:meth:`CardsRepository.regenerate`)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
