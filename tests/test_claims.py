@@ -133,6 +133,31 @@ def test_gd_to_sgd_must_climb_from_low_to_high() -> None:
     assert run(0.5, 0.9) == "inconclusive"  # the GD prefix had not lost the alignment
 
 
+def _sharpness(branch: dict[str, Any], values: list[tuple[int, float]]) -> dict[str, Any]:
+    return {**branch, "curves": {"eigenvalue_top_01": [[s, v] for s, v in values]}}
+
+
+def test_sgd_gd_verdicts_at_the_edge_of_stability_are_flagged_not_changed() -> None:
+    def evidence(gd_lambda: float, prefix: bool) -> tuple[str, str]:
+        # lr 0.01: 2/η = 200; the flag's line is η·λ₁ = 1.8, i.e. λ₁ = 180
+        if prefix:  # a GD prefix: sharp at initialisation (step 0, not GD's doing), then gd_lambda
+            lam = [(0, 500.0), (SWITCH // 2, gd_lambda), (SWITCH, gd_lambda)]
+            runs = {"sgd": _sharpness(_branch(0.5, chi=0.9, chi0=0.0), lam)}
+            summary = _summary(runs, prefix_optimizer="gd")
+        else:  # the GD branch after an SGD prefix
+            gd = _sharpness(_branch(0.5, full_batch=True, chi=0.0), [(0, 500.0), (SWITCH + 10, gd_lambda)])
+            summary = _summary({"sgd": _branch(0.5, chi=0.9), "gd": gd})
+        wanted = "GD→SGD restores the alignment" if prefix else "SGD→GD loses the alignment"
+        (c,) = [c for c in evaluate_claims("run", [summary]) if c.claim == wanted]
+        return c.answer, c.evidence
+
+    for prefix in (False, True):
+        answer, text = evidence(190.0, prefix)
+        assert answer == "yes" and "flagged: the GD " in text and "1.90 ≥ 1.8" in text
+        answer, text = evidence(100.0, prefix)  # η·λ₁ = 1.0, and step 0's 5.0 does not count
+        assert answer == "yes" and "flagged" not in text
+
+
 def _with_lrs(ratio: float, seed: int, optimizer: str = "sgd", optim_args: str = "") -> dict[str, Any]:
     dom = [[s, 0.01] for s in range(0, SWITCH)]
     bulk = [[s, 0.01 * ratio * (1 + 0.05 * math.sin(s + seed))] for s in range(0, SWITCH)]

@@ -15,6 +15,7 @@ from .claims import (
     TABLE1_STEPS,
     amplification_interval,
     claim_rules_text,
+    edge_of_stability,
     effective_lr_table,
     evaluate_claims,
     format_value,
@@ -45,17 +46,6 @@ def stale_basis_note(summary: Mapping[str, Any]) -> str | None:
         "steps without `--subspace_basis_tol`, so between refreshes they projected onto a basis that may be far from "
         "the Hessian's top-k eigenspace: not the paper's method, which recomputes it at every step."
     )
-
-
-def edge_of_stability(summary: Mapping[str, Any], branch: str, part: str = "all") -> float | None:
-    """The largest η·λ₁ measured along a branch's curve: ``part`` "prefix" (steps up to the switch), "branch"
-    (after it) or "all"; ≥ 2 is beyond the stability edge of GD. ``None`` where nothing was measured."""
-    b = (summary.get("runs") or {}).get(branch) or {}
-    switch = int(summary.get("switch_step") or 0)
-    keep = {"prefix": lambda st: st <= switch, "branch": lambda st: st > switch}.get(part, lambda st: True)
-    lam = [float(v) for st, v in (b.get("curves") or {}).get("eigenvalue_top_01") or [] if keep(int(st))]
-    lr = summary.get("learning_rate")
-    return max(lam) * float(lr) if lam and isinstance(lr, int | float) else None
 
 
 def _audit_text(b: Mapping[str, Any]) -> str:

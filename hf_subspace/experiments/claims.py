@@ -49,6 +49,7 @@ __all__ = [
     "Claim",
     "amplification_interval",
     "claim_rules_text",
+    "edge_of_stability",
     "effective_lr_table",
     "evaluate_claims",
     "format_value",
@@ -197,6 +198,44 @@ def _missing(summary: Summary, mode: str, full_batch: bool) -> str:
     return f"not run: this run has no {' and no '.join(lacks)} (its card says why; --modes adds it)"
 
 
+def _max_eta_lambda(
+    run: Mapping[str, Any] | None, summary: Summary, part: str, skip_init: bool = False
+) -> float | None:
+    """The largest η·λ₁ along ``run``'s measured λ₁: ``part`` "prefix" (steps up to the switch), "branch" (after
+    it) or "all", without step 0 (the initialisation, before any step) if ``skip_init``; ``None`` where nothing
+    was measured."""
+    switch = int(summary.get("switch_step") or 0)
+    keep = {"prefix": lambda st: st <= switch, "branch": lambda st: st > switch}.get(part, lambda st: True)
+    curve = ((run or {}).get("curves") or {}).get("eigenvalue_top_01") or []
+    lam = [float(v) for st, v in curve if keep(int(st)) and not (skip_init and int(st) == 0)]
+    lr = summary.get("learning_rate")
+    return max(lam) * float(lr) if lam and isinstance(lr, int | float) else None
+
+
+def edge_of_stability(summary: Summary, branch: str, part: str = "all") -> float | None:
+    """The largest η·λ₁ measured along branch ``branch``: ``part`` "prefix" (steps up to the switch), "branch"
+    (after it) or "all"; ≥ 2 is beyond the stability edge of GD (λ₁ > 2/η). ``None`` where nothing was measured."""
+    return _max_eta_lambda((summary.get("runs") or {}).get(branch), summary, part)
+
+
+def _edge_flag(summaries: Sequence[Summary], full_batch_part: str) -> str:
+    """A flag for an SGD↔GD verdict whose GD part (the GD branch after the switch, ``full_batch_part="branch"``, or
+    the GD prefix after its first step, ``"prefix"``) reaches the edge of stability in some seed (max η·λ₁ ≥ 2 ×
+    :data:`EOS_RATIO`): the claims are about GD below the edge, where the paper reports the loss of alignment."""
+    values = []
+    for s in summaries:
+        runs = s.get("runs") or {}
+        run = _unprojected(runs, True) if full_batch_part == "branch" else next(iter(runs.values()), None)
+        value = _max_eta_lambda(run, s, full_batch_part, skip_init=True)
+        if value is not None:
+            values.append(value)
+    edge = 2 * EOS_RATIO
+    if not values or max(values) < edge:
+        return ""
+    where = "GD branch" if full_batch_part == "branch" else "GD prefix"
+    return f"; flagged: the {where} is at the edge of stability (max η·λ₁ {max(values):.2f} ≥ {edge:g})"
+
+
 def _dom_claim(text: str, name: str, summaries: Sequence[Summary], dom_mode: str, full_batch: bool) -> Claim:
     """Dom-X fails to train, judged against X (the unprojected twin) in every seed."""
     per_seed, ratios, fits = [], [], []
@@ -274,7 +313,7 @@ def _gd_loses_claim(name: str, summaries: Sequence[Summary]) -> Claim:
         f"mean χ_k after the switch: GD {_mean_sd(gd_chi)}, SGD {_mean_sd(sgd_chi)} (loses if GD ≤ {UNALIGNED_MAX} "
         f"while SGD ≥ {ALIGNED_MIN})"
     )
-    return Claim(text, name, _combine(per_seed), evidence + _seeds_text(per_seed))
+    return Claim(text, name, _combine(per_seed), evidence + _seeds_text(per_seed) + _edge_flag(summaries, "branch"))
 
 
 def _gd_restores_claim(name: str, summaries: Sequence[Summary]) -> Claim:
@@ -305,7 +344,7 @@ def _gd_restores_claim(name: str, summaries: Sequence[Summary]) -> Claim:
         f"χ_k at the switch (after GD) {_mean_sd(before)}; steps of SGD until χ_k ≥ {ALIGNED_MIN}: {steps} "
         f"(restores if from ≤ {UNALIGNED_MAX} to ≥ {ALIGNED_MIN} within {RESTORE_WITHIN_STEPS} steps)"
     )
-    return Claim(text, name, _combine(per_seed), evidence + _seeds_text(per_seed))
+    return Claim(text, name, _combine(per_seed), evidence + _seeds_text(per_seed) + _edge_flag(summaries, "prefix"))
 
 
 # ----------------------------------------------------------------------------------------------- the optimizer
@@ -513,5 +552,7 @@ def claim_rules_text() -> str:
         f"{EOS_RATIO} × 2/η. Spectrum gap: mean λ_k/λ_k+1 ≥ {SPECTRUM_GAP_RATIO} with minimum > 1. Seeds that "
         'disagree give "inconclusive"; so do an unprojected twin that did not train, an SGD branch that is not '
         f"aligned itself (SGD→GD: SGD's mean χ_k < {ALIGNED_MIN}) and a GD prefix that leaves χ_k above "
-        f"{UNALIGNED_MAX} (GD→SGD: nothing to restore)."
+        f"{UNALIGNED_MAX} (GD→SGD: nothing to restore). An SGD↔GD verdict whose GD part reaches max η·λ₁ ≥ "
+        f"{2 * EOS_RATIO:g} is flagged as an edge-of-stability result (the verdict is unchanged): the claims are "
+        "about GD below the edge, and at the edge GD's gradient stays in the top eigenspace."
     )
