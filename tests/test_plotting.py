@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_subspace.experiments import plotting
+from hf_subspace.experiments import plotting, trajectory_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -133,10 +133,10 @@ def test_plot_trajectory_2d(tmp_path: Path) -> None:
         "bulk": np.stack([2.0 * 0.95**t, np.full(40, 0.5)], axis=1),
         "empty": np.empty((0, 2)),
     }
-    _check_png(plotting.plot_trajectory_2d(loss_fn, trajectories, tmp_path / "traj.png", (-0.5, 2.5), (-1, 1)))
+    _check_png(trajectory_figure.plot_trajectory_2d(loss_fn, trajectories, tmp_path / "traj.png", (-0.5, 2.5), (-1, 1)))
     # constant loss: no contours, still a figure
     _check_png(
-        plotting.plot_trajectory_2d(
+        trajectory_figure.plot_trajectory_2d(
             lambda x, y: np.zeros_like(x), {}, tmp_path / "flat.png", (0, 1), (0, 1), title="flat"
         )
     )
@@ -201,7 +201,7 @@ def test_toy_trajectory_figure_is_readable():
     t = np.arange(0, 60)
     sgd = np.stack([t, 0.003 * (-1.0) ** t, 1.0 - 0.005 * t], axis=1)  # bounces across the valley every step
     gd = np.stack([t, 0.0 * t, 1.0 - 0.005 * t], axis=1)
-    figure = plotting.trajectory_figure(
+    figure = trajectory_figure.trajectory_figure(
         lambda x, y: 0.5 * (1000 * x**2 + y**2), {"sgd": sgd, "gd": gd}, (-0.01, 0.01), (0.6, 1.05),
         title="toy", xlabel="θ₁ (sharp)", ylabel="θ₂ (flat)",
     )  # fmt: skip
@@ -223,13 +223,13 @@ def test_bouncing_path_gets_an_inset_of_its_first_steps_connected():
     t = np.arange(0, 200)
     sgd = np.stack([t, 0.003 * (-1.0) ** t * (1 - t / 400), 1.0 - 0.002 * t], axis=1)
     gd = np.stack([t, 1e-12 * (-1.0) ** t, 1.0 - 0.002 * t], axis=1)  # rounding noise is no bounce
-    figure = plotting.trajectory_figure(lambda x, y: 0.5 * (1000 * x**2 + y**2), {"sgd": sgd, "gd": gd},
+    figure = trajectory_figure.trajectory_figure(lambda x, y: 0.5 * (1000 * x**2 + y**2), {"sgd": sgd, "gd": gd},
                                         (-0.01, 0.01), (0.5, 1.05))  # fmt: skip
     (inset,) = figure.axes[0].child_axes
     paths = [line for line in inset.get_lines() if line.get_linestyle() == "-"]
     assert len(paths) == 1 and paths[0].get_color() == "black"
     assert np.allclose(paths[0].get_xdata(), sgd[:13, 1]) and np.allclose(paths[0].get_ydata(), sgd[:13, 2])
-    alone = plotting.trajectory_figure(lambda x, y: x * 0 + y, {"gd": gd}, (-0.01, 0.01), (0.5, 1.05))
+    alone = trajectory_figure.trajectory_figure(lambda x, y: x * 0 + y, {"gd": gd}, (-0.01, 0.01), (0.5, 1.05))
     assert not alone.axes[0].child_axes
 
 

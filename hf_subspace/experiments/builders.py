@@ -127,7 +127,7 @@ def prepare_toy_quadratic(ra: RecipeArguments, ta: SubspaceTrainingArguments) ->
     dataset = toy_quadratic_dataset(num_pairs=max(1, _option(ra, "num_train") // 2))
 
     def plot_trajectories(result: ExperimentResult) -> list[Path]:
-        from .plotting import plot_trajectory_2d
+        from .trajectory_figure import plot_trajectory_2d
 
         prefix = str(result.summary.get("prefix_optimizer", "sgd")).upper()
         # (step, θ₁, θ₂) rows: the figure also draws each coordinate against the step.
