@@ -67,15 +67,17 @@ def _without(options: Sequence[str], name: str) -> tuple[str, ...]:
     return tuple(item for flag, value in pairs if flag != name for item in (flag, value))
 
 
-def _with(options: Sequence[str], values: dict[str, str]) -> tuple[str, ...]:
-    """``options`` (flag, value pairs) with each flag of ``values`` set to its value in place (so the command
-    names each flag once)."""
-    pairs = zip(options[::2], options[1::2])
-    return tuple(item for flag, old in pairs for item in (flag, values.get(flag, old)))
+def _merge(*groups: Sequence[str]) -> tuple[str, ...]:
+    """The flag, value pairs of ``groups``, each flag once: where it first appears, with the value it has last (what
+    the command line would have meant), so a recorded command names every option once."""
+    merged: dict[str, str] = {}
+    for group in groups:
+        merged.update(zip(group[::2], group[1::2]))
+    return tuple(item for pair in merged.items() for item in pair)
 
 
-_DIGITS = (*_without(QUICKSTART_MLP, "--max_steps"), "--seed", "0")
-"""The quick start's MLP on digits (:data:`hf_subspace.experiments.settings.QUICKSTART_MLP` and its seed) without ``--max_steps``."""
+_DIGITS = tuple(QUICKSTART_MLP)
+"""The quick start's MLP on digits (:data:`hf_subspace.experiments.settings.QUICKSTART_MLP`)."""
 
 _MNIST_1K = (
     "--train_file", "{data}/mnist/train.npz", "--validation_file", "{data}/mnist/t10k-images-idx3-ubyte.gz",
@@ -202,13 +204,12 @@ _TRANSFORMER_SST2_OPTIONS = (
     "--hessian_batch_size", "250", "--logging_steps", "25", "--seed", "0", *_TB_OFF,
 )  # fmt: skip
 """Run on a lent H200 by ``model_cards/gpu_paper_runs.sh`` (``transformer_sst2`` with ``EXTRA="--modes sgd,gd"``)."""
-_CNN_CIFAR10_LR001_OPTIONS = _with(
-    _CNN_CIFAR10_OPTIONS,
-    {"--learning_rate": "0.01", "--modes": "sgd,gd", "--max_steps": "600", "--switch_step": "400"},
+_CNN_CIFAR10_LR001_OPTIONS = _merge(
+    _CNN_CIFAR10_OPTIONS, ("--learning_rate", "0.01", "--modes", "sgd,gd", "--max_steps", "600", "--switch_step", "400")
 )
 """``cnn_cifar10`` at lr 0.01 for the SGD↔GD claims, which concern GD below the edge of stability: 2/η = 200 lies
 above the CNN's λ₁ (≤ 106 along the lr 0.05 runs), while at lr 0.05 GD sits at λ₁ ≈ 2/η = 40."""
-_CNN_CIFAR10_LR001_GD_PREFIX_OPTIONS = _with(_CNN_CIFAR10_GD_PREFIX_OPTIONS, {"--learning_rate": "0.01"})
+_CNN_CIFAR10_LR001_GD_PREFIX_OPTIONS = _merge(_CNN_CIFAR10_GD_PREFIX_OPTIONS, ("--learning_rate", "0.01"))
 
 _TRANSFORMER_SST2_GD_PREFIX_OPTIONS = (
     *_GPU_SST2, "--prefix", "gd", "--modes", "sgd,gd", "--max_steps", "700", "--switch_step", "300",
@@ -268,8 +269,8 @@ PAPER_EXTRA_RUNS: tuple[ReferenceRun, ...] = (
             "the cap at 1,000 SGD's χ_k was still rising (0.63 over its branch, 0.8 by step 2,000), so SGD→GD could "
             "not be answered. The prefix's first 1,000 steps, and so Table 1's SGD row, are those of the other runs.",
         ),
-        branches=_with(
-            _OPTIMIZER_BRANCHES, {"--modes": "sgd,gd,dominant,bulk", "--max_steps": "5000", "--switch_step": "4000"}
+        branches=_merge(
+            _OPTIMIZER_BRANCHES, ("--modes", "sgd,gd,dominant,bulk", "--max_steps", "5000", "--switch_step", "4000")
         ),
     ),
     _optimizer_run("mlp_mnist_momentum", "SGD with momentum 0.9, lr 0.01", ("--optim_args", "momentum=0.9")),
@@ -367,7 +368,7 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
     ReferenceRun(
         "mlp_digits",
         "mlp_mnist",
-        ("--modes", "sgd,gd,dominant,bulk", *_DIGITS, "--max_steps", "1500", *_EMA, *_fresh(200, 50), *_TB_OFF),
+        _merge(("--modes", "sgd,gd,dominant,bulk"), _DIGITS, ("--max_steps", "1500"), _EMA, _fresh(200, 50), _TB_OFF),
         _QUICK,
         "the quick start's MLP 64-32-32-10 on scikit-learn's 8×8 digits (1,500 train / 297 validation), k = 10",
         (
@@ -383,7 +384,7 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
     ReferenceRun(
         "mlp_digits_gd_prefix",
         "mlp_mnist",
-        ("--prefix", "gd", "--modes", "sgd,gd", *_DIGITS, "--max_steps", "900", *_fresh(200, 50), *_TB_OFF),
+        _merge(("--prefix", "gd", "--modes", "sgd,gd"), _DIGITS, ("--max_steps", "900"), _fresh(200, 50), _TB_OFF),
         _QUICK,
         "the quick start's MLP on digits with a full-batch GD prefix, then SGD and GD branches (GD→SGD), k = 10",
         (

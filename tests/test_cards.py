@@ -189,6 +189,16 @@ def test_sgd_prefix_points_to_the_gd_prefix_run() -> None:
         assert ra.prefix == "gd" and ra.switch_step % ta.subspace_alignment_steps == 0
 
 
+def test_reference_commands_name_every_option_once() -> None:
+    """A recorded command that names an option twice (``--seed 0 ... --seed 1``) reads as two settings; the runs'
+    definitions merge their option groups instead, and every seed's command names ``--seed`` once."""
+    for run in regen.REFERENCE_RUNS:
+        argv = run.argv(Path("data"), Path("out"), seed=run.seeds[-1] if len(run.seeds) > 1 else None)
+        flags = [a for a in argv if a.startswith("--")]
+        assert len(flags) == len(set(flags)), (run.name, sorted({f for f in flags if flags.count(f) > 1}))
+    assert regen._merge(("--a", "1", "--b", "2"), ("--a", "3", "--c", "4")) == ("--a", "3", "--b", "2", "--c", "4")
+
+
 def test_gd_prefix_reference_run_answers_the_claim(tmp_path: Path) -> None:
     """The GD-prefix reference run in quick mode: its cards and the index answer GD→SGD from its summary."""
     run = [r for r in regen.REFERENCE_RUNS if r.name == regen.GD_PREFIX_RUN]
