@@ -267,7 +267,7 @@ PAPER_EXTRA_RUNS: tuple[ReferenceRun, ...] = (
             "for SGD→GD on real data.",
             "The switch's cap is step 4,000, not 1,000 as in the other optimizer runs, chosen before this run: with "
             "the cap at 1,000 SGD's χ_k was still rising (0.63 over its branch, 0.8 by step 2,000), so SGD→GD could "
-            "not be answered. The prefix's first 1,000 steps, and so Table 1's SGD row, are those of the other runs.",
+            "not be answered. Its first 1,000 prefix steps (Table 1's SGD row) run with the other runs' options.",
         ),
         branches=_merge(
             _OPTIMIZER_BRANCHES, ("--modes", "sgd,gd,dominant,bulk", "--max_steps", "5000", "--switch_step", "4000")

@@ -93,6 +93,21 @@ def test_prefix_legend_names_the_prefix_optimizer() -> None:
     assert "AdamW prefix" in figure.get_suptitle()
 
 
+def test_summary_figure_shows_the_prefix_chi_ema() -> None:
+    """The χ_k panel draws the prefix's χ_k EMA (what the paper's switch rule watches) up to the switch."""
+    summary = _summary()
+    ema = [[s, 1 - 0.9 ** (s / 10 + 1)] for s in range(0, 201, 10)]
+    summary["runs"]["sgd"]["curves"] = {"chi_k_full_grad_ema": ema}
+    summary["switch_rule"] = {"rule": "ema", "threshold": 0.95}
+    lines = {line.get_label(): line for line in plotting.summary_figure(summary).axes[1].get_lines()}
+    line = lines["χ_k EMA of the prefix (switch rule)"]
+    assert list(line.get_xdata()) == list(range(0, 101, 10))  # the prefix only
+    assert np.allclose(line.get_ydata(), [v for s, v in ema if s <= 100])
+    assert not any(
+        "EMA" in label for label in plotting.summary_figure(_summary()).axes[1].get_legend_handles_labels()[1]
+    )
+
+
 def test_branch_colors_are_consistent() -> None:
     modes = ["sgd", "dominant", "bulk", "foo", "bar", "gd"]
     assert plotting.branch_color("sgd", modes) == "black"

@@ -254,6 +254,16 @@ def summary_figure(summary: Mapping[str, Any]) -> Figure:
                 zorder=2 if unprojected else 3,
             )
 
+    # The prefix's χ_k EMA: the quantity the paper's switch rule watches (it fires at 0.95).
+    first_run = next((run for run in runs.values() if run), None) or {}
+    ema_steps, ema = _curve((first_run.get("curves") or {}).get("chi_k_full_grad_ema"))
+    if switch is not None and ema_steps.size:
+        before = ema_steps <= float(switch)
+        rule = summary.get("switch_rule")
+        by_rule = isinstance(rule, Mapping) and rule.get("rule") == "ema"
+        ax_chi.plot(ema_steps[before], np.clip(ema[before], 0.0, 1.0), color="tab:purple", ls="--", lw=1.4, zorder=4,
+                    label="χ_k EMA of the prefix" + (" (switch rule)" if by_rule else ""))  # fmt: skip
+
     if any(steps.size for steps, _ in loss_curves.values()):
         ax_loss.set_yscale("log")
         _plain_log_labels(ax_loss)
@@ -291,7 +301,8 @@ def summary_figure(summary: Mapping[str, Any]) -> Figure:
 def plot_summary(summary: Mapping[str, Any], path: str | Path) -> Path:
     """The paper's Figure 1: training loss and χ_k of the full-batch gradient per branch.
 
-    Left panel: full training loss vs. step on a log scale; right panel: χ_k vs. step in [0, 1]. The shared prefix
+    Left panel: full training loss vs. step on a log scale; right panel: χ_k vs. step in [0, 1], with the prefix's
+    χ_k EMA (``curves["chi_k_full_grad_ema"]``, what the paper's switch rule watches) dashed. The shared prefix
     (steps up to ``summary["switch_step"]``, the same in every branch) is drawn once in grey; from the switch on,
     each branch has its own colour, line style and marker (:func:`branch_style`), so a branch drawn exactly on top
     of another stays visible. Both panels mark the switch with a vertical line. Non-positive losses are clipped to
