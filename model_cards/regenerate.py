@@ -61,17 +61,13 @@ _SHORT_PROTOCOL = (
 resumable."""
 
 
-def _without(options: Sequence[str], name: str) -> tuple[str, ...]:
-    """``options`` (flag, value pairs) without the flag ``name`` and its value."""
-    pairs = zip(options[::2], options[1::2])
-    return tuple(item for flag, value in pairs if flag != name for item in (flag, value))
-
-
 def _merge(*groups: Sequence[str]) -> tuple[str, ...]:
     """The flag, value pairs of ``groups``, each flag once: where it first appears, with the value it has last (what
     the command line would have meant), so a recorded command names every option once."""
     merged: dict[str, str] = {}
     for group in groups:
+        if len(group) % 2 or not all(flag.startswith("--") for flag in group[::2]):
+            raise ValueError(f"not flag, value pairs: {group}")
         merged.update(zip(group[::2], group[1::2]))
     return tuple(item for pair in merged.items() for item in pair)
 
@@ -123,7 +119,8 @@ def _optimizer_run(
 ) -> ReferenceRun:
     """An MLP-on-MNIST-1k optimizer run: ``options`` after the shared ``branches``, ``extra`` after the shared
     differences; ``resumable`` adds :data:`_RESUMABLE` to the options and says so first among the extra differences."""
-    flags = dict(zip(branches[::2], branches[1::2]))
+    pairs = _merge(branches)  # checks that they are flag, value pairs
+    flags = dict(zip(pairs[::2], pairs[1::2]))
     differences = _optimizer_differences(int(flags["--max_steps"]), int(flags["--switch_step"]))
     return ReferenceRun(
         name,
@@ -208,7 +205,8 @@ _CNN_CIFAR10_LR001_OPTIONS = _merge(
     _CNN_CIFAR10_OPTIONS, ("--learning_rate", "0.01", "--modes", "sgd,gd", "--max_steps", "600", "--switch_step", "400")
 )
 """``cnn_cifar10`` at lr 0.01 for the SGD↔GD claims, which concern GD below the edge of stability: 2/η = 200 lies
-above the CNN's λ₁ (≤ 106 along the lr 0.05 runs), while at lr 0.05 GD sits at λ₁ ≈ 2/η = 40."""
+above the λ₁ of SGD and GD along the lr 0.05 runs (≤ 106, at initialisation), while at lr 0.05 GD sits at λ₁ ≈ 2/η
+= 40."""
 _CNN_CIFAR10_LR001_GD_PREFIX_OPTIONS = _merge(_CNN_CIFAR10_GD_PREFIX_OPTIONS, ("--learning_rate", "0.01"))
 
 _TRANSFORMER_SST2_GD_PREFIX_OPTIONS = (

@@ -197,6 +197,8 @@ def test_reference_commands_name_every_option_once() -> None:
         flags = [a for a in argv if a.startswith("--")]
         assert len(flags) == len(set(flags)), (run.name, sorted({f for f in flags if flags.count(f) > 1}))
     assert regen._merge(("--a", "1", "--b", "2"), ("--a", "3", "--c", "4")) == ("--a", "3", "--b", "2", "--c", "4")
+    with pytest.raises(ValueError, match="flag, value pairs"):
+        regen._merge(("--a", "1", "--flag_without_value"))
 
 
 def test_gd_prefix_reference_run_answers_the_claim(tmp_path: Path) -> None:
@@ -299,4 +301,5 @@ def test_edge_of_stability_separates_the_prefix_from_the_branch() -> None:
     assert edge_of_stability(summary, "sgd", "prefix") == pytest.approx(4.0)
     assert edge_of_stability(summary, "sgd", "branch") == pytest.approx(1.5)
     assert edge_of_stability(summary, "sgd") == pytest.approx(4.0)
+    assert edge_of_stability(summary, "sgd", "prefix", skip_init=True) == pytest.approx(1.3)  # the card's prefix value
     assert edge_of_stability({**summary, "runs": {"sgd": {}}}, "sgd", "branch") is None

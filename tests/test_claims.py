@@ -138,23 +138,30 @@ def _sharpness(branch: dict[str, Any], values: list[tuple[int, float]]) -> dict[
 
 
 def test_sgd_gd_verdicts_at_the_edge_of_stability_are_flagged_not_changed() -> None:
+    # lr 0.01: 2/η = 200; the flag's line is η·λ₁ = 1.8, i.e. λ₁ = 180. Step 0 (the initialisation) is sharp in every
+    # case and never counts; the part the flag does not read (the prefix of an SGD→GD run, the branches after a GD
+    # prefix) is sharp too, so reading the wrong part flags the calm cases.
     def evidence(gd_lambda: float, prefix: bool) -> tuple[str, str]:
-        # lr 0.01: 2/η = 200; the flag's line is η·λ₁ = 1.8, i.e. λ₁ = 180
-        if prefix:  # a GD prefix: sharp at initialisation (step 0, not GD's doing), then gd_lambda
-            lam = [(0, 500.0), (SWITCH // 2, gd_lambda), (SWITCH, gd_lambda)]
-            runs = {"sgd": _sharpness(_branch(0.5, chi=0.9, chi0=0.0), lam)}
+        if prefix:  # GD→SGD: the GD prefix is the first branch's curve up to the switch
+            lam = [(0, 500.0), (SWITCH // 2, gd_lambda), (SWITCH, gd_lambda), (SWITCH + 10, 500.0)]
+            runs = {
+                "sgd": _sharpness(_branch(0.5, chi=0.9, chi0=0.0), lam),
+                "gd": _sharpness(_branch(0.5, full_batch=True, chi=0.0, chi0=0.0), [(SWITCH + 10, 500.0)]),
+            }
             summary = _summary(runs, prefix_optimizer="gd")
-        else:  # the GD branch after an SGD prefix
-            gd = _sharpness(_branch(0.5, full_batch=True, chi=0.0), [(0, 500.0), (SWITCH + 10, gd_lambda)])
-            summary = _summary({"sgd": _branch(0.5, chi=0.9), "gd": gd})
-        wanted = "GD→SGD restores the alignment" if prefix else "SGD→GD loses the alignment"
+            wanted = "GD→SGD restores the alignment"
+        else:  # SGD→GD: the GD branch after the switch
+            gd = _sharpness(_branch(0.5, full_batch=True, chi=0.0), [(0, 500.0), (SWITCH // 2, 500.0),
+                                                                       (SWITCH + 10, gd_lambda)])  # fmt: skip
+            summary = _summary({"sgd": _sharpness(_branch(0.5, chi=0.9), [(SWITCH + 10, 500.0)]), "gd": gd})
+            wanted = "SGD→GD loses the alignment"
         (c,) = [c for c in evaluate_claims("run", [summary]) if c.claim == wanted]
         return c.answer, c.evidence
 
     for prefix in (False, True):
         answer, text = evidence(190.0, prefix)
         assert answer == "yes" and "flagged: the GD " in text and "1.90 ≥ 1.8" in text
-        answer, text = evidence(100.0, prefix)  # η·λ₁ = 1.0, and step 0's 5.0 does not count
+        answer, text = evidence(100.0, prefix)  # η·λ₁ = 1.0 in the part that counts
         assert answer == "yes" and "flagged" not in text
 
 

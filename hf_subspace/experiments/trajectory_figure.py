@@ -1,4 +1,4 @@
-"""The toy valley's figure: 2-D parameter trajectories of each branch over the loss contours, with θ₁ and the loss
+"""The toy valley's figure: 2-D parameter trajectories of each branch over the loss contours, and each coordinate
 against the step (:func:`plot_trajectory_2d`; the styles of :func:`~hf_subspace.experiments.plotting.branch_style`)."""
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def plot_trajectory_2d(
     valley of the paper's toy quadratic), each path thin and translucent (minibatch SGD crosses the valley at every
     step: its dots at full length form two envelopes, so an inset draws the first steps of such a path connected),
     starting at a circle and ending at a star (markers are never clipped). When the two ranges differ by more than 2×, a note says by how much the axes are out of scale. Right (for trajectories with steps): each coordinate
-    against the step, in the branch styles of :func:`branch_style`.
+    against the step, in the branch styles of :func:`~hf_subspace.experiments.plotting.branch_style`.
 
     Args:
         loss_fn: vectorised loss ``(X, Y) -> Z`` on meshgrid arrays.
