@@ -464,6 +464,7 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
             "600 steps, the switch by the χ_k EMA rule measured every 10 steps, capped at step 400 (lr 0.01 aligns "
             "more slowly than 0.05); about 200 steps per branch (paper: ~10,000). Data, model and the 250-image "
             "Hessian set as `cnn_cifar10`. One seed.",
+            "SGD and GD branches only: the run asks the SGD↔GD claims (Dom-/Bulk-SGD on this CNN: `cnn_cifar10`).",
         ),
         needs=("cifar10/train.npz", "cifar10/test.npz"),
     ),
