@@ -560,9 +560,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result.setdefault("failed", {})[run] = f"{type(err).__name__}: {err}"
             print(f"run {run} failed: {err}", flush=True)
             continue
-        result["goals"] = goal_check(result, args)
+        result["goals"] = goal_check(result)
         bu.write_json(out_path, {**result, "environment": bu.finish_environment(dict(env))})
-    result["goals"] = goal_check(result, args)
+    result["goals"] = goal_check(result)
     for line in result["goals"]["lines"]:
         print(line)
     bu.write_json(out_path, {**result, "environment": bu.finish_environment(env)})

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import bench_utils as bu
@@ -70,7 +69,7 @@ def markdown_report(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def goal_check(result: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
+def goal_check(result: dict[str, Any]) -> dict[str, Any]:
     """Issue 12's goals for ``tol 0.05`` per run: error quantiles, HVPs vs paper, s/step; loss ratios."""
     lines, checks = [], {}
     for run, r in result["runs"].items():
