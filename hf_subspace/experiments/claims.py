@@ -560,6 +560,6 @@ def claim_rules_text() -> str:
         f"aligned itself (SGD→GD: SGD's mean χ_k < {ALIGNED_MIN}) and a GD prefix that leaves χ_k above "
         f"{UNALIGNED_MAX} (GD→SGD: nothing to restore). An SGD↔GD verdict whose GD part reaches max η·λ₁ ≥ "
         f"{2 * EOS_RATIO:g} after step 0 is flagged as an edge-of-stability result (the verdict is unchanged): the "
-        "claims are about GD below the edge, and at the edge GD's χ_k returns to ~1 (mlp_mnist_eos, SST-2's GD "
-        "branch once λ₁ reached 2/η)."
+        "claims are about GD below the edge, and at the edge GD's χ_k is high again (mlp_mnist_eos: 0.99; SST-2's "
+        "GD branch swings up to 1.0 once λ₁ reaches 2/η)."
     )
