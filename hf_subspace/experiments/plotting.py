@@ -444,13 +444,3 @@ def _plain_log_labels(ax: Any) -> None:
     ax.yaxis.set_major_formatter(plain)
     if low > 0 and high / low < 10:  # under a decade: the minor ticks carry the labels
         ax.yaxis.set_minor_formatter(plain)
-
-
-def __getattr__(name: str) -> Any:
-    """``plot_trajectory_2d`` and ``trajectory_figure`` moved to :mod:`~hf_subspace.experiments.trajectory_figure`;
-    importing them from here still works (imported on first use: that module imports this one)."""
-    if name in ("plot_trajectory_2d", "trajectory_figure"):
-        from . import trajectory_figure
-
-        return getattr(trajectory_figure, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
