@@ -71,6 +71,11 @@ def test_index_numbers_come_from_the_summary(quick_cards: tuple[Path, list[dict]
     assert f"| {sgd['final_loss']:.4g} |" in index
     assert "cnn_cifar10" in index and "not run" in index
     assert "| Dom-SGD fails to train (paper: yes) | toy_quadratic |" in index
+    # the tally above the claims table counts the table's rows
+    rows = [line for line in index.splitlines() if "(paper: " in line and line.startswith("| ")]
+    tally = next(line for line in index.splitlines() if line.startswith("Answers: "))
+    counts = [int(word) for word in tally.replace(":", " ").split() if word.isdigit()]
+    assert sum(counts[:3]) + counts[-1] == len(rows) and counts[0] == sum("(agrees)" in r for r in rows)
     # every seed of the multi-seed run is in the stored summary, and the card shows them
     seeds = entries[0]["summary"]["seed_summaries"]
     assert sorted(seeds) == ["1", "2"] and all(s["seed"] == int(k) for k, s in seeds.items())

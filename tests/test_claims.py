@@ -121,6 +121,9 @@ def test_sgd_to_gd_needs_both_thresholds() -> None:
     assert run(0.0, 0.9) == "yes"
     assert run(0.4, 0.9) == "no"  # the old ratio rule (< 0.5 × SGD's) called this "yes"
     assert run(0.0, 0.5) == "inconclusive"  # SGD itself is not aligned
+    s = _summary({"sgd": _branch(0.5, chi=0.5), "gd": _branch(0.5, full_batch=True, chi=0.0)})
+    (claim,) = [c for c in evaluate_claims("run", [s]) if c.claim == "SGD→GD loses the alignment"]
+    assert "SGD itself is not aligned (mean χ_k < 0.7) in 1 seed(s)" in claim.evidence
 
 
 def test_gd_to_sgd_must_climb_from_low_to_high() -> None:
@@ -131,6 +134,9 @@ def test_gd_to_sgd_must_climb_from_low_to_high() -> None:
     assert run(0.0, 0.9) == "yes"
     assert run(0.0, 0.2) == "no"  # the old rule passed any χ_k > 0 after a χ_k of 0 at the switch
     assert run(0.5, 0.9) == "inconclusive"  # the GD prefix had not lost the alignment
+    s = _summary({"sgd": _branch(0.5, chi=0.9, chi0=0.5)}, prefix_optimizer="gd")
+    (claim,) = [c for c in evaluate_claims("run", [s]) if c.claim == "GD→SGD restores the alignment"]
+    assert "nothing to restore: GD kept χ_k above 0.3 in 1 seed(s)" in claim.evidence
 
 
 def _sharpness(branch: dict[str, Any], values: list[tuple[int, float]]) -> dict[str, Any]:

@@ -214,20 +214,30 @@ def render_index(
         "",
         f"Rules (`hf_subspace/experiments/claims.py`, fixed before the runs that answer them): {claim_rules_text()}",
         "",
-        "| paper's claim (Song, Ahn & Yun 2025) | run | measured | evidence |",
-        "|---|---|---|---|",
     ]
     by_name = {e["run"]: seed_summaries(e["summary"]) for e in entries}
+    rows, tally, inconclusive = [], {"agrees": 0, "disagrees": 0, "inconclusive": 0, "n/a": 0}, []
     for e in entries:
         gd_run = gd_prefix_run(e["run"]) if gd_prefix_run else None
         sgd_run = amplification_baseline(e["run"]) if amplification_baseline else None
         baseline = by_name.get(sgd_run) if sgd_run else None
         for c in evaluate_claims(e["run"], by_name[e["run"]], gd_run, baseline):
             paper = paper_answer(c.claim)
-            agree = (
-                "" if c.answer in ("n/a", "inconclusive") else (" (agrees)" if c.answer == paper else " (disagrees)")
-            )
-            lines.append(f"| {c.claim} (paper: {paper}) | {c.run} | **{c.answer}**{agree} | {c.evidence} |")
+            kind = c.answer if c.answer in ("n/a", "inconclusive") else "agrees" if c.answer == paper else "disagrees"
+            tally[kind] += 1
+            if kind == "inconclusive":
+                inconclusive.append(f"{c.run} ({c.claim})")
+            agree = f" ({kind})" if kind in ("agrees", "disagrees") else ""
+            rows.append(f"| {c.claim} (paper: {paper}) | {c.run} | **{c.answer}**{agree} | {c.evidence} |")
+    lines += [
+        f"Answers: {tally['agrees']} agree with the paper, {tally['disagrees']} disagree, {tally['inconclusive']} "
+        f"inconclusive{': ' + '; '.join(inconclusive) if inconclusive else ''}; {tally['n/a']} n/a (the run "
+        "lacks the branches or the prefix the claim needs).",
+        "",
+        "| paper's claim (Song, Ahn & Yun 2025) | run | measured | evidence |",
+        "|---|---|---|---|",
+        *rows,
+    ]
     lines += _table1_section(entries)
     lines += ["", "## Figures", ""]
     for e in entries:

@@ -319,6 +319,10 @@ def _gd_loses_claim(name: str, summaries: Sequence[Summary]) -> Claim:
         f"mean χ_k after the switch: GD {_mean_sd(gd_chi)}, SGD {_mean_sd(sgd_chi)} (loses if GD ≤ {UNALIGNED_MAX} "
         f"while SGD ≥ {ALIGNED_MIN})"
     )
+    if "inconclusive" in per_seed:
+        evidence += (
+            f"; SGD itself is not aligned (mean χ_k < {ALIGNED_MIN}) in {per_seed.count('inconclusive')} seed(s)"
+        )
     return Claim(text, name, _combine(per_seed), evidence + _seeds_text(per_seed) + _edge_flag(summaries, "branch"))
 
 
@@ -350,6 +354,10 @@ def _gd_restores_claim(name: str, summaries: Sequence[Summary]) -> Claim:
         f"χ_k at the switch (after GD) {_mean_sd(before)}; steps of SGD until χ_k ≥ {ALIGNED_MIN}: {steps} "
         f"(restores if from ≤ {UNALIGNED_MAX} to ≥ {ALIGNED_MIN} within {RESTORE_WITHIN_STEPS} steps)"
     )
+    if "inconclusive" in per_seed:
+        evidence += (
+            f"; nothing to restore: GD kept χ_k above {UNALIGNED_MAX} in {per_seed.count('inconclusive')} seed(s)"
+        )
     return Claim(text, name, _combine(per_seed), evidence + _seeds_text(per_seed) + _edge_flag(summaries, "prefix"))
 
 
