@@ -81,7 +81,9 @@ _MNIST_1K = (
     "--per_device_eval_batch_size", "1000", "--standardize", "none",
 )  # fmt: skip
 _MNIST_NEEDS = ("mnist/train.npz", "mnist/t10k-images-idx3-ubyte.gz")
-_QUICK_MNIST = (*_QUICK, "--num_train", "200", "--num_validation", "100")
+_QUICK_SUBSET = (*_QUICK, "--num_train", "200", "--num_validation", "100")
+"""Quick mode (tests) on a 200-example training subset."""
+_CIFAR_NEEDS = ("cifar10/train.npz", "cifar10/test.npz")
 _OPTIMIZER_BRANCHES = (
     *_MNIST_1K, "--modes", "sgd,dominant,bulk", "--max_steps", "2000", "--switch_step", "1000", *_EMA,
     "--subspace_alignment_steps", "100", *_fresh(200, 100), "--logging_steps", "100",
@@ -126,7 +128,7 @@ def _optimizer_run(
         name,
         "mlp_mnist",
         (*branches, *options, *(_RESUMABLE if resumable else ()), *_TB_OFF),
-        _QUICK_MNIST,
+        _QUICK_SUBSET,
         f"MLP 784-200-200-10 (tanh, MSE) on MNIST-1k, {what}, batch 50, k = 10: Dom-/Bulk- variants and Table 1",
         (*differences, *((_RESUMED,) if resumable else ()), *extra),
         needs=_MNIST_NEEDS,
@@ -241,7 +243,7 @@ PAPER_EXTRA_RUNS: tuple[ReferenceRun, ...] = (
         "mlp_mnist_eos",
         "mlp_mnist",
         _MLP_MNIST_EOS_OPTIONS,
-        (*_QUICK_MNIST, "--learning_rate", "0.1"),
+        (*_QUICK_SUBSET, "--learning_rate", "0.1"),
         "edge of stability: MLP 784-200-200-10 (tanh, MSE) on MNIST-1k, full-batch GD lr 0.1 (2/η = 20), then GD, "
         "Dom-GD and Bulk-GD, k = 10",
         (
@@ -329,7 +331,7 @@ PAPER_EXTRA_RUNS: tuple[ReferenceRun, ...] = (
             _GPU_RUN,
             _NO_PROJECTED_ON_GPU,
         ),
-        needs=("cifar10/train.npz", "cifar10/test.npz"),
+        needs=_CIFAR_NEEDS,
     ),
     ReferenceRun(
         "vit_cifar10_gd_prefix",
@@ -343,7 +345,7 @@ PAPER_EXTRA_RUNS: tuple[ReferenceRun, ...] = (
             "500-image Hessian set). χ_k measured every 25 steps; 400 steps per branch. One seed.",
             _GPU_RUN,
         ),
-        needs=("cifar10/train.npz", "cifar10/test.npz"),
+        needs=_CIFAR_NEEDS,
     ),
 )
 """Runs for the paper's other claims (issue 13): edge of stability, momentum/Adam/SAM with Table 1, the spectrum gap,
@@ -421,7 +423,7 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
         "cnn_cifar10",
         "cnn_cifar10",
         _CNN_CIFAR10_OPTIONS,
-        (*_QUICK, "--num_train", "200", "--num_validation", "100"),
+        _QUICK_SUBSET,
         "the paper's CNN (MSE) on the shipped CIFAR-10 5k subset, SGD lr 0.05, batch 50, k = 10 (+ 3 eigenvalues)",
         (
             "Data: the shipped 5,000 CIFAR-10 training images (the first 4,000 of data_batch_1 and the first 1,000 of "
@@ -435,13 +437,13 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
             "every step); exact checks every 50 projected steps are on the card. λ₁₁…λ₁₃ for the spectrum gap.",
             "One seed (Dom-SGD cost ~69 Hessian-vector products per step on the CPU, Bulk-SGD ~40).",
         ),
-        needs=("cifar10/train.npz", "cifar10/test.npz"),
+        needs=_CIFAR_NEEDS,
     ),
     ReferenceRun(
         "cnn_cifar10_gd_prefix",
         "cnn_cifar10",
         _CNN_CIFAR10_GD_PREFIX_OPTIONS,
-        (*_QUICK, "--num_train", "200", "--num_validation", "100"),
+        _QUICK_SUBSET,
         "the `cnn_cifar10` CNN with a full-batch GD prefix, then SGD and GD branches (GD→SGD), k = 10",
         (
             "The shared prefix is full-batch GD over the 5,000 images (`--prefix gd`, 250 steps, switch at the fixed "
@@ -449,13 +451,13 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
             "for the `cnn_cifar10` setup (same data, model, lr 0.05 and 250-image Hessian set).",
             "χ_k measured every 25 steps (paper: every step); 200 steps per branch (paper: ~10,000). One seed.",
         ),
-        needs=("cifar10/train.npz", "cifar10/test.npz"),
+        needs=_CIFAR_NEEDS,
     ),
     ReferenceRun(
         "cnn_cifar10_lr0.01",
         "cnn_cifar10",
         _CNN_CIFAR10_LR001_OPTIONS,
-        (*_QUICK, "--num_train", "200", "--num_validation", "100"),
+        _QUICK_SUBSET,
         "the `cnn_cifar10` CNN at lr 0.01, GD below the edge of stability: SGD and GD branches (SGD→GD), k = 10",
         (
             "lr 0.01 instead of `cnn_cifar10`'s 0.05, chosen before the run: at 0.05 full-batch GD sits at the edge "
@@ -466,13 +468,13 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
             "Hessian set as `cnn_cifar10`. One seed.",
             "SGD and GD branches only: the run asks the SGD↔GD claims (Dom-/Bulk-SGD on this CNN: `cnn_cifar10`).",
         ),
-        needs=("cifar10/train.npz", "cifar10/test.npz"),
+        needs=_CIFAR_NEEDS,
     ),
     ReferenceRun(
         "cnn_cifar10_lr0.01_gd_prefix",
         "cnn_cifar10",
         _CNN_CIFAR10_LR001_GD_PREFIX_OPTIONS,
-        (*_QUICK, "--num_train", "200", "--num_validation", "100"),
+        _QUICK_SUBSET,
         "`cnn_cifar10_lr0.01` with a full-batch GD prefix, then SGD and GD branches (GD→SGD), k = 10",
         (
             "The shared prefix is full-batch GD at lr 0.01 over the 5,000 images (`--prefix gd`, 250 steps, switch "
@@ -480,7 +482,7 @@ REFERENCE_RUNS: tuple[ReferenceRun, ...] = (
             "regime; `cnn_cifar10_gd_prefix` asks the same at lr 0.05, where GD sits at the edge.",
             "χ_k measured every 25 steps (paper: every step); 200 steps per branch (paper: ~10,000). One seed.",
         ),
-        needs=("cifar10/train.npz", "cifar10/test.npz"),
+        needs=_CIFAR_NEEDS,
     ),
     ReferenceRun(
         "transformer_sst2",
